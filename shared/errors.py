@@ -1,0 +1,98 @@
+"""One error hierarchy for the whole project.
+
+Every error a client can cause or see is an ``ImgqError`` with a stable,
+machine-readable ``code``.  The gateway maps these classes to HTTP statuses in
+one place (``gateway/problems.py``); the classifier puts ``code`` and the
+message into failed-job events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class ImgqError(Exception):
+    """Root of every error imgq raises on purpose."""
+
+    code = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class SettingsError(ImgqError):
+    """An environment variable has a value the service cannot use."""
+
+    code = "bad_setting"
+
+
+class MalformedRequest(ImgqError):
+    """The request body is not what the API accepts (not JSON, wrong fields, wrong types)."""
+
+    code = "malformed_request"
+
+
+class UnknownModel(ImgqError):
+    """The request names a model that is not on offer."""
+
+    code = "unknown_model"
+
+    def __init__(self, name: object, allowed: Iterable[str]) -> None:
+        self.allowed = sorted(allowed)
+        super().__init__(f"unknown model {name!r}; allowed: {', '.join(self.allowed)}")
+
+
+class UnknownImage(ImgqError):
+    """The request names a gallery image that does not exist."""
+
+    code = "unknown_image"
+
+    def __init__(self, name: object, allowed: Iterable[str]) -> None:
+        self.allowed = sorted(allowed)
+        super().__init__(f"unknown image {name!r}; allowed: {', '.join(self.allowed)}")
+
+
+class JobNotFound(ImgqError):
+    """No job with this ID is known here."""
+
+    code = "job_not_found"
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job with ID {job_id!r}")
+
+
+class NotFound(ImgqError):
+    """A path that names nothing we serve (including any path that leaves the gallery)."""
+
+    code = "not_found"
+
+
+class BrokerUnavailable(ImgqError):
+    """The broker could not take or confirm the job in time; the client may retry."""
+
+    code = "broker_unavailable"
+
+
+class QueueFull(ImgqError):
+    """The work queue is at its bound; the client should retry later."""
+
+    code = "queue_full"
+
+
+class MessageError(ImgqError):
+    """A broker message does not follow the schema in ``shared/messages.py``."""
+
+    code = "bad_message"
+
+
+class ImageDecodeError(ImgqError):
+    """The image bytes are not a picture Pillow can decode."""
+
+    code = "image_decode_failed"
+
+
+class ModelUnavailable(ImgqError):
+    """The model is in the catalogue but this replica does not serve it."""
+
+    code = "model_unavailable"

@@ -1,0 +1,265 @@
+"""Message schemas on the broker: versioned JSON, one definition for both services.
+
+Every message body is a JSON object with ``"v": SCHEMA_VERSION``.  Parsing is
+strict and raises ``MessageError`` with what was wrong, so a consumer can
+dead-letter a bad message instead of crashing on it.
+
+A ``JobEvent`` is a full snapshot of the job at the moment it changed state, not
+a delta: whoever sees only the last event of a job (a gateway that started late)
+still has everything it needs to answer for it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import uuid
+from dataclasses import dataclass, replace
+from typing import Any
+
+import orjson
+
+from shared.errors import MessageError
+from shared.states import JobStatus
+
+SCHEMA_VERSION = 1
+JSON = "application/json"
+_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def new_job_id() -> str:
+    """122 random bits: unguessable, so a job ID is also the capability to read its result."""
+    return uuid.uuid4().hex
+
+
+def is_job_id(value: object) -> bool:
+    return isinstance(value, str) and _JOB_ID.fullmatch(value) is not None
+
+
+def _load(body: bytes) -> dict[str, Any]:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise MessageError(f"body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise MessageError("body must be a JSON object")
+    if data.get("v") != SCHEMA_VERSION:
+        version = data.get("v")
+        raise MessageError(f"unsupported schema version {version!r}; expected {SCHEMA_VERSION}")
+    return data
+
+
+def _str(data: dict[str, Any], key: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or not value:
+        raise MessageError(f"{key!r} must be a non-empty string")
+    return value
+
+
+def _opt_float(data: dict[str, Any], key: str) -> float | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise MessageError(f"{key!r} must be a number or null")
+    return float(value)
+
+
+def _job_id(data: dict[str, Any]) -> str:
+    job_id = data.get("job_id")
+    if not is_job_id(job_id):
+        raise MessageError("'job_id' must be 32 lowercase hex characters")
+    assert isinstance(job_id, str)
+    return job_id
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifyRequest:
+    """Classify ``image`` (encoded bytes: JPEG, PNG, ...) with ``model``.
+
+    The image travels inside the message, so replicas need no shared filesystem
+    and a program can submit straight to the broker.
+    """
+
+    job_id: str
+    model: str
+    image_name: str
+    image: bytes
+    queued_at: float
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "v": SCHEMA_VERSION,
+                "job_id": self.job_id,
+                "model": self.model,
+                "image_name": self.image_name,
+                "image_b64": base64.b64encode(self.image).decode("ascii"),
+                "queued_at": self.queued_at,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, body: bytes) -> ClassifyRequest:
+        data = _load(body)
+        try:
+            image = base64.b64decode(_str(data, "image_b64"), validate=True)
+        except binascii.Error as exc:
+            raise MessageError(f"'image_b64' is not base64: {exc}") from None
+        queued_at = _opt_float(data, "queued_at")
+        if queued_at is None:
+            raise MessageError("'queued_at' must be a number")
+        return cls(
+            job_id=_job_id(data),
+            model=_str(data, "model"),
+            image_name=_str(data, "image_name"),
+            image=image,
+            queued_at=queued_at,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    label: str
+    class_index: int
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class JobFailure:
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    job_id: str
+    status: JobStatus
+    model: str
+    image: str
+    queued_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    replica: str | None = None
+    result: tuple[Label, ...] | None = None
+    error: JobFailure | None = None
+
+    @classmethod
+    def for_request(cls, request: ClassifyRequest, status: JobStatus) -> JobEvent:
+        return cls(
+            job_id=request.job_id,
+            status=status,
+            model=request.model,
+            image=request.image_name,
+            queued_at=request.queued_at,
+        )
+
+    def advance(self, status: JobStatus, **changes: Any) -> JobEvent:
+        return replace(self, status=status, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape of a job, shared by events on the broker and the HTTP API."""
+        return {
+            "job_id": self.job_id,
+            "status": self.status.value,
+            "model": self.model,
+            "image": self.image,
+            "result": None
+            if self.result is None
+            else [
+                {"label": x.label, "class_index": x.class_index, "score": x.score}
+                for x in self.result
+            ],
+            "error": None
+            if self.error is None
+            else {"code": self.error.code, "message": self.error.message},
+            "queued_at": self.queued_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "replica": self.replica,
+        }
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({"v": SCHEMA_VERSION, **self.to_dict()})
+
+    @classmethod
+    def from_json(cls, body: bytes) -> JobEvent:
+        data = _load(body)
+        try:
+            status = JobStatus(str(data.get("status")))
+        except ValueError:
+            raise MessageError(f"unknown status {data.get('status')!r}") from None
+        result = data.get("result")
+        error = data.get("error")
+        replica = data.get("replica")
+        try:
+            labels = (
+                None
+                if result is None
+                else tuple(
+                    Label(str(x["label"]), int(x["class_index"]), float(x["score"])) for x in result
+                )
+            )
+            failure = (
+                None if error is None else JobFailure(str(error["code"]), str(error["message"]))
+            )
+        except (TypeError, KeyError, ValueError) as exc:
+            raise MessageError(f"malformed result or error: {exc!r}") from None
+        return cls(
+            job_id=_job_id(data),
+            status=status,
+            model=_str(data, "model"),
+            image=_str(data, "image"),
+            queued_at=_opt_float(data, "queued_at"),
+            started_at=_opt_float(data, "started_at"),
+            finished_at=_opt_float(data, "finished_at"),
+            replica=replica if isinstance(replica, str) else None,
+            result=labels,
+            error=failure,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaHeartbeat:
+    """Published by each replica every few seconds: who is online, serving what."""
+
+    replica: str
+    models: tuple[str, ...]
+    jobs_done: int
+    busy: bool
+    interval: float
+    at: float
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "v": SCHEMA_VERSION,
+                "replica": self.replica,
+                "models": list(self.models),
+                "jobs_done": self.jobs_done,
+                "busy": self.busy,
+                "interval": self.interval,
+                "at": self.at,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, body: bytes) -> ReplicaHeartbeat:
+        data = _load(body)
+        models = data.get("models")
+        if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+            raise MessageError("'models' must be a list of strings")
+        interval = _opt_float(data, "interval")
+        at = _opt_float(data, "at")
+        jobs_done = data.get("jobs_done")
+        if interval is None or at is None or not isinstance(jobs_done, int):
+            raise MessageError("'interval', 'at' and 'jobs_done' are required numbers")
+        return cls(
+            replica=_str(data, "replica"),
+            models=tuple(models),
+            jobs_done=jobs_done,
+            busy=bool(data.get("busy")),
+            interval=interval,
+            at=at,
+        )
