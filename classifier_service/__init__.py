@@ -1,0 +1,1 @@
+"""Classifier replicas: aio-pika consumers that run PyTorch image classifiers."""

@@ -1,0 +1,36 @@
+"""Entry point: ``python -m classifier_service``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from classifier_service.models import load
+from classifier_service.settings import ClassifierSettings
+from classifier_service.worker import Replica
+from shared.catalog import CATALOG
+from shared.settings import process_env
+
+
+async def serve(settings: ClassifierSettings) -> None:
+    # Models load before the first connection, once per process, never per job.
+    models = {name: load(CATALOG[name]) for name in settings.models}
+    replica = Replica(settings, models)
+    await replica.warm_up()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, replica.stop)
+    await replica.run()
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s [classifier] %(name)s: %(message)s"
+    )
+    settings = ClassifierSettings.from_env(process_env())
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,273 @@
+"""A classifier replica: competing consumer on the work queue, one inference thread.
+
+Flow for each batch: parse -> publish "started" -> infer on the inference thread
+(the event loop keeps serving broker heartbeats meanwhile) -> publish the final
+event and wait for the broker's confirm -> ack.  A job is acked only after its
+result is safe on the broker, so a replica that dies at any point leaves the job
+to be redelivered to another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import aio_pika
+from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractRobustConnection
+
+from classifier_service.inference import classify_batch, configure_threads, warm_up
+from classifier_service.models import LoadedModel
+from classifier_service.settings import ClassifierSettings
+from shared.errors import ImageDecodeError, MessageError, ModelUnavailable, UnknownModel
+from shared.messages import JSON, ClassifyRequest, JobEvent, JobFailure, ReplicaHeartbeat
+from shared.states import JobStatus
+from shared.topology import HEARTBEAT_ROUTING_KEY, declare_topology, job_routing_key
+
+log = logging.getLogger(__name__)
+
+
+class Replica:
+    def __init__(self, settings: ClassifierSettings, models: dict[str, LoadedModel]) -> None:
+        self.settings = settings
+        self.models = models
+        self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        # One inference thread: torch parallelises inside it with its own pool, and a second
+        # thread would only oversubscribe the cores.
+        self._executor = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="inference",
+            initializer=configure_threads,
+            initargs=(settings.torch_threads,),
+        )
+        self._stopping = asyncio.Event()
+        # Set while the batch loop waits on an empty inbox: nothing is in flight.
+        self._idle = asyncio.Event()
+        self._events: AbstractExchange | None = None
+        self._default: AbstractExchange | None = None
+        self._busy = False
+        self.jobs_done = 0
+
+    def stop(self) -> None:
+        log.info(
+            "stop requested: no new jobs; draining for up to %.0f s", self.settings.drain_timeout
+        )
+        self._stopping.set()
+
+    async def warm_up(self) -> None:
+        loop = asyncio.get_running_loop()
+        for model in self.models.values():
+            await loop.run_in_executor(self._executor, warm_up, model)
+
+    async def run(self) -> None:
+        connection: AbstractRobustConnection = await aio_pika.connect_robust(
+            self.settings.broker_url,
+            client_properties={"connection_name": self.settings.replica_id},
+        )
+        async with connection:
+            channel = await connection.channel(publisher_confirms=True)
+            await channel.set_qos(prefetch_count=self.settings.prefetch)
+            topology = await declare_topology(channel)
+            self._events = topology.events
+            self._default = channel.default_exchange
+            queue = topology.requests_queue
+            consumer_tag = await queue.consume(self._on_message)
+            log.info(
+                "replica %s consuming %s: models %s, %d torch thread(s), batch %d",
+                self.settings.replica_id,
+                queue.name,
+                ",".join(self.models),
+                self.settings.torch_threads,
+                self.settings.batch_size,
+            )
+            tasks = [
+                asyncio.create_task(self._batch_loop(), name="batches"),
+                asyncio.create_task(self._heartbeat_loop(), name="heartbeats"),
+            ]
+            await self._stopping.wait()
+            await queue.cancel(consumer_tag)
+            await self._drain()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._requeue_inbox()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        Path(self.settings.health_file).unlink(missing_ok=True)  # noqa: ASYNC240 (tiny, at exit)
+        log.info("replica %s stopped after %d jobs", self.settings.replica_id, self.jobs_done)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        await self._inbox.put(message)
+
+    async def _drain(self) -> None:
+        try:
+            await asyncio.wait_for(self._idle.wait(), self.settings.drain_timeout)
+        except TimeoutError:
+            log.warning("drain deadline passed with jobs in flight; the broker will requeue them")
+
+    async def _requeue_inbox(self) -> None:
+        while not self._inbox.empty():
+            message = self._inbox.get_nowait()
+            await message.nack(requeue=True)
+
+    async def _batch_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._inbox.empty():
+                self._idle.set()
+            batch = [await self._inbox.get()]
+            self._idle.clear()
+            deadline = loop.time() + self.settings.batch_wait
+            while len(batch) < self.settings.batch_size:
+                try:
+                    batch.append(
+                        await asyncio.wait_for(self._inbox.get(), max(0.0, deadline - loop.time()))
+                    )
+                except TimeoutError:
+                    break
+            self._busy = True
+            try:
+                await self._process(batch)
+            finally:
+                self._busy = False
+
+    async def _process(self, batch: Sequence[AbstractIncomingMessage]) -> None:
+        by_model: dict[str, list[tuple[AbstractIncomingMessage, ClassifyRequest]]] = {}
+        for message in batch:
+            request = await self._accept(message)
+            if request is not None:
+                by_model.setdefault(request.model, []).append((message, request))
+        for model_name, jobs in by_model.items():
+            try:
+                await self._run_jobs(self.models[model_name], jobs)
+            except Exception:
+                # A broker failure mid-batch: the confirms or acks did not happen, so the
+                # broker still holds these jobs and will deliver them again.
+                log.exception("batch of %d %s jobs interrupted", len(jobs), model_name)
+                for message, _ in jobs:
+                    await _nack_quietly(message)
+
+    async def _accept(self, message: AbstractIncomingMessage) -> ClassifyRequest | None:
+        """Parse and check one request; dead-letter what can never succeed."""
+        try:
+            request = ClassifyRequest.from_json(message.body)
+        except MessageError as exc:
+            log.warning("dead-lettering unreadable request %s: %s", message.message_id, exc)
+            await message.reject(requeue=False)
+            return None
+        if request.model not in self.models:
+            error: UnknownModel | ModelUnavailable = UnknownModel(request.model, self.models)
+            log.warning("dead-lettering job %s: %s", request.job_id, error.message)
+            event = JobEvent.for_request(request, JobStatus.FAILED).advance(
+                JobStatus.FAILED,
+                finished_at=time.time(),
+                replica=self.settings.replica_id,
+                error=JobFailure(error.code, error.message),
+            )
+            await self._publish(event, message)
+            await message.reject(requeue=False)
+            return None
+        return request
+
+    async def _run_jobs(
+        self, model: LoadedModel, jobs: list[tuple[AbstractIncomingMessage, ClassifyRequest]]
+    ) -> None:
+        started_at = time.time()
+        started = [
+            JobEvent.for_request(request, JobStatus.STARTED).advance(
+                JobStatus.STARTED, started_at=started_at, replica=self.settings.replica_id
+            )
+            for _, request in jobs
+        ]
+        await asyncio.gather(*(self._publish(event) for event in started))
+        outcomes = await asyncio.get_running_loop().run_in_executor(
+            self._executor,
+            classify_batch,
+            model,
+            [request.image for _, request in jobs],
+            self.settings.debug_delay,
+        )
+        finished_at = time.time()
+        finals = []
+        for event, outcome in zip(started, outcomes, strict=True):
+            if isinstance(outcome, ImageDecodeError):
+                finals.append(
+                    event.advance(
+                        JobStatus.FAILED,
+                        finished_at=finished_at,
+                        error=JobFailure(outcome.code, outcome.message),
+                    )
+                )
+            else:
+                finals.append(
+                    event.advance(JobStatus.SUCCEEDED, finished_at=finished_at, result=outcome)
+                )
+        await asyncio.gather(
+            *(
+                self._publish(final, message)
+                for final, (message, _) in zip(finals, jobs, strict=True)
+            )
+        )
+        for message, _ in jobs:
+            await message.ack()
+        self.jobs_done += len(jobs)
+
+    async def _publish(
+        self, event: JobEvent, request: AbstractIncomingMessage | None = None
+    ) -> None:
+        """Publish to the events exchange and, for a final event, to ``reply_to`` if asked."""
+        assert self._events is not None
+        assert self._default is not None
+        body = event.to_json()
+        message = aio_pika.Message(
+            body,
+            content_type=JSON,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=event.job_id,
+            timestamp=time.time(),
+            type=f"job.{event.status.value}",
+        )
+        # mandatory=False: no gateway may be listening right now, which is not an error.
+        await self._events.publish(message, job_routing_key(event.status.value), mandatory=False)
+        if request is not None and request.reply_to:
+            reply = aio_pika.Message(
+                body,
+                content_type=JSON,
+                correlation_id=request.correlation_id or event.job_id,
+                message_id=event.job_id,
+                type=f"job.{event.status.value}",
+            )
+            await self._default.publish(reply, request.reply_to, mandatory=False)
+
+    async def _heartbeat_loop(self) -> None:
+        assert self._events is not None
+        health = Path(self.settings.health_file)
+        while True:
+            beat = ReplicaHeartbeat(
+                replica=self.settings.replica_id,
+                models=tuple(self.models),
+                jobs_done=self.jobs_done,
+                busy=self._busy,
+                interval=self.settings.heartbeat_interval,
+                at=time.time(),
+            )
+            try:
+                await self._events.publish(
+                    aio_pika.Message(beat.to_json(), content_type=JSON, expiration=30),
+                    HEARTBEAT_ROUTING_KEY,
+                    mandatory=False,
+                )
+                # Only a replica that can still reach the broker reports itself healthy.
+                health.touch()  # noqa: ASYNC240 (one tiny metadata write every few seconds)
+            except Exception as exc:
+                log.warning("heartbeat not published: %r", exc)
+            await asyncio.sleep(self.settings.heartbeat_interval)
+
+
+async def _nack_quietly(message: AbstractIncomingMessage) -> None:
+    try:
+        await message.nack(requeue=True)
+    except Exception as exc:  # the channel is gone; the broker requeues on its own
+        log.debug("nack of %s not sent: %r", message.message_id, exc)
