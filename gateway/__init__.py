@@ -1,0 +1,1 @@
+"""The HTTP gateway: the page, the JSON API, job submission and result tracking."""

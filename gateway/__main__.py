@@ -1,0 +1,34 @@
+"""Entry point: ``python -m gateway``."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
+from shared.settings import process_env
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s [gateway] %(name)s: %(message)s"
+    )
+    settings = GatewaySettings.from_env(process_env())
+    # shutdown_timeout bounds how long open connections get once SIGTERM arrives; held
+    # long-polls are answered at once by on_shutdown, so this is rarely reached.
+    web.run_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        shutdown_timeout=5.0,
+        access_log=None,
+        print=lambda _: logging.getLogger(__name__).info(
+            "gateway listening on http://%s:%d/", settings.host, settings.port
+        ),
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""The one place where errors become HTTP responses (RFC 9457 problem details)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from shared.errors import (
+    BrokerUnavailable,
+    ImgqError,
+    JobNotFound,
+    MalformedRequest,
+    NotFound,
+    QueueFull,
+    UnknownImage,
+    UnknownModel,
+)
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+# Seconds a client should wait before retrying a 503: about one broker reconnect.
+RETRY_AFTER = 2
+
+_STATUS: dict[type[ImgqError], int] = {
+    MalformedRequest: 400,
+    JobNotFound: 404,
+    NotFound: 404,
+    UnknownModel: 422,
+    UnknownImage: 422,
+    BrokerUnavailable: 503,
+    QueueFull: 503,
+}
+_TITLES = {
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    422: "Unprocessable Content",
+    503: "Service Unavailable",
+    500: "Internal Server Error",
+}
+
+
+def problem(
+    status: int, code: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
+) -> web.Response:
+    body = {
+        "type": f"urn:imgq:problem:{code}",
+        "title": _TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+        "code": code,
+        **extra,
+    }
+    return web.Response(
+        status=status, body=orjson.dumps(body), content_type=PROBLEM_JSON, headers=headers
+    )
+
+
+def from_error(error: ImgqError) -> web.Response:
+    status = next((s for cls, s in _STATUS.items() if isinstance(error, cls)), 500)
+    extra: dict[str, Any] = {}
+    if isinstance(error, UnknownModel | UnknownImage):
+        extra["allowed"] = error.allowed
+    headers = {"Retry-After": str(RETRY_AFTER)} if status == 503 else None
+    return problem(status, error.code, error.message, headers, **extra)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ImgqError as error:
+        return from_error(error)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            exc.status, "http_error"
+        )
+        detail = exc.text if exc.status not in (404, 405) else f"{exc.reason}: {request.path}"
+        return problem(exc.status, code, detail or exc.reason)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return problem(500, "internal_error", "an unexpected error occurred; it has been logged")

@@ -1,0 +1,28 @@
+"""Which classifier replicas are online, from the heartbeats they publish."""
+
+from __future__ import annotations
+
+import time
+
+from shared.messages import ReplicaHeartbeat
+
+# A replica counts as online until it has missed this many heartbeats.
+_MISSED_BEATS = 3
+
+
+class ReplicaRegistry:
+    def __init__(self) -> None:
+        self._beats: dict[str, ReplicaHeartbeat] = {}
+
+    def record(self, beat: ReplicaHeartbeat) -> None:
+        self._beats[beat.replica] = beat
+
+    def online(self) -> list[ReplicaHeartbeat]:
+        now = time.time()
+        alive = [b for b in self._beats.values() if now - b.at <= _MISSED_BEATS * b.interval]
+        # Forget the dead, or a churning fleet would grow this dict forever.
+        self._beats = {b.replica: b for b in alive}
+        return alive
+
+    def serving(self, model: str) -> int:
+        return sum(model in beat.models for beat in self.online())

@@ -1,0 +1,52 @@
+"""The gateway's settings, read once from the environment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.catalog import CATALOG
+from shared.errors import SettingsError
+from shared.settings import Environ, broker_url, env_float, env_int, env_list, env_str
+
+_REPO_IMAGES = Path(__file__).resolve().parent.parent / "images"
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    broker_url: str
+    host: str
+    port: int
+    gallery_dir: Path
+    models: tuple[str, ...]
+    # Upper bound for ?wait=: long enough to save round trips, short enough that proxies
+    # with a 60 s idle timeout never cut a long-poll.
+    max_wait: float
+    # How long a submission may wait for the broker's confirm before the client gets 503.
+    publish_timeout: float
+    # Finished jobs are kept this long, and at most this many jobs in all.
+    job_ttl: float
+    max_jobs: int
+
+    @classmethod
+    def from_env(cls, env: Environ) -> GatewaySettings:
+        models = env_list(env, "IMGQ_MODELS", tuple(CATALOG))
+        unknown = [m for m in models if m not in CATALOG]
+        if unknown:
+            raise SettingsError(
+                f"IMGQ_MODELS names unknown models {unknown}; known: {', '.join(CATALOG)}"
+            )
+        gallery = Path(env_str(env, "IMGQ_GALLERY_DIR", str(_REPO_IMAGES)))
+        if not gallery.is_dir():
+            raise SettingsError(f"IMGQ_GALLERY_DIR {str(gallery)!r} is not a directory")
+        return cls(
+            broker_url=broker_url(env),
+            host=env_str(env, "IMGQ_HTTP_HOST", "127.0.0.1"),
+            port=env_int(env, "IMGQ_HTTP_PORT", 8080),
+            gallery_dir=gallery,
+            models=models,
+            max_wait=env_float(env, "IMGQ_MAX_WAIT", 30.0),
+            publish_timeout=env_float(env, "IMGQ_PUBLISH_TIMEOUT", 5.0, minimum=0.1),
+            job_ttl=env_float(env, "IMGQ_JOB_TTL", 3600.0, minimum=1.0),
+            max_jobs=env_int(env, "IMGQ_MAX_JOBS", 100_000, minimum=1),
+        )
