@@ -1,0 +1,247 @@
+"""The web page, driven in Debian's chromium against the real gateway and classifier replicas."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, Page, Request, Route, expect, sync_playwright
+
+pytestmark = [pytest.mark.browser, pytest.mark.broker]
+
+CHROMIUM = Path("/usr/bin/chromium")
+# No sandbox: CI runs as root in a container.  The rest keeps chromium from calling home.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+REPO_ROOT = Path(__file__).resolve().parents[1]
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+# Generous: the first job on a fresh replica may wait for the model to load.
+RESULT_TIMEOUT_MS = 60_000
+
+if not CHROMIUM.exists():
+    pytest.skip(
+        f"{CHROMIUM} not found: the page tests drive Debian's chromium "
+        "(apt-get install chromium); CI installs it",
+        allow_module_level=True,
+    )
+
+
+def artifacts_dir() -> Path:
+    raw = os.environ.get("IMGQ_TEST_ARTIFACTS")
+    path = Path(raw) if raw else REPO_ROOT / "tests" / "artifacts"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser, service: Any) -> Iterator[Page]:
+    context = browser.new_context(
+        base_url=service.base_url, viewport={"width": 1280, "height": 900}
+    )
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    script_errors: list[str] = []
+    page.on("pageerror", lambda exc: script_errors.append(str(exc)))
+    yield page
+    context.close()
+    assert script_errors == [], f"uncaught exceptions in the page: {script_errors}"
+
+
+def open_page(page: Page) -> dict[str, Any]:
+    """Load the page and wait until it has rendered GET /info; returns that /info answer."""
+    with page.expect_response(lambda r: r.url.endswith("/info")) as answer:
+        page.goto("/")
+    assert answer.value.status == 200
+    info: dict[str, Any] = answer.value.json()
+    first = info["models"][0]["name"]
+    expect(page.locator(f'#model-select option[value="{first}"]')).to_have_text(
+        re.compile(r"\b(online|offline)\b")
+    )
+    return info
+
+
+def is_post_to_classifications(response: Any) -> bool:
+    return response.request.method == "POST" and response.url.endswith("/classifications")
+
+
+@pytest.mark.timeout(120)
+def test_classify_coffee_shows_top5_chart(page: Page) -> None:
+    polls: list[str] = []
+
+    def record_poll(request: Request) -> None:
+        if request.method == "GET" and "/classifications/" in request.url:
+            polls.append(request.url)
+
+    page.on("request", record_poll)
+    info = open_page(page)
+
+    # The controls come from /info, not only from the page's static fallback.
+    options = page.locator("#model-select option")
+    expect(options).to_have_count(len(info["models"]))
+    for model in info["models"]:
+        option = page.locator(f'#model-select option[value="{model["name"]}"]')
+        expect(option).to_contain_text(model["title"])
+        expect(option).to_contain_text("online" if model["online"] else "offline")
+    thumbs = page.locator("#gallery [data-image]")
+    assert thumbs.evaluate_all("els => els.map(e => e.dataset.image)") == [
+        image["name"] for image in info["images"]
+    ]
+
+    page.select_option("#model-select", "efficientnet_lite0")
+    page.click('[data-image="coffee.jpg"]')
+    expect(page.locator('input[name="image"][value="coffee.jpg"]')).to_be_checked()
+    preview = page.locator("#preview-image")
+    expect(preview).to_have_attribute("src", re.compile(r"/images/coffee\.jpg$"))
+    page.wait_for_function("document.querySelector('#preview-image').naturalWidth > 0")
+
+    with page.expect_response(is_post_to_classifications) as posted:
+        page.click("#submit-button")
+    assert posted.value.status == 202
+    job_id = posted.value.json()["job_id"]
+    assert JOB_ID.match(job_id)
+    expect(page.locator("#job-id")).to_have_text(job_id)
+
+    status = page.locator("#job-status")
+    expect(status).to_have_text("succeeded", timeout=RESULT_TIMEOUT_MS)
+    rows = page.locator("#result-chart .bar-row")
+    expect(rows).to_have_count(5)
+    page.screenshot(path=str(artifacts_dir() / "page-result.png"), full_page=True)
+
+    expect(rows.first).to_have_attribute("data-label", "espresso")
+    expect(rows.first).to_contain_text("espresso")
+    expect(page.locator("#error-message")).to_be_hidden()
+    expect(page.locator("#elapsed")).to_have_text(re.compile(r"^\d+\.\d+ s"))
+
+    bars = rows.evaluate_all(
+        """rows => rows.map(row => ({
+            score: Number(row.dataset.score),
+            text: row.querySelector('.bar-value').textContent,
+            fill: row.querySelector('.bar-fill').getBoundingClientRect().width,
+            track: row.querySelector('.bar-track').getBoundingClientRect().width,
+        }))"""
+    )
+    scores = [bar["score"] for bar in bars]
+    assert scores == sorted(scores, reverse=True)
+    assert 0 < scores[0] <= 1
+    for bar in bars:
+        assert re.fullmatch(r"<?\d+(\.\d+)?%", bar["text"]), bar
+        # Bars are as long as their score (a 2 px minimum keeps tiny scores visible).
+        assert bar["fill"] == pytest.approx(max(bar["score"] * bar["track"], 2), abs=2), bar
+
+    # Long-polling, not a fast poll loop: every poll asks the gateway to hold it.
+    assert polls, "the page never asked for the job's state"
+    assert all(url.endswith(f"/classifications/{job_id}?wait=25") for url in polls), polls
+    assert len(polls) <= 4, polls
+
+
+@pytest.mark.timeout(120)
+def test_rejected_submission_shows_problem_detail(page: Page) -> None:
+    detail = "The work queue is full (simulated by the test); try again in a few seconds."
+
+    def reject(route: Route) -> None:
+        if route.request.method != "POST":
+            route.fallback()
+            return
+        problem = {
+            "type": "urn:imgq:problem:queue_full",
+            "title": "Queue full",
+            "status": 503,
+            "detail": detail,
+            "code": "queue_full",
+        }
+        route.fulfill(
+            status=503,
+            headers={"Retry-After": "3"},
+            content_type="application/problem+json",
+            body=json.dumps(problem),
+        )
+
+    page.route("**/classifications", reject)
+    open_page(page)
+    page.click('[data-image="cat.jpg"]')
+    page.click("#submit-button")
+
+    error = page.locator("#error-message")
+    expect(error).to_be_visible()
+    expect(error).to_contain_text(detail)
+    expect(page.locator("#job-id")).to_be_empty()
+    expect(page.locator("#result-chart .bar-row")).to_have_count(0)
+
+
+@pytest.mark.timeout(120)
+def test_unknown_model_shows_gateway_problem_detail(page: Page) -> None:
+    open_page(page)
+    # A stale page could offer a model the gateway no longer serves; the real 422 must read well.
+    page.evaluate(
+        """() => {
+            const select = document.querySelector('#model-select');
+            select.add(new Option('Retired model', 'retired_model'));
+            select.value = 'retired_model';
+        }"""
+    )
+    with page.expect_response(is_post_to_classifications) as posted:
+        page.click("#submit-button")
+    assert posted.value.status == 422
+    content_type = posted.value.header_value("content-type") or ""
+    assert content_type.startswith("application/problem+json"), content_type
+    problem = posted.value.json()
+
+    error = page.locator("#error-message")
+    expect(error).to_be_visible()
+    expect(error).to_contain_text(problem["detail"])
+    expect(error).to_contain_text("efficientnet_lite0")  # the detail names what is allowed
+    expect(page.locator("#job-id")).to_be_empty()
+
+
+@pytest.mark.timeout(120)
+def test_failed_job_shows_its_error_message(page: Page) -> None:
+    message = "cannot decode image: simulated by the test"
+
+    def fail(route: Route) -> None:
+        job_id = route.request.url.split("/classifications/")[1].split("?")[0]
+        job = {
+            "job_id": job_id,
+            "status": "failed",
+            "model": "efficientnet_lite0",
+            "image": "camera.jpg",
+            "result": None,
+            "error": {"code": "image_decode_failed", "message": message},
+            "queued_at": 1.0,
+            "started_at": 2.0,
+            "finished_at": 3.0,
+            "replica": "test",
+        }
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(job))
+
+    # The submission is real; only the job's outcome is replaced.
+    page.route("**/classifications/*", fail)
+    open_page(page)
+    page.click('[data-image="camera.jpg"]')
+    page.click("#submit-button")
+
+    expect(page.locator("#job-status")).to_have_text("failed")
+    expect(page.locator("#job-id")).to_have_text(JOB_ID)
+    error = page.locator("#error-message")
+    expect(error).to_be_visible()
+    expect(error).to_contain_text(message)
+    expect(page.locator("#result-chart .bar-row")).to_have_count(0)
