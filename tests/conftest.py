@@ -1,0 +1,77 @@
+"""Session fixtures: a private RabbitMQ node and the service around it, as real processes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from compose.broker import INSTALL_HINT, BrokerNode, rabbitmq_installed, start_node
+from compose.stack import Stack, wait_http_ok, wait_replicas_online
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_DIR = REPO.parent / "shared" / "imagenet-sample"
+REPLICAS = 2
+
+
+@dataclass
+class Service:
+    base_url: str
+    broker_url: str
+    stack: Stack
+
+    def extra_gateway(self, **env: str) -> str:
+        """Another gateway on the same broker and replicas (e.g. with another gallery)."""
+        proc, url = self.stack.start_gateway(env=env)
+        wait_http_ok(f"{url}/readyz", 30, proc)
+        return url
+
+
+@pytest.fixture(scope="session")
+def broker_node() -> Iterator[BrokerNode]:
+    if not rabbitmq_installed():
+        pytest.fail(f"these tests run a real RabbitMQ node; {INSTALL_HINT}")
+    node = start_node()
+    yield node
+    node.stop()
+
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Service logs: kept in IMGQ_TEST_LOGS when set (CI keeps them as artefacts)."""
+    if "IMGQ_TEST_LOGS" in os.environ:
+        path = Path(os.environ["IMGQ_TEST_LOGS"])
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def service(broker_node: BrokerNode, log_dir: Path) -> Iterator[Service]:
+    """The gateway and two classifier replicas (one torch thread each), serving all models."""
+    stack = Stack(broker_node.url, log_dir)
+    try:
+        for i in range(REPLICAS):
+            stack.start_replica(f"replica-{i + 1}", threads=1)
+        gateway, base_url = stack.start_gateway()
+        wait_http_ok(f"{base_url}/readyz", 60, gateway)
+        wait_replicas_online(base_url, REPLICAS, 180)
+        yield Service(base_url, broker_node.url, stack)
+    finally:
+        stack.stop()
+        failed = [p for p in stack.processes if p.process.returncode not in (0, None)]
+        for proc in failed:
+            print(f"--- {proc.name} exited {proc.process.returncode}:\n{proc.log_tail()}")
+
+
+@pytest.fixture(scope="session")
+def imagenet_sample() -> Path:
+    if not (SAMPLE_DIR / "labels.csv").exists():
+        pytest.skip(
+            f"{SAMPLE_DIR} is absent: the ImageNet sample is reference material beside "
+            "the checkout, not part of the repository"
+        )
+    return SAMPLE_DIR
