@@ -3,7 +3,7 @@
 Each job is kept as the latest ``JobEvent`` snapshot.  Events may arrive twice
 or out of order (redeliveries, reconnects), so a snapshot only ever replaces a
 less advanced one.  Long-polls are futures keyed by job ID, resolved when the job
-reaches a final state: no sleeping, no polling inside the gateway.
+changes state: no sleeping, no polling inside the gateway.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections import OrderedDict
 
 from shared.errors import JobNotFound
 from shared.messages import JobEvent
+from shared.states import JobStatus
 
 
 class JobStore:
@@ -22,6 +23,7 @@ class JobStore:
         self._max_jobs = max_jobs
         # Insertion order is arrival order, so the oldest jobs are at the front for eviction.
         self._jobs: OrderedDict[str, JobEvent] = OrderedDict()
+        # Woken on every change of their job; each waiter re-checks its own condition.
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
 
     def __len__(self) -> int:
@@ -39,8 +41,7 @@ class JobStore:
         if current is not None and current.queued_at is not None and event.queued_at is None:
             event = event.advance(event.status, queued_at=current.queued_at)
         self._jobs[event.job_id] = event
-        if event.status.is_final:
-            self._wake(event.job_id)
+        self._wake(event.job_id)
         self._evict()
         return True
 
@@ -54,23 +55,31 @@ class JobStore:
             raise JobNotFound(job_id)
         return job
 
-    async def wait_final(self, job_id: str, seconds: float) -> JobEvent:
-        """The job once it is final, or as it stands after ``seconds``."""
+    async def wait(self, job_id: str, seconds: float, since: JobStatus | None = None) -> JobEvent:
+        """The job once it is final (or, given ``since``, once its status is not ``since``),
+        or as it stands after ``seconds``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
         job = self.get(job_id)
-        if job.status.is_final or seconds <= 0:
-            return job
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        waiters = self._waiters.setdefault(job_id, set())
-        waiters.add(waiter)
-        try:
-            await asyncio.wait_for(waiter, seconds)
-        except TimeoutError:
-            pass
-        finally:
-            waiters.discard(waiter)
-            if not waiters:
-                self._waiters.pop(job_id, None)
-        return self.get(job_id)
+        while not (job.status.is_final or (since is not None and job.status != since)):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            waiter: asyncio.Future[None] = loop.create_future()
+            waiters = self._waiters.setdefault(job_id, set())
+            waiters.add(waiter)
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except TimeoutError:
+                pass
+            finally:
+                waiters.discard(waiter)
+                if not waiters:
+                    self._waiters.pop(job_id, None)
+            if job_id not in self._jobs:  # forgotten while we waited (a failed publish)
+                raise JobNotFound(job_id)
+            job = self._jobs[job_id]
+        return job
 
     def release_all(self) -> None:
         """Answer every pending long-poll now (shutdown): clients get the current state."""

@@ -103,7 +103,8 @@ async def job_status(request: web.Request) -> web.Response:
         raise JobNotFound(job_id)
     settings = request.app[keys.SETTINGS]
     wait = _wait_seconds(request.query.get("wait"), settings.max_wait)
-    job = await request.app[keys.STORE].wait_final(job_id, wait)
+    since = _since(request.query.get("since"))
+    job = await request.app[keys.STORE].wait(job_id, wait, since)
     return json_response(job.to_dict())
 
 
@@ -117,6 +118,16 @@ def _wait_seconds(raw: str | None, limit: float) -> float:
     if not 0 <= wait <= limit:  # also rejects nan and inf
         raise MalformedRequest(f"wait must be a number of seconds from 0 to {limit:g}, got {raw!r}")
     return wait
+
+
+def _since(raw: str | None) -> JobStatus | None:
+    if raw is None:
+        return None
+    try:
+        return JobStatus(raw)
+    except ValueError:
+        allowed = ", ".join(s.value for s in JobStatus)
+        raise MalformedRequest(f"since must be one of {allowed}, got {raw!r}") from None
 
 
 async def gallery_image(request: web.Request) -> web.Response:

@@ -112,6 +112,26 @@ def test_long_poll_times_out_with_current_state(service: Service) -> None:
         assert api.wait_final(service.base_url, job["job_id"])["status"] == "succeeded"
 
 
+def test_long_poll_since_answers_on_each_change(service: Service) -> None:
+    # Jobs ahead of ours keep it queued while the poll below starts waiting.
+    ahead = [api.submit(service.base_url, "efficientnet_lite2", "cat.jpg") for _ in range(4)]
+    job = api.submit(service.base_url, "efficientnet_lite2", "cat.jpg")
+    path = f"/classifications/{job['job_id']}?wait=30"
+    # The "started" event always precedes the result on the replica's channel, so a poll
+    # that waits for the status to leave "queued" is answered with "started".
+    moved = api.get(service.base_url, path + "&since=queued").json()
+    assert moved["status"] == "started"
+    assert moved["started_at"] is not None
+    assert moved["replica"] in ("replica-1", "replica-2")
+    final = api.get(service.base_url, path + "&since=started").json()
+    assert final["status"] == "succeeded"
+    for other in ahead:
+        assert api.wait_final(service.base_url, other["job_id"])["status"] == "succeeded"
+    bad = api.get(service.base_url, path + "&since=done")
+    assert bad.status == 400
+    assert "since must be one of" in bad.json()["detail"]
+
+
 def test_form_post_without_javascript(service: Service) -> None:
     reply = api.request(
         service.base_url,

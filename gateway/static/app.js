@@ -293,14 +293,20 @@
     replicaRow.hidden = true;
   }
 
-  /** One long-poll that also gives up if the answer is far later than the wait asked for. */
-  async function pollOnce(jobId, signal) {
+  /**
+   * One long-poll that also gives up if the answer is far later than the wait asked for.
+   * `since` makes the server answer as soon as the status moves on (queued -> started), so
+   * "started" shows the moment a replica takes the job, not only when the job is done.
+   */
+  async function pollOnce(jobId, status, signal) {
     const controller = new AbortController();
     const abort = () => controller.abort();
     signal.addEventListener("abort", abort, { once: true });
     const timer = setTimeout(abort, pollWait * 1000 + POLL_GRACE_MS);
     try {
-      const url = `/classifications/${encodeURIComponent(jobId)}?wait=${pollWait}`;
+      const url =
+        `/classifications/${encodeURIComponent(jobId)}?wait=${pollWait}` +
+        `&since=${encodeURIComponent(status)}`;
       return await fetchJson(url, { signal: controller.signal });
     } finally {
       clearTimeout(timer);
@@ -309,13 +315,13 @@
   }
 
   /** Re-issue the long-poll as soon as each answer arrives, until the job is final. */
-  async function follow(jobId, current) {
+  async function follow(jobId, current, status) {
     const signal = current.controller.signal;
     let failures = 0;
     while (!signal.aborted) {
       let job;
       try {
-        job = await pollOnce(jobId, signal);
+        job = await pollOnce(jobId, status, signal);
       } catch (err) {
         if (signal.aborted) return;
         if (err instanceof ApiError && err.status < 500) {
@@ -337,6 +343,7 @@
       if (failures) clearError();
       failures = 0;
       renderJob(job, current);
+      status = job.status;
       if (FINAL_STATES.has(job.status)) return;
     }
   }
@@ -395,7 +402,7 @@
     renderJob(job, current);
     // On a phone the result sits below the form: bring it into view once the job exists.
     if (NARROW.matches) details.closest("section").scrollIntoView({ behavior: "smooth", block: "start" });
-    if (!FINAL_STATES.has(job.status)) await follow(job.job_id, current);
+    if (!FINAL_STATES.has(job.status)) await follow(job.job_id, current, job.status);
   }
 
   form.addEventListener("submit", submit);
