@@ -25,6 +25,8 @@ class JobStore:
         self._jobs: OrderedDict[str, JobEvent] = OrderedDict()
         # Woken on every change of their job; each waiter re-checks its own condition.
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        # Set on shutdown: every long-poll, pending or new, answers at once.
+        self._released = False
 
     def __len__(self) -> int:
         return len(self._jobs)
@@ -63,7 +65,7 @@ class JobStore:
         job = self.get(job_id)
         while not (job.status.is_final or (since is not None and job.status != since)):
             remaining = deadline - loop.time()
-            if remaining <= 0:
+            if remaining <= 0 or self._released:
                 break
             waiter: asyncio.Future[None] = loop.create_future()
             waiters = self._waiters.setdefault(job_id, set())
@@ -83,6 +85,7 @@ class JobStore:
 
     def release_all(self) -> None:
         """Answer every pending long-poll now (shutdown): clients get the current state."""
+        self._released = True
         for job_id in list(self._waiters):
             self._wake(job_id)
 

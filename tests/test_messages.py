@@ -1,0 +1,95 @@
+"""The broker message schemas: round trips, and strict rejection of what does not fit."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from shared.errors import MessageError
+from shared.messages import (
+    ClassifyRequest,
+    JobEvent,
+    JobFailure,
+    Label,
+    ReplicaHeartbeat,
+    is_job_id,
+    new_job_id,
+)
+from shared.states import JobStatus
+
+
+def _request() -> ClassifyRequest:
+    return ClassifyRequest(new_job_id(), "efficientnet_lite0", "cat.jpg", b"\xff\xd8\x00", 1.5)
+
+
+def test_request_round_trip_keeps_the_image_bytes() -> None:
+    request = _request()
+    assert ClassifyRequest.from_json(request.to_json()) == request
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"v": 2}, "schema version"),
+        ({"job_id": "../etc"}, "job_id"),
+        ({"model": ""}, "'model'"),
+        ({"image_b64": "not base64!"}, "base64"),
+        ({"queued_at": "yesterday"}, "queued_at"),
+    ],
+)
+def test_request_rejects_bad_fields(change: dict[str, object], error: str) -> None:
+    data = orjson.loads(_request().to_json()) | change
+    with pytest.raises(MessageError, match=error):
+        ClassifyRequest.from_json(orjson.dumps(data))
+
+
+@pytest.mark.parametrize("body", [b"", b"nope", b"[]", b"null", b'"string"'])
+def test_non_objects_are_rejected(body: bytes) -> None:
+    with pytest.raises(MessageError):
+        ClassifyRequest.from_json(body)
+
+
+def test_event_round_trip_and_http_shape() -> None:
+    event = JobEvent.for_request(_request(), JobStatus.QUEUED).advance(
+        JobStatus.SUCCEEDED,
+        started_at=2.0,
+        finished_at=3.0,
+        replica="r1",
+        result=(Label("tabby", 281, 0.5),) * 5,
+    )
+    assert JobEvent.from_json(event.to_json()) == event
+    shape = event.to_dict()
+    assert shape["status"] == "succeeded"
+    assert shape["result"][0] == {"label": "tabby", "class_index": 281, "score": 0.5}
+    assert "v" not in shape  # the schema version is for the wire, not the HTTP API
+
+    failed = event.advance(JobStatus.FAILED, result=None, error=JobFailure("x", "why"))
+    assert JobEvent.from_json(failed.to_json()).error == JobFailure("x", "why")
+
+
+def test_event_rejects_unknown_status() -> None:
+    data = orjson.loads(JobEvent.for_request(_request(), JobStatus.QUEUED).to_json())
+    data["status"] = "exploded"
+    with pytest.raises(MessageError, match="unknown status"):
+        JobEvent.from_json(orjson.dumps(data))
+
+
+def test_heartbeat_round_trip() -> None:
+    beat = ReplicaHeartbeat("r1", ("efficientnet_lite0",), 3, True, 5.0, 10.0)
+    assert ReplicaHeartbeat.from_json(beat.to_json()) == beat
+
+
+def test_job_ids_are_unguessable_hex() -> None:
+    ids = {new_job_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(is_job_id(i) for i in ids)
+    assert not is_job_id("0" * 31)
+    assert not is_job_id(None)
+
+
+def test_status_only_moves_forward() -> None:
+    assert JobStatus.QUEUED.may_become(JobStatus.STARTED)
+    assert JobStatus.STARTED.may_become(JobStatus.SUCCEEDED)
+    assert not JobStatus.SUCCEEDED.may_become(JobStatus.STARTED)
+    assert not JobStatus.FAILED.may_become(JobStatus.SUCCEEDED)
+    assert not JobStatus.STARTED.may_become(JobStatus.STARTED)
