@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from shared.catalog import CATALOG
 from shared.errors import SettingsError
 from shared.settings import Environ, broker_url, env_float, env_int, env_list, env_str
+from shared.topology import QueueBounds
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,8 +29,11 @@ class ClassifierSettings:
     health_file: str
     # On SIGTERM, in-flight jobs get this long to finish before they are requeued.
     drain_timeout: float
-    # Artificial seconds added to every inference: lets tests hold a job "in flight".
+    queue_bounds: QueueBounds
+    # Test hooks, off unless set.  Seconds added to every inference (holds a job "in
+    # flight"), and an image name whose job kills the process as a segfault would.
     debug_delay: float
+    debug_crash_image: str | None
 
     @property
     def prefetch(self) -> int:
@@ -54,5 +58,7 @@ class ClassifierSettings:
             heartbeat_interval=env_float(env, "IMGQ_HEARTBEAT_INTERVAL", 5.0, minimum=0.1),
             health_file=env_str(env, "IMGQ_HEALTH_FILE", "/tmp/imgq-classifier.alive"),
             drain_timeout=env_float(env, "IMGQ_DRAIN_TIMEOUT", 20.0),
+            queue_bounds=QueueBounds.from_env(env),
             debug_delay=env_float(env, "IMGQ_DEBUG_DELAY", 0.0),
+            debug_crash_image=env.get("IMGQ_DEBUG_CRASH_IMAGE") or None,
         )

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,7 +27,12 @@ from classifier_service.settings import ClassifierSettings
 from shared.errors import ImageDecodeError, MessageError, ModelUnavailable, UnknownModel
 from shared.messages import JSON, ClassifyRequest, JobEvent, JobFailure, ReplicaHeartbeat
 from shared.states import JobStatus
-from shared.topology import HEARTBEAT_ROUTING_KEY, declare_topology, job_routing_key
+from shared.topology import (
+    CANCELLATIONS,
+    HEARTBEAT_ROUTING_KEY,
+    declare_topology,
+    job_routing_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +57,9 @@ class Replica:
         self._default: AbstractExchange | None = None
         self._busy = False
         self.jobs_done = 0
+        # Jobs cancelled while queued, so a replica that receives one skips it.  Bounded:
+        # a cancellation only matters until the job reaches the head of the queue.
+        self._cancelled: OrderedDict[str, None] = OrderedDict()
 
     def stop(self) -> None:
         log.info(
@@ -63,14 +73,23 @@ class Replica:
             await loop.run_in_executor(self._executor, warm_up, model)
 
     async def run(self) -> None:
+        # Robust: after a lost connection aio-pika reconnects (every second here), reopens the
+        # channels and resumes both consumers.  Jobs in hand at that moment were requeued by
+        # the broker and come back; results are idempotent by job ID.
         connection: AbstractRobustConnection = await aio_pika.connect_robust(
             self.settings.broker_url,
+            reconnect_interval=1,
             client_properties={"connection_name": self.settings.replica_id},
         )
         async with connection:
             channel = await connection.channel(publisher_confirms=True)
             await channel.set_qos(prefetch_count=self.settings.prefetch)
-            topology = await declare_topology(channel)
+            topology = await declare_topology(channel, self.settings.queue_bounds)
+            # Every cancellation still in the stream's retention, then new ones as they come.
+            cancel_channel = await connection.channel(publisher_confirms=False)
+            await cancel_channel.set_qos(prefetch_count=1000)
+            cancellations = await cancel_channel.get_queue(CANCELLATIONS)
+            await cancellations.consume(self._on_cancelled, arguments={"x-stream-offset": "first"})
             self._events = topology.events
             self._default = channel.default_exchange
             queue = topology.requests_queue
@@ -100,6 +119,13 @@ class Replica:
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         await self._inbox.put(message)
+
+    async def _on_cancelled(self, message: AbstractIncomingMessage) -> None:
+        if message.message_id:
+            self._cancelled[message.message_id] = None
+            while len(self._cancelled) > 100_000:
+                self._cancelled.popitem(last=False)
+        await message.ack()  # streams need acks: they are the consumer's credit
 
     async def _drain(self) -> None:
         try:
@@ -157,6 +183,13 @@ class Replica:
             log.warning("dead-lettering unreadable request %s: %s", message.message_id, exc)
             await message.reject(requeue=False)
             return None
+        if request.job_id in self._cancelled:
+            log.info("skipping job %s: cancelled while queued", request.job_id)
+            await message.ack()
+            return None
+        if request.image_name == self.settings.debug_crash_image:
+            log.error("IMGQ_DEBUG_CRASH_IMAGE: crashing on job %s", request.job_id)
+            os._exit(70)
         if request.model not in self.models:
             error: UnknownModel | ModelUnavailable = UnknownModel(request.model, self.models)
             log.warning("dead-lettering job %s: %s", request.job_id, error.message)

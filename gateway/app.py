@@ -38,7 +38,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app[keys.STORE] = store
     app[keys.REPLICAS] = replicas
     app[keys.GALLERY] = Gallery.load(settings.gallery_dir)
-    app[keys.BROKER] = GatewayBroker(settings.broker_url, store, replicas, settings.publish_timeout)
+    app[keys.BROKER] = GatewayBroker(settings, store, replicas)
     app.cleanup_ctx.append(_broker_ctx)
     app.on_shutdown.append(_release_long_polls)
 
@@ -47,6 +47,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.router.add_get("/info", views.info)
     app.router.add_post("/classifications", views.submit)
     app.router.add_get("/classifications/{job_id}", views.job_status)
+    app.router.add_delete("/classifications/{job_id}", views.delete_job)
     app.router.add_get("/images/{name}", views.gallery_image)
     app.router.add_get("/healthz", views.healthz)
     app.router.add_get("/readyz", views.readyz)

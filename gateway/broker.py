@@ -1,80 +1,187 @@
-"""The gateway's side of the broker: publish requests with confirms, follow job events."""
+"""The gateway's side of the broker.
+
+- Publishes requests with publisher confirms (a 202 means the broker has the job).
+- Follows the event log (a stream) from the start of its retention window, so a new or
+  restarted gateway rebuilds every result before it reports ready, then follows it live.
+  It knows it has caught up when it reads back a marker it appended itself.
+- After a lost connection it resumes the log from the last offset it saw: no gap, no
+  full replay.  That is why this module runs its own reconnect loop instead of aio-pika's
+  robust connection, which would re-consume from the original offset.
+- Turns dead-lettered requests into visible "failed" jobs.
+- Tracks replica heartbeats.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import socket
+import time
+import uuid
+from typing import Any
 
 import aio_pika
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractIncomingMessage,
-    AbstractQueue,
-    AbstractRobustConnection,
-)
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 from aio_pika.exceptions import AMQPError, DeliveryError
 
 from gateway.replicas import ReplicaRegistry
+from gateway.settings import GatewaySettings
 from gateway.store import JobStore
 from shared.errors import BrokerUnavailable, MessageError, QueueFull
-from shared.messages import JSON, ClassifyRequest, JobEvent, ReplicaHeartbeat
+from shared.messages import (
+    JSON,
+    ClassifyRequest,
+    JobEvent,
+    JobFailure,
+    JobForgotten,
+    ReplicaHeartbeat,
+    is_job_id,
+)
+from shared.states import JobStatus
 from shared.topology import (
+    DEAD_LETTER_NOTICES,
+    DELIVERY_LIMIT,
+    FORGOTTEN_ROUTING_KEY,
     HEARTBEAT_ROUTING_KEY,
-    JOB_EVENTS_PATTERN,
     REQUEST_ROUTING_KEY,
     Topology,
+    declare_event_log,
     declare_topology,
+    job_routing_key,
 )
 
 log = logging.getLogger(__name__)
 
+# Stream consumers need a prefetch; large enough that a replay is not throttled by acks.
+_LOG_PREFETCH = 2000
+_RECONNECT_DELAYS = (0.2, 0.5, 1.0, 2.0)
+
+_DEAD_REASONS = {
+    "delivery_limit": f"it was delivered more than {DELIVERY_LIMIT} times without completing "
+    "(each attempt crashed or lost its replica)",
+    "rejected": "a replica rejected it as unprocessable",
+    "expired": "it expired in the queue",
+    "maxlen": "the queue overflowed",
+}
+
 
 class GatewayBroker:
     def __init__(
-        self, url: str, store: JobStore, replicas: ReplicaRegistry, publish_timeout: float
+        self, settings: GatewaySettings, store: JobStore, replicas: ReplicaRegistry
     ) -> None:
-        self._url = url
+        self._settings = settings
         self._store = store
         self._replicas = replicas
-        self._publish_timeout = publish_timeout
-        self._connection: AbstractRobustConnection | None = None
+        self.gateway_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
         self._topology: Topology | None = None
-        self._events_queue: AbstractQueue | None = None
+        self._connected = asyncio.Event()
+        # Set once the first replay of the log has reached our own marker.
+        self._replayed = asyncio.Event()
+        self._marker: str | None = None
+        self._last_offset: int | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self.replay_seconds: float | None = None
+        self._started = time.monotonic()
+
+    # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        # Robust: on a lost connection aio-pika reconnects, redeclares the channel, queues and
-        # bindings, and resumes the consumer by itself.
-        self._connection = await aio_pika.connect_robust(
-            self._url, client_properties={"connection_name": "imgq-gateway"}
-        )
-        self._channel = await self._connection.channel(publisher_confirms=True)
-        self._topology = await declare_topology(self._channel)
-        # Our own queue of job events: exclusive and auto-deleted, so each gateway sees every
-        # event and nothing is left behind when it goes.
-        queue = await self._channel.declare_queue(exclusive=True, auto_delete=True)
-        await queue.bind(self._topology.events, JOB_EVENTS_PATTERN)
-        await queue.bind(self._topology.events, HEARTBEAT_ROUTING_KEY)
-        await queue.consume(self._on_event, no_ack=True)
-        self._events_queue = queue
+        self._started = time.monotonic()
+        self._supervisor = asyncio.create_task(self._supervise(), name="broker-supervisor")
 
     async def close(self) -> None:
-        if self._connection is not None:
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            await asyncio.gather(self._supervisor, return_exceptions=True)
+        if self._connection is not None and not self._connection.is_closed:
             await self._connection.close()
 
     @property
     def ready(self) -> bool:
-        return (
-            self._connection is not None
-            and self._connection.connected.is_set()
-            and self._channel is not None
-            and not self._channel.is_closed
-            and self._events_queue is not None
+        """Connected, consuming, and the cache holds every result in the retention window."""
+        return self._connected.is_set() and self._replayed.is_set()
+
+    @property
+    def replayed(self) -> bool:
+        return self._replayed.is_set()
+
+    async def _supervise(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                await self._session()
+                attempt = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any failure to connect or declare: try again
+                log.warning("broker session ended: %r", exc)
+            delay = _RECONNECT_DELAYS[min(attempt, len(_RECONNECT_DELAYS) - 1)]
+            attempt += 1
+            await asyncio.sleep(delay)
+
+    async def _session(self) -> None:
+        """One connection's life: set everything up, then wait until it closes."""
+        connection = await aio_pika.connect(
+            self._settings.broker_url,
+            timeout=5,
+            client_properties={"connection_name": f"imgq-gateway {self.gateway_id}"},
+        )
+        closed = asyncio.Event()
+        connection.close_callbacks.add(lambda *_: closed.set())
+        self._connection = connection
+        try:
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            topology = await declare_topology(channel, self._settings.queue_bounds)
+            await declare_event_log(channel, topology.events, self._settings.log_retention)
+
+            # The log on a channel of its own, so its prefetch does not apply elsewhere.
+            log_channel = await connection.channel(publisher_confirms=False)
+            await log_channel.set_qos(prefetch_count=_LOG_PREFETCH)
+            log_queue = await declare_event_log(
+                log_channel, topology.events, self._settings.log_retention
+            )
+            offset: Any = "first" if self._last_offset is None else self._last_offset + 1
+            await log_queue.consume(self._on_log, arguments={"x-stream-offset": offset})
+
+            beats = await channel.declare_queue(exclusive=True, auto_delete=True)
+            await beats.bind(topology.events, HEARTBEAT_ROUTING_KEY)
+            await beats.consume(self._on_heartbeat, no_ack=True)
+
+            notices_channel = await connection.channel(publisher_confirms=True)
+            await notices_channel.set_qos(prefetch_count=10)
+            notices = await notices_channel.get_queue(DEAD_LETTER_NOTICES)
+            await notices.consume(self._on_dead_letter)
+
+            self._channel = channel
+            self._topology = topology
+            await self._append_marker()
+            self._connected.set()
+            log.info("connected to the broker; following the event log from %s", offset)
+            await closed.wait()
+        finally:
+            self._connected.clear()
+            self._channel = None
+            self._topology = None
+            if not connection.is_closed:
+                await connection.close()
+
+    async def _append_marker(self) -> None:
+        assert self._topology is not None
+        self._marker = uuid.uuid4().hex
+        await self._topology.events.publish(
+            aio_pika.Message(self._marker.encode(), content_type="text/plain"),
+            f"marker.{self._marker}",
+            mandatory=False,
         )
 
-    async def submit(self, request: ClassifyRequest) -> None:
+    # -- publishing ------------------------------------------------------------------------
+
+    async def submit(self, request: ClassifyRequest, queued: JobEvent) -> None:
         """Return only once the broker has durably taken the job (publisher confirm)."""
-        if self._topology is None or not self.ready:
-            raise BrokerUnavailable("not connected to the broker; try again shortly")
+        topology = self._require()
         message = aio_pika.Message(
             request.to_json(),
             content_type=JSON,
@@ -83,20 +190,119 @@ class GatewayBroker:
             type="classify.request",
         )
         try:
-            await self._topology.requests.publish(
-                message, REQUEST_ROUTING_KEY, mandatory=True, timeout=self._publish_timeout
+            await topology.requests.publish(
+                message, REQUEST_ROUTING_KEY, timeout=self._settings.publish_timeout
             )
         except DeliveryError as exc:
-            # A nack: the queue is at its bound (x-overflow reject-publish), or unroutable.
+            # A nack: the queue is at its bound (x-overflow reject-publish).
             raise QueueFull("the work queue is full; try again shortly") from exc
         except (TimeoutError, ConnectionError, AMQPError, RuntimeError) as exc:
             raise BrokerUnavailable(f"the broker did not confirm the job: {exc!r}") from exc
-
-    async def _on_event(self, message: AbstractIncomingMessage) -> None:
         try:
-            if message.routing_key == HEARTBEAT_ROUTING_KEY:
-                self._replicas.record(ReplicaHeartbeat.from_json(message.body))
+            await self.publish_event(queued)
+        except BrokerUnavailable:
+            # The job itself is safe in the queue; other gateways learn of it from its
+            # "started" event instead.
+            log.warning("job %s accepted but its queued event was not logged", request.job_id)
+
+    async def publish_event(self, event: JobEvent) -> None:
+        await self._publish(event.to_json(), job_routing_key(event.status.value), event.job_id)
+
+    async def publish_forgotten(self, job_id: str) -> None:
+        body = JobForgotten(job_id, time.time()).to_json()
+        await self._publish(body, FORGOTTEN_ROUTING_KEY, job_id)
+
+    async def _publish(self, body: bytes, routing_key: str, job_id: str) -> None:
+        topology = self._require()
+        message = aio_pika.Message(
+            body,
+            content_type=JSON,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=job_id,
+        )
+        try:
+            await topology.events.publish(
+                message, routing_key, mandatory=False, timeout=self._settings.publish_timeout
+            )
+        except (TimeoutError, ConnectionError, AMQPError, RuntimeError) as exc:
+            raise BrokerUnavailable(f"the broker did not confirm the event: {exc!r}") from exc
+
+    def _require(self) -> Topology:
+        if self._topology is None or not self._connected.is_set():
+            raise BrokerUnavailable("not connected to the broker; try again shortly")
+        return self._topology
+
+    async def queue_depth(self) -> int | None:
+        """Jobs waiting in the work queue (a passive declare: one round trip)."""
+        if self._channel is None or self._topology is None:
+            return None
+        try:
+            queue = await self._channel.declare_queue(
+                self._topology.requests_queue.name, passive=True
+            )
+        except (AMQPError, ConnectionError, RuntimeError):
+            return None
+        return queue.declaration_result.message_count
+
+    # -- consuming -------------------------------------------------------------------------
+
+    async def _on_log(self, message: AbstractIncomingMessage) -> None:
+        offset = (message.headers or {}).get("x-stream-offset")
+        routing_key = message.routing_key or ""
+        try:
+            if routing_key.startswith("marker."):
+                if message.body.decode(errors="replace") == self._marker and not self.replayed:
+                    self.replay_seconds = time.monotonic() - self._started
+                    log.info(
+                        "event log replayed: %d jobs in %.2f s",
+                        len(self._store),
+                        self.replay_seconds,
+                    )
+                    self._replayed.set()
+            elif routing_key == FORGOTTEN_ROUTING_KEY:
+                self._store.forget(JobForgotten.from_json(message.body).job_id)
             else:
                 self._store.apply(JobEvent.from_json(message.body))
         except MessageError as exc:
-            log.warning("ignoring malformed event %s: %s", message.routing_key, exc)
+            log.warning("ignoring malformed event %s: %s", routing_key, exc)
+        if isinstance(offset, int):
+            self._last_offset = (
+                offset if self._last_offset is None else max(self._last_offset, offset)
+            )
+        await message.ack()
+
+    async def _on_heartbeat(self, message: AbstractIncomingMessage) -> None:
+        try:
+            self._replicas.record(ReplicaHeartbeat.from_json(message.body))
+        except MessageError as exc:
+            log.warning("ignoring malformed heartbeat: %s", exc)
+
+    async def _on_dead_letter(self, message: AbstractIncomingMessage) -> None:
+        """A request was dead-lettered: show its job as failed, with the reason."""
+        headers = message.headers or {}
+        reason = str(headers.get("x-first-death-reason", "unknown"))
+        try:
+            request: ClassifyRequest | None = ClassifyRequest.from_json(message.body)
+        except MessageError:
+            request = None
+        job_id = request.job_id if request else message.message_id
+        if is_job_id(job_id):
+            assert job_id is not None
+            explanation = _DEAD_REASONS.get(reason, reason)
+            event = (
+                JobEvent.for_request(request, JobStatus.FAILED)
+                if request
+                else JobEvent(job_id, JobStatus.FAILED, "unknown", "unknown")
+            )
+            event = event.advance(
+                JobStatus.FAILED,
+                finished_at=time.time(),
+                error=JobFailure("dead_lettered", f"the job was dead-lettered: {explanation}"),
+            )
+            try:
+                await self.publish_event(event)
+            except BrokerUnavailable:
+                await message.nack(requeue=True)
+                return
+            log.warning("job %s dead-lettered (%s)", job_id, reason)
+        await message.ack()

@@ -11,10 +11,14 @@ from aiohttp import web
 
 from shared.errors import (
     BrokerUnavailable,
+    IdempotencyKeyReused,
     ImgqError,
+    JobConflict,
+    JobGone,
     JobNotFound,
     MalformedRequest,
     NotFound,
+    NotReady,
     QueueFull,
     UnknownImage,
     UnknownModel,
@@ -30,12 +34,18 @@ _STATUS: dict[type[ImgqError], int] = {
     MalformedRequest: 400,
     JobNotFound: 404,
     NotFound: 404,
+    JobConflict: 409,
+    JobGone: 410,
     UnknownModel: 422,
     UnknownImage: 422,
+    IdempotencyKeyReused: 422,
     BrokerUnavailable: 503,
     QueueFull: 503,
+    NotReady: 503,
 }
 _TITLES = {
+    409: "Conflict",
+    410: "Gone",
     400: "Bad Request",
     404: "Not Found",
     405: "Method Not Allowed",

@@ -8,6 +8,7 @@ from pathlib import Path
 from shared.catalog import CATALOG
 from shared.errors import SettingsError
 from shared.settings import Environ, broker_url, env_float, env_int, env_list, env_str
+from shared.topology import LogRetention, QueueBounds
 
 _REPO_IMAGES = Path(__file__).resolve().parent.parent / "images"
 
@@ -27,6 +28,8 @@ class GatewaySettings:
     # Finished jobs are kept this long, and at most this many jobs in all.
     job_ttl: float
     max_jobs: int
+    queue_bounds: QueueBounds
+    log_retention: LogRetention
 
     @classmethod
     def from_env(cls, env: Environ) -> GatewaySettings:
@@ -49,4 +52,6 @@ class GatewaySettings:
             publish_timeout=env_float(env, "IMGQ_PUBLISH_TIMEOUT", 5.0, minimum=0.1),
             job_ttl=env_float(env, "IMGQ_JOB_TTL", 3600.0, minimum=1.0),
             max_jobs=env_int(env, "IMGQ_MAX_JOBS", 100_000, minimum=1),
+            queue_bounds=QueueBounds.from_env(env),
+            log_retention=LogRetention.from_env(env),
         )

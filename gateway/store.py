@@ -1,9 +1,13 @@
-"""Jobs by ID, and the long-polls waiting on them.
+"""Jobs by ID, the indexes built from their events, and the long-polls waiting on them.
 
-Each job is kept as the latest ``JobEvent`` snapshot.  Events may arrive twice
-or out of order (redeliveries, reconnects), so a snapshot only ever replaces a
-less advanced one.  Long-polls are futures keyed by job ID, resolved when the job
-changes state: no sleeping, no polling inside the gateway.
+Each job is kept as the latest ``JobEvent`` snapshot.  Events arrive from the
+shared event log, possibly twice or out of order (redeliveries, reconnects,
+several gateways), so a snapshot only ever replaces a less advanced one: a job
+shows exactly one final state whatever the order.  Long-polls are futures keyed
+by job ID, woken on every change of their job: no sleeping, no polling.
+
+Jobs that expired (retention) or were deleted leave a tombstone, so the API can
+tell "known but gone" (410) from "never seen" (404).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import asyncio
 import time
 from collections import OrderedDict
 
-from shared.errors import JobNotFound
+from shared.errors import JobGone, JobNotFound
 from shared.messages import JobEvent
 from shared.states import JobStatus
 
@@ -23,6 +27,12 @@ class JobStore:
         self._max_jobs = max_jobs
         # Insertion order is arrival order, so the oldest jobs are at the front for eviction.
         self._jobs: OrderedDict[str, JobEvent] = OrderedDict()
+        self._tombstones: OrderedDict[str, str] = OrderedDict()
+        # Jobs still queued, in acceptance order: a job's position is its index here.
+        self._queued: OrderedDict[str, None] = OrderedDict()
+        self._by_idempotency_key: dict[str, str] = {}
+        # (model, image digest) -> the latest job that succeeded on exactly those inputs.
+        self._by_input: dict[tuple[str, str], str] = {}
         # Woken on every change of their job; each waiter re-checks its own condition.
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         # Set on shutdown: every long-poll, pending or new, answers at once.
@@ -37,24 +47,77 @@ class JobStore:
 
     def apply(self, event: JobEvent) -> bool:
         """Record an event; return whether it changed what clients see."""
-        current = self._jobs.get(event.job_id)
-        if current is not None and not current.status.may_become(event.status):
+        if event.job_id in self._tombstones:
             return False
-        if current is not None and current.queued_at is not None and event.queued_at is None:
-            event = event.advance(event.status, queued_at=current.queued_at)
+        if self._expired(event, time.time()):
+            self._bury(event.job_id, "expired")
+            return False
+        current = self._jobs.get(event.job_id)
+        if current is not None:
+            if not current.status.may_become(event.status):
+                # The gateway's "queued" event can land after a replica's "started": keep
+                # what only it carries, so every gateway can honour the idempotency key.
+                if event.idempotency_key and not current.idempotency_key:
+                    self._jobs[event.job_id] = current.advance(
+                        current.status, idempotency_key=event.idempotency_key
+                    )
+                    self._index(self._jobs[event.job_id])
+                return False
+            # Later events come from replicas, which do not know the gateway-side fields.
+            event = event.advance(
+                event.status,
+                queued_at=event.queued_at or current.queued_at,
+                idempotency_key=event.idempotency_key or current.idempotency_key,
+                image_sha256=event.image_sha256 or current.image_sha256,
+            )
         self._jobs[event.job_id] = event
+        self._index(event)
         self._wake(event.job_id)
         self._evict()
         return True
 
     def forget(self, job_id: str) -> None:
-        self._jobs.pop(job_id, None)
+        """A client deleted the job: drop it, and answer 410 for it from now on."""
+        self._bury(job_id, "deleted")
+
+    def discard(self, job_id: str) -> None:
+        """The job was never accepted (its publish failed): drop it without a trace."""
+        event = self._jobs.pop(job_id, None)
+        if event is not None:
+            self._unindex(event)
         self._wake(job_id)
 
     def get(self, job_id: str) -> JobEvent:
         job = self._jobs.get(job_id)
         if job is None:
+            if job_id in self._tombstones:
+                raise JobGone(job_id, self._tombstones[job_id])
             raise JobNotFound(job_id)
+        if self._expired(job, time.time()):
+            self._bury(job_id, "expired")
+            raise JobGone(job_id, "expired")
+        return job
+
+    def position(self, job_id: str) -> int | None:
+        """1 for the next job a replica will take, among the queued jobs this gateway knows."""
+        for index, queued in enumerate(self._queued, start=1):
+            if queued == job_id:
+                return index
+        return None
+
+    @property
+    def queued(self) -> int:
+        return len(self._queued)
+
+    def by_idempotency_key(self, key: str) -> JobEvent | None:
+        job_id = self._by_idempotency_key.get(key)
+        return self._jobs.get(job_id) if job_id else None
+
+    def reusable_result(self, model: str, image_sha256: str) -> JobEvent | None:
+        job_id = self._by_input.get((model, image_sha256))
+        job = self._jobs.get(job_id) if job_id else None
+        if job is None or self._expired(job, time.time()):
+            return None
         return job
 
     async def wait(self, job_id: str, seconds: float, since: JobStatus | None = None) -> JobEvent:
@@ -78,9 +141,7 @@ class JobStore:
                 waiters.discard(waiter)
                 if not waiters:
                     self._waiters.pop(job_id, None)
-            if job_id not in self._jobs:  # forgotten while we waited (a failed publish)
-                raise JobNotFound(job_id)
-            job = self._jobs[job_id]
+            job = self.get(job_id)  # raises if it was deleted or discarded meanwhile
         return job
 
     def release_all(self) -> None:
@@ -94,14 +155,47 @@ class JobStore:
             if not waiter.done():
                 waiter.set_result(None)
 
+    def _expired(self, job: JobEvent, now: float) -> bool:
+        return job.status.is_final and (job.finished_at or now) + self._ttl < now
+
+    def _index(self, event: JobEvent) -> None:
+        if event.status is JobStatus.QUEUED:
+            self._queued[event.job_id] = None
+        else:
+            self._queued.pop(event.job_id, None)
+        if event.idempotency_key:
+            self._by_idempotency_key.setdefault(event.idempotency_key, event.job_id)
+        if event.status is JobStatus.SUCCEEDED and event.image_sha256:
+            self._by_input[(event.model, event.image_sha256)] = event.job_id
+
+    def _unindex(self, event: JobEvent) -> None:
+        self._queued.pop(event.job_id, None)
+        key = event.idempotency_key
+        if key and self._by_idempotency_key.get(key) == event.job_id:
+            del self._by_idempotency_key[key]
+        if event.image_sha256:
+            input_key = (event.model, event.image_sha256)
+            if self._by_input.get(input_key) == event.job_id:
+                del self._by_input[input_key]
+
+    def _bury(self, job_id: str, reason: str) -> None:
+        event = self._jobs.pop(job_id, None)
+        if event is not None:
+            self._unindex(event)
+        self._tombstones[job_id] = reason
+        # Tombstones are 32-byte keys; keep as many as jobs, oldest out first.
+        while len(self._tombstones) > self._max_jobs:
+            self._tombstones.popitem(last=False)
+        self._wake(job_id)
+
     def _evict(self) -> None:
         # Amortised O(1): only the oldest entries are looked at.  A long-running job at the
-        # front holds back the expiry of later ones until it finishes; max_jobs still bounds
-        # memory meanwhile.
+        # front holds back the expiry of later ones until it finishes (get() still answers
+        # 410 for those); max_jobs bounds memory meanwhile.
         now = time.time()
         while self._jobs:
-            oldest = next(iter(self._jobs.values()))
-            expired = oldest.status.is_final and (oldest.finished_at or now) + self._ttl < now
+            job_id, oldest = next(iter(self._jobs.items()))
+            expired = self._expired(oldest, now)
             if len(self._jobs) <= self._max_jobs and not expired:
                 break
-            self._jobs.popitem(last=False)
+            self._bury(job_id, "expired" if expired else "evicted to stay within IMGQ_MAX_JOBS")

@@ -10,14 +10,25 @@ import orjson
 from aiohttp import web
 
 from gateway import keys
+from gateway.store import JobStore
 from shared.catalog import CATALOG
-from shared.errors import JobNotFound, MalformedRequest, NotFound, UnknownModel
-from shared.messages import ClassifyRequest, JobEvent, is_job_id, new_job_id
+from shared.errors import (
+    IdempotencyKeyReused,
+    JobConflict,
+    JobNotFound,
+    MalformedRequest,
+    NotFound,
+    NotReady,
+    UnknownModel,
+)
+from shared.messages import ClassifyRequest, JobEvent, JobFailure, is_job_id, new_job_id
 from shared.states import JobStatus
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 OPENAPI_FILE = Path(__file__).resolve().parent / "openapi.json"
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+# Long enough for a UUID or a client's own request ID, short enough to index cheaply.
+MAX_IDEMPOTENCY_KEY = 255
 
 
 def json_response(
@@ -72,6 +83,8 @@ async def _submission_fields(request: web.Request) -> tuple[object, object]:
 
 async def submit(request: web.Request) -> web.StreamResponse:
     settings = request.app[keys.SETTINGS]
+    store = request.app[keys.STORE]
+    broker = request.app[keys.BROKER]
     model, image_name = await _submission_fields(request)
     for field, value in (("model", model), ("image", image_name)):
         if not isinstance(value, str):
@@ -80,32 +93,120 @@ async def submit(request: web.Request) -> web.StreamResponse:
         raise UnknownModel(model, settings.models)
     image = request.app[keys.GALLERY].get(image_name)
     assert isinstance(model, str)
+    if not broker.ready:
+        raise NotReady("the gateway is still connecting to the broker; try again shortly")
 
     job = ClassifyRequest(new_job_id(), model, image.name, image.data, time.time())
-    queued = JobEvent.for_request(job, JobStatus.QUEUED)
-    store = request.app[keys.STORE]
+    key = _idempotency_key(request)
+    if key is not None:
+        earlier = store.by_idempotency_key(key)
+        if earlier is not None:
+            if (earlier.model, earlier.image_sha256) != (model, job.image_sha256):
+                raise IdempotencyKeyReused(
+                    f"Idempotency-Key {key!r} was first used for another model or image"
+                )
+            return _accepted(request, store, earlier, replayed=True)
+
+    queued = JobEvent.for_request(job, JobStatus.QUEUED).advance(
+        JobStatus.QUEUED, idempotency_key=key
+    )
+    if "no-cache" not in request.headers.get("Cache-Control", ""):
+        earlier = store.reusable_result(model, job.image_sha256)
+        if earlier is not None:
+            # Same model, same bytes: the answer is already known.  The new job is logged
+            # like any other, so every gateway (and a retry with the same key) sees it.
+            reused = queued.advance(
+                JobStatus.SUCCEEDED,
+                started_at=job.queued_at,
+                finished_at=job.queued_at,
+                replica=earlier.replica,
+                result=earlier.result,
+                reused_from=earlier.job_id,
+            )
+            await broker.publish_event(reused)
+            store.apply(reused)
+            return _accepted(request, store, reused)
+
     # Recorded before publishing: a fast replica's events can beat the confirm back to us.
     store.apply(queued)
     try:
-        await request.app[keys.BROKER].submit(job)
+        await broker.submit(job, queued)
     except Exception:
-        store.forget(job.job_id)
+        store.discard(job.job_id)
         raise
+    # The answer describes the job as accepted, even if a replica has already started it.
+    return _accepted(request, store, queued)
+
+
+def _accepted(
+    request: web.Request, store: JobStore, job: JobEvent, *, replayed: bool = False
+) -> web.StreamResponse:
     location = f"/classifications/{job.job_id}"
     if request.content_type in _FORM_TYPES and "text/html" in request.headers.get("Accept", ""):
         raise web.HTTPSeeOther(location)
-    return json_response(queued.to_dict(), status=202, headers={"Location": location})
+    headers = {"Location": location}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return json_response(job_body(store, job), status=202, headers=headers)
 
 
-async def job_status(request: web.Request) -> web.Response:
+def _idempotency_key(request: web.Request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not key.isprintable():
+        raise MalformedRequest(
+            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters"
+        )
+    return key
+
+
+def job_body(store: JobStore, job: JobEvent) -> dict[str, Any]:
+    body = job.to_dict()
+    body["position"] = store.position(job.job_id) if job.status is JobStatus.QUEUED else None
+    return body
+
+
+def _job_id(request: web.Request) -> str:
     job_id = request.match_info["job_id"]
     if not is_job_id(job_id):
         raise JobNotFound(job_id)
+    if not request.app[keys.BROKER].replayed:
+        # Until the log is replayed, "not found" could be wrong: say "not yet" instead.
+        raise NotReady("the gateway is still rebuilding its results; try again shortly")
+    return job_id
+
+
+async def job_status(request: web.Request) -> web.Response:
+    job_id = _job_id(request)
     settings = request.app[keys.SETTINGS]
+    store = request.app[keys.STORE]
     wait = _wait_seconds(request.query.get("wait"), settings.max_wait)
     since = _since(request.query.get("since"))
-    job = await request.app[keys.STORE].wait(job_id, wait, since)
-    return json_response(job.to_dict())
+    job = await store.wait(job_id, wait, since)
+    return json_response(job_body(store, job))
+
+
+async def delete_job(request: web.Request) -> web.Response:
+    """Cancel a queued job; forget a finished one; a started job cannot be stopped."""
+    job_id = _job_id(request)
+    store = request.app[keys.STORE]
+    broker = request.app[keys.BROKER]
+    job = store.get(job_id)
+    if job.status is JobStatus.QUEUED:
+        cancelled = job.advance(
+            JobStatus.CANCELLED,
+            finished_at=time.time(),
+            error=JobFailure("cancelled", "cancelled by the client before a replica took it"),
+        )
+        await broker.publish_event(cancelled)
+        store.apply(cancelled)
+        return json_response(job_body(store, store.get(job_id)))
+    if job.status is JobStatus.STARTED:
+        raise JobConflict("the job has already started on a replica and cannot be cancelled")
+    await broker.publish_forgotten(job_id)
+    store.forget(job_id)
+    return web.Response(status=204)
 
 
 def _wait_seconds(raw: str | None, limit: float) -> float:
@@ -147,9 +248,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     if not request.app[keys.BROKER].ready:
-        from gateway.problems import problem
-
-        return problem(503, "not_ready", "not connected to the broker, or not consuming results")
+        raise NotReady("not connected to the broker, or still replaying the event log")
     return json_response({"status": "ready"})
 
 

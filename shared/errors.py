@@ -62,6 +62,28 @@ class JobNotFound(ImgqError):
         super().__init__(f"no job with ID {job_id!r}")
 
 
+class JobGone(ImgqError):
+    """The job was known but its result is gone: past retention, or deleted by a client."""
+
+    code = "job_gone"
+
+    def __init__(self, job_id: str, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"job {job_id!r} is gone ({reason}); results are kept for a limited time")
+
+
+class JobConflict(ImgqError):
+    """The request cannot apply to the job in its current state (e.g. cancel a started job)."""
+
+    code = "job_conflict"
+
+
+class IdempotencyKeyReused(ImgqError):
+    """An Idempotency-Key came back with a different request than the one it first named."""
+
+    code = "idempotency_key_reused"
+
+
 class NotFound(ImgqError):
     """A path that names nothing we serve (including any path that leaves the gallery)."""
 
@@ -78,6 +100,12 @@ class QueueFull(ImgqError):
     """The work queue is at its bound; the client should retry later."""
 
     code = "queue_full"
+
+
+class NotReady(ImgqError):
+    """The gateway has not finished rebuilding its results from the event log yet."""
+
+    code = "not_ready"
 
 
 class MessageError(ImgqError):

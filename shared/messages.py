@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import re
 import uuid
 from dataclasses import dataclass, replace
@@ -66,6 +67,13 @@ def _opt_float(data: dict[str, Any], key: str) -> float | None:
     return float(value)
 
 
+def _opt_str(data: dict[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise MessageError(f"{key!r} must be a string or null")
+    return value
+
+
 def _job_id(data: dict[str, Any]) -> str:
     job_id = data.get("job_id")
     if not is_job_id(job_id):
@@ -87,6 +95,10 @@ class ClassifyRequest:
     image_name: str
     image: bytes
     queued_at: float
+
+    @property
+    def image_sha256(self) -> str:
+        return hashlib.sha256(self.image).hexdigest()
 
     def to_json(self) -> bytes:
         return orjson.dumps(
@@ -144,6 +156,12 @@ class JobEvent:
     replica: str | None = None
     result: tuple[Label, ...] | None = None
     error: JobFailure | None = None
+    # Travel on the broker but are not shown over HTTP: they let every gateway rebuild the
+    # idempotency and result-reuse indexes from the event log alone.
+    image_sha256: str | None = None
+    idempotency_key: str | None = None
+    # Set when the result was copied from an earlier job on the same model and image bytes.
+    reused_from: str | None = None
 
     @classmethod
     def for_request(cls, request: ClassifyRequest, status: JobStatus) -> JobEvent:
@@ -153,6 +171,7 @@ class JobEvent:
             model=request.model,
             image=request.image_name,
             queued_at=request.queued_at,
+            image_sha256=request.image_sha256,
         )
 
     def advance(self, status: JobStatus, **changes: Any) -> JobEvent:
@@ -178,10 +197,18 @@ class JobEvent:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "replica": self.replica,
+            "reused_from": self.reused_from,
         }
 
     def to_json(self) -> bytes:
-        return orjson.dumps({"v": SCHEMA_VERSION, **self.to_dict()})
+        return orjson.dumps(
+            {
+                "v": SCHEMA_VERSION,
+                **self.to_dict(),
+                "image_sha256": self.image_sha256,
+                "idempotency_key": self.idempotency_key,
+            }
+        )
 
     @classmethod
     def from_json(cls, body: bytes) -> JobEvent:
@@ -217,7 +244,29 @@ class JobEvent:
             replica=replica if isinstance(replica, str) else None,
             result=labels,
             error=failure,
+            image_sha256=_opt_str(data, "image_sha256"),
+            idempotency_key=_opt_str(data, "idempotency_key"),
+            reused_from=_opt_str(data, "reused_from"),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class JobForgotten:
+    """A client deleted a finished job: every gateway drops its result (and answers 410)."""
+
+    job_id: str
+    at: float
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({"v": SCHEMA_VERSION, "job_id": self.job_id, "at": self.at})
+
+    @classmethod
+    def from_json(cls, body: bytes) -> JobForgotten:
+        data = _load(body)
+        at = _opt_float(data, "at")
+        if at is None:
+            raise MessageError("'at' must be a number")
+        return cls(job_id=_job_id(data), at=at)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,8 @@ class JobStatus(StrEnum):
     STARTED = "started"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    # Withdrawn by the client while still queued; no replica spends time on it.
+    CANCELLED = "cancelled"
 
     @property
     def is_final(self) -> bool:
@@ -20,10 +22,11 @@ class JobStatus(StrEnum):
         return _RANK[other] > _RANK[self]
 
 
-_FINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED})
+_FINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 _RANK = {
     JobStatus.QUEUED: 0,
     JobStatus.STARTED: 1,
     JobStatus.SUCCEEDED: 2,
     JobStatus.FAILED: 2,
+    JobStatus.CANCELLED: 2,
 }

@@ -2,8 +2,10 @@
 
 Both services declare the whole topology at start-up (declaration is idempotent),
 so either may start first.  Queue arguments are part of the contract: RabbitMQ
-refuses a redeclaration whose arguments differ (PRECONDITION_FAILED), so they
-must never be computed from a service's own settings.
+refuses a redeclaration whose arguments differ (PRECONDITION_FAILED).  The few
+that an operator may tune (the work queue's bound, the event log's retention)
+come from environment variables that every service of a deployment must share;
+a mismatch stops the newcomer at start-up with the broker's error, never later.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Final
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 
+from shared.settings import Environ, env_int
+
 # Producers (the gateway, or any program) publish requests here.
 REQUESTS_EXCHANGE: Final = "imgq.requests"
 REQUEST_ROUTING_KEY: Final = "classify"
@@ -21,29 +25,89 @@ REQUEST_ROUTING_KEY: Final = "classify"
 REQUESTS_QUEUE: Final = "imgq.requests"
 # Requests that cannot be processed (not JSON, unknown model, delivered too often).
 DEAD_LETTER_EXCHANGE: Final = "imgq.dead-letter"
-DEAD_LETTER_QUEUE: Final = "imgq.requests.dead"
-# Job events (started, succeeded, failed) and replica heartbeats, topic-routed.
+DEAD_LETTER_QUEUE: Final = "imgq.requests.dead"  # kept for operators to inspect
+# A second copy of each dead letter, consumed by gateways to mark the job failed.
+DEAD_LETTER_NOTICES: Final = "imgq.requests.dead.notices"
+# Job events (queued, started, succeeded, failed, cancelled, forgotten) and replica
+# heartbeats, topic-routed.
 EVENTS_EXCHANGE: Final = "imgq.events"
 HEARTBEAT_ROUTING_KEY: Final = "replica.heartbeat"
 JOB_EVENTS_PATTERN: Final = "job.*"
+CANCELLED_ROUTING_KEY: Final = "job.cancelled"
+FORGOTTEN_ROUTING_KEY: Final = "job.forgotten"
+# Cancellations only, as a small stream of their own: a replica replays it when it starts,
+# so it also skips jobs that were cancelled before it was running.
+CANCELLATIONS: Final = "imgq.cancellations"
+CANCELLATIONS_ARGUMENTS: Final[dict[str, aio_pika.abc.FieldValue]] = {
+    "x-queue-type": "stream",
+    # A cancellation matters only until its job leaves the queue.
+    "x-max-age": "24h",
+    "x-max-length-bytes": 64 << 20,
+    "x-stream-max-segment-size-bytes": 1 << 20,
+}
+# The durable, replayable log of job events (a stream): any gateway rebuilds its results
+# from it at start-up.  Gateways append a marker to learn when a replay has caught up.
+EVENT_LOG: Final = "imgq.events.log"
+MARKER_PATTERN: Final = "marker.*"
 
 # A job whose delivery kills replicas again and again stops being redelivered after this
 # many attempts and is dead-lettered instead of taking the whole fleet down.
-DELIVERY_LIMIT: Final = 5
-# Bounded queue: past this, the broker nacks new publishes and the gateway answers 503,
-# rather than letting a backlog grow until the broker's memory alarm stops everything.
-MAX_QUEUED_JOBS: Final = 10_000
+DELIVERY_LIMIT: Final = 3
 
-REQUESTS_QUEUE_ARGUMENTS: Final[dict[str, aio_pika.abc.FieldValue]] = {
-    # Quorum: replicated, durable, FIFO, and it counts deliveries (x-delivery-limit).
-    "x-queue-type": "quorum",
-    "x-delivery-limit": DELIVERY_LIMIT,
-    "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
-    # At-least-once dead-lettering needs reject-publish overflow; both are what we want anyway.
-    "x-dead-letter-strategy": "at-least-once",
-    "x-overflow": "reject-publish",
-    "x-max-length": MAX_QUEUED_JOBS,
-}
+
+@dataclass(frozen=True)
+class QueueBounds:
+    """The work queue's bound: past it the broker nacks publishes and the gateway answers
+    503, rather than letting a backlog grow until the broker's memory alarm stops all."""
+
+    max_jobs: int = 10_000
+    max_bytes: int = 1 << 30  # jobs carry their image, so bound the bytes too
+
+    @classmethod
+    def from_env(cls, env: Environ) -> QueueBounds:
+        return cls(
+            max_jobs=env_int(env, "IMGQ_QUEUE_MAX_JOBS", cls.max_jobs, minimum=1),
+            max_bytes=env_int(env, "IMGQ_QUEUE_MAX_BYTES", cls.max_bytes, minimum=1024),
+        )
+
+    def arguments(self) -> dict[str, aio_pika.abc.FieldValue]:
+        return {
+            # Quorum: replicated, durable, FIFO, and it counts deliveries (x-delivery-limit).
+            "x-queue-type": "quorum",
+            "x-delivery-limit": DELIVERY_LIMIT,
+            "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+            # At-least-once dead-lettering needs reject-publish overflow; we want both anyway.
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+            "x-max-length": self.max_jobs,
+            "x-max-length-bytes": self.max_bytes,
+        }
+
+
+@dataclass(frozen=True)
+class LogRetention:
+    """How long and how much of the event log the broker keeps (whole segments at a time)."""
+
+    max_age_seconds: int = 24 * 3600
+    max_bytes: int = 1 << 30
+    segment_bytes: int = 16 << 20
+
+    @classmethod
+    def from_env(cls, env: Environ) -> LogRetention:
+        return cls(
+            max_age_seconds=env_int(env, "IMGQ_LOG_MAX_AGE", cls.max_age_seconds, minimum=1),
+            max_bytes=env_int(env, "IMGQ_LOG_MAX_BYTES", cls.max_bytes, minimum=1024),
+            segment_bytes=env_int(env, "IMGQ_LOG_SEGMENT_BYTES", cls.segment_bytes, minimum=1024),
+        )
+
+    def arguments(self) -> dict[str, aio_pika.abc.FieldValue]:
+        return {
+            "x-queue-type": "stream",
+            "x-max-age": f"{self.max_age_seconds}s",
+            "x-max-length-bytes": self.max_bytes,
+            # Retention drops whole segments: small segments keep disk use close to the bound.
+            "x-stream-max-segment-size-bytes": self.segment_bytes,
+        }
 
 
 def job_routing_key(status: str) -> str:
@@ -57,7 +121,7 @@ class Topology:
     requests_queue: AbstractQueue
 
 
-async def declare_topology(channel: AbstractChannel) -> Topology:
+async def declare_topology(channel: AbstractChannel, bounds: QueueBounds) -> Topology:
     requests = await channel.declare_exchange(
         REQUESTS_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
     )
@@ -67,12 +131,24 @@ async def declare_topology(channel: AbstractChannel) -> Topology:
     dead = await channel.declare_exchange(
         DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True
     )
-    dead_queue = await channel.declare_queue(
-        DEAD_LETTER_QUEUE, durable=True, arguments={"x-queue-type": "quorum"}
+    for name in (DEAD_LETTER_QUEUE, DEAD_LETTER_NOTICES):
+        dead_queue = await channel.declare_queue(
+            name, durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        await dead_queue.bind(dead)
+    cancellations = await channel.declare_queue(
+        CANCELLATIONS, durable=True, arguments=CANCELLATIONS_ARGUMENTS
     )
-    await dead_queue.bind(dead)
-    queue = await channel.declare_queue(
-        REQUESTS_QUEUE, durable=True, arguments=REQUESTS_QUEUE_ARGUMENTS
-    )
+    await cancellations.bind(events, CANCELLED_ROUTING_KEY)
+    queue = await channel.declare_queue(REQUESTS_QUEUE, durable=True, arguments=bounds.arguments())
     await queue.bind(requests, REQUEST_ROUTING_KEY)
     return Topology(requests=requests, events=events, requests_queue=queue)
+
+
+async def declare_event_log(
+    channel: AbstractChannel, events: AbstractExchange, retention: LogRetention
+) -> AbstractQueue:
+    log = await channel.declare_queue(EVENT_LOG, durable=True, arguments=retention.arguments())
+    await log.bind(events, JOB_EVENTS_PATTERN)
+    await log.bind(events, MARKER_PATTERN)
+    return log

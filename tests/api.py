@@ -51,18 +51,26 @@ def get(base_url: str, path: str, timeout: float = 60.0) -> Reply:
     return request(base_url, "GET", path, timeout=timeout)
 
 
-def post_json(base_url: str, path: str, payload: Any) -> Reply:
+def post_json(
+    base_url: str, path: str, payload: Any, headers: dict[str, str] | None = None
+) -> Reply:
     return request(
         base_url,
         "POST",
         path,
         json.dumps(payload).encode(),
-        {"Content-Type": "application/json"},
+        {"Content-Type": "application/json", **(headers or {})},
     )
 
 
-def submit(base_url: str, model: str, image: str) -> dict[str, Any]:
-    reply = post_json(base_url, "/classifications", {"model": model, "image": image})
+def submit(
+    base_url: str, model: str, image: str, *, reuse: bool = False, key: str | None = None
+) -> dict[str, Any]:
+    """Submit a gallery job; by default it is really classified (no result reuse)."""
+    headers = {} if reuse else {"Cache-Control": "no-cache"}
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    reply = post_json(base_url, "/classifications", {"model": model, "image": image}, headers)
     assert reply.status == 202, (reply.status, reply.body)
     job: dict[str, Any] = reply.json()
     return job
@@ -75,6 +83,6 @@ def wait_final(base_url: str, job_id: str, timeout: float = 120.0) -> dict[str, 
         reply = get(base_url, f"/classifications/{job_id}?wait=30")
         assert reply.status == 200, (reply.status, reply.body)
         job: dict[str, Any] = reply.json()
-        if job["status"] in ("succeeded", "failed"):
+        if job["status"] in ("succeeded", "failed", "cancelled"):
             return job
     raise AssertionError(f"job {job_id} not final after {timeout} s")

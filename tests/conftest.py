@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +11,7 @@ import pytest
 
 from compose.broker import INSTALL_HINT, BrokerNode, rabbitmq_installed, start_node
 from compose.stack import Stack, wait_http_ok, wait_replicas_online
+from tests.cluster import Cluster
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_DIR = REPO.parent / "shared" / "imagenet-sample"
@@ -75,3 +76,45 @@ def imagenet_sample() -> Path:
             "the checkout, not part of the repository"
         )
     return SAMPLE_DIR
+
+
+# -- figures measured by the scenarios, printed at the end of the run ------------------------
+
+FIGURES: list[str] = []
+
+
+@pytest.fixture
+def figure(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Record a measured figure; all are printed in the summary and kept as an artefact."""
+
+    def record(text: str) -> None:
+        FIGURES.append(f"{request.node.name}: {text}")
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not FIGURES:
+        return
+    terminalreporter.section("figures measured")
+    for line in FIGURES:
+        terminalreporter.write_line(line)
+    artifacts = Path(os.environ.get("IMGQ_TEST_ARTIFACTS", REPO / "tests" / "artifacts"))
+    artifacts.mkdir(parents=True, exist_ok=True)
+    (artifacts / "figures.txt").write_text("\n".join(FIGURES) + "\n")
+
+
+@pytest.fixture
+def cluster(log_dir: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """A fresh RabbitMQ node of its own, with no services yet: the test starts what it needs."""
+    if not rabbitmq_installed():
+        pytest.fail(f"these tests run a real RabbitMQ node; {INSTALL_HINT}")
+    node = start_node()
+    logs = log_dir / request.node.name
+    logs.mkdir(parents=True, exist_ok=True)
+    stack = Stack(node.url, logs)
+    try:
+        yield Cluster(node, stack)
+    finally:
+        stack.stop(timeout=15)
+        node.stop()

@@ -25,7 +25,10 @@ from tests.openapi_contract import (
 EXPECTED_OPERATIONS: dict[str, dict[str, set[str]]] = {
     "/info": {"get": {"200"}},
     "/classifications": {"post": {"202", "303", "400", "422", "503"}},
-    "/classifications/{job_id}": {"get": {"200", "400", "404"}},
+    "/classifications/{job_id}": {
+        "get": {"200", "400", "404", "410", "503"},
+        "delete": {"200", "204", "404", "409", "410", "503"},
+    },
     "/images/{name}": {"get": {"200", "404"}},
     "/healthz": {"get": {"200"}},
     "/readyz": {"get": {"200", "503"}},
@@ -72,12 +75,15 @@ def queued_job() -> dict[str, Any]:
         "started_at": None,
         "finished_at": None,
         "replica": None,
+        "position": 1,
+        "reused_from": None,
     }
 
 
 def succeeded_job() -> dict[str, Any]:
     return {
         **queued_job(),
+        "position": None,
         "status": "succeeded",
         "result": _labels(5),
         "started_at": 1764072000.3,
@@ -274,7 +280,7 @@ def test_strict_schemas() -> None:
     for name in ("Job", "Label", "JobError", "Info", "ModelInfo", "ImageInfo"):
         assert schemas[name]["additionalProperties"] is False, name
         assert set(schemas[name]["required"]) == set(schemas[name]["properties"]), name
-    assert schemas["JobStatus"]["enum"] == ["queued", "started", "succeeded", "failed"]
+    assert schemas["JobStatus"]["enum"] == ["queued", "started", "succeeded", "failed", "cancelled"]
     assert set(schemas["Problem"]["required"]) == {"type", "title", "status", "detail", "code"}
 
 

@@ -49,7 +49,10 @@ def test_fifty_jobs_two_replicas_in_order(service: Service) -> None:
     accepted = []
     for name in images:
         reply = api.post_json(
-            service.base_url, "/classifications", {"model": "efficientnet_lite0", "image": name}
+            service.base_url,
+            "/classifications",
+            {"model": "efficientnet_lite0", "image": name},
+            {"Cache-Control": "no-cache"},
         )
         assert reply.status == 202, reply.body
         job = reply.json()

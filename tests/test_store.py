@@ -8,7 +8,7 @@ import time
 import pytest
 
 from gateway.store import JobStore
-from shared.errors import JobNotFound
+from shared.errors import JobGone, JobNotFound
 from shared.messages import ClassifyRequest, JobEvent, new_job_id
 from shared.states import JobStatus
 
@@ -92,7 +92,7 @@ def test_unknown_jobs_and_bounded_size() -> None:
     for job in jobs:
         store.apply(job)
     assert len(store) == 3
-    with pytest.raises(JobNotFound):
+    with pytest.raises(JobGone, match="evicted"):
         store.get(jobs[0].job_id)
     assert store.get(jobs[-1].job_id).status is JobStatus.QUEUED
 
@@ -102,5 +102,57 @@ def test_finished_jobs_expire_after_the_ttl() -> None:
     old = _queued()
     store.apply(old.advance(JobStatus.SUCCEEDED, finished_at=time.time() - 5))
     store.apply(_queued())  # any change sweeps expired jobs from the front
-    with pytest.raises(JobNotFound):
+    with pytest.raises(JobGone, match="expired"):
         store.get(old.job_id)
+    # Replaying the log later must not bring it back.
+    assert not store.apply(old.advance(JobStatus.SUCCEEDED, finished_at=time.time() - 5))
+
+
+def test_forgotten_jobs_are_gone_and_never_seen_ones_not_found() -> None:
+    store = JobStore(ttl=60, max_jobs=10)
+    job = _queued()
+    store.apply(job.advance(JobStatus.SUCCEEDED, finished_at=time.time()))
+    store.forget(job.job_id)
+    with pytest.raises(JobGone, match="deleted"):
+        store.get(job.job_id)
+    assert not store.apply(job.advance(JobStatus.SUCCEEDED, finished_at=time.time()))
+    with pytest.raises(JobNotFound):
+        store.get(new_job_id())
+
+
+def test_positions_follow_acceptance_order() -> None:
+    store = JobStore(ttl=60, max_jobs=10)
+    jobs = [_queued() for _ in range(3)]
+    for job in jobs:
+        store.apply(job)
+    assert [store.position(j.job_id) for j in jobs] == [1, 2, 3]
+    store.apply(jobs[0].advance(JobStatus.STARTED))
+    assert store.position(jobs[0].job_id) is None
+    assert [store.position(j.job_id) for j in jobs[1:]] == [1, 2]
+
+
+def test_idempotency_key_survives_events_in_any_order() -> None:
+    store = JobStore(ttl=60, max_jobs=10)
+    job = _queued().advance(JobStatus.QUEUED, idempotency_key="order-42")
+    # A replica's "started" can reach the log before the gateway's "queued" event.
+    store.apply(job.advance(JobStatus.STARTED, idempotency_key=None))
+    store.apply(job)
+    found = store.by_idempotency_key("order-42")
+    assert found is not None
+    assert found.job_id == job.job_id
+    assert found.status is JobStatus.STARTED
+
+
+def test_reusable_results_are_only_successes_on_the_same_input() -> None:
+    store = JobStore(ttl=60, max_jobs=10)
+    job = _queued()
+    assert job.image_sha256 is not None
+    store.apply(job)
+    assert store.reusable_result(job.model, job.image_sha256) is None
+    store.apply(job.advance(JobStatus.SUCCEEDED, finished_at=time.time()))
+    reusable = store.reusable_result(job.model, job.image_sha256)
+    assert reusable is not None
+    assert reusable.job_id == job.job_id
+    assert store.reusable_result("efficientnet_lite2", job.image_sha256) is None
+    store.forget(job.job_id)
+    assert store.reusable_result(job.model, job.image_sha256) is None

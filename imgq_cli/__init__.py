@@ -1,0 +1,1 @@
+"""The ``imgq`` command-line client."""

@@ -1,0 +1,437 @@
+"""Nothing accepted is ever lost: scale-out, crashes, restarts and overload, for real.
+
+Each scenario runs on a fresh RabbitMQ node of its own with gateways and replicas as
+real processes, kills or restarts them, and checks that every job that got a 202 ends
+with exactly one visible final state, whichever gateway is asked.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import pytest
+
+from shared.messages import JobEvent, new_job_id
+from shared.states import JobStatus
+from shared.topology import DEAD_LETTER_QUEUE, EVENTS_EXCHANGE, REQUESTS_QUEUE
+from tests import api
+from tests.cluster import MODEL, Cluster, dir_size, final_events_per_job, queue_depths, read_log
+
+pytestmark = [pytest.mark.broker, pytest.mark.timeout(420)]
+
+Figure = Callable[[str], None]
+IMAGES = ["cat.jpg", "coffee.jpg", "camera.jpg"]
+EXPECTED = {"cat.jpg": {"Egyptian cat", "tiger cat", "tabby"}, "coffee.jpg": {"espresso"}}
+EXPECTED["camera.jpg"] = {"tripod"}
+
+
+def _submit_many(urls: list[str], count: int) -> list[tuple[str, str]]:
+    """Submit ``count`` jobs round-robin over the gateways; (job_id, image) in accept order."""
+
+    def one(i: int) -> tuple[str, str]:
+        image = IMAGES[i % len(IMAGES)]
+        return api.submit(urls[i % len(urls)], MODEL, image)["job_id"], image
+
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def _wait_all(urls: list[str], job_ids: list[str], timeout: float = 300) -> list[dict[str, Any]]:
+    with ThreadPoolExecutor(32) as pool:
+        return list(
+            pool.map(
+                lambda ij: api.wait_final(urls[ij[0] % len(urls)], ij[1], timeout),
+                enumerate(job_ids),
+            )
+        )
+
+
+def _assert_right(jobs: list[tuple[str, str]], finals: list[dict[str, Any]]) -> None:
+    for (job_id, image), final in zip(jobs, finals, strict=True):
+        assert final["job_id"] == job_id
+        assert final["status"] == "succeeded", final
+        assert final["result"][0]["label"] in EXPECTED[image]
+
+
+def test_thousand_jobs_two_gateways_three_replicas(cluster: Cluster, figure: Figure) -> None:
+    for _ in range(3):
+        cluster.start_replica()
+    cluster.start_gateway()
+    cluster.start_gateway()
+    cluster.wait_replicas(3)
+    started = time.monotonic()
+    jobs = _submit_many(cluster.urls, 1000)
+    finals = _wait_all(cluster.urls, [j for j, _ in jobs])
+    elapsed = time.monotonic() - started
+    _assert_right(jobs, finals)
+    # Every gateway gives the same single final answer for every job.
+    a, b = cluster.urls
+    for job_id, _ in jobs:
+        left = api.get(a, f"/classifications/{job_id}").json()
+        assert left == api.get(b, f"/classifications/{job_id}").json()
+    assert queue_depths(cluster.node.url) == {REQUESTS_QUEUE: 0, DEAD_LETTER_QUEUE: 0}
+    finals_in_log = final_events_per_job(read_log(cluster.node.url))
+    duplicates = sum(n - 1 for n in finals_in_log.values())
+    assert set(finals_in_log) == {j for j, _ in jobs}
+    by_replica = Counter(f["replica"] for f in finals)
+    assert len(by_replica) == 3
+    figure(
+        f"1000 jobs, 2 gateways, 3 replicas: {elapsed:.1f} s ({1000 / elapsed:.0f} jobs/s), "
+        f"lost 0, duplicate final events in the log {duplicates}, per replica {dict(by_replica)}"
+    )
+
+
+def test_replicas_sigkilled_during_a_run(cluster: Cluster, figure: Figure) -> None:
+    cluster.start_replica()
+    cluster.start_replica()
+    cluster.start_gateway()
+    cluster.wait_replicas(2)
+    jobs = _submit_many(cluster.urls, 240)
+    stop = threading.Event()
+    kills = 0
+
+    def killer() -> None:
+        nonlocal kills
+        while not stop.wait(2.5):
+            live = cluster.live_replicas()
+            if live:
+                random.choice(live).kill()  # SIGKILL, mid-inference more often than not
+                kills += 1
+            cluster.start_replica()
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    try:
+        finals = _wait_all(cluster.urls, [j for j, _ in jobs])
+    finally:
+        stop.set()
+        thread.join()
+    _assert_right(jobs, finals)
+    starts = Counter(e.job_id for e in read_log(cluster.node.url) if e.status is JobStatus.STARTED)
+    redelivered = sum(1 for n in starts.values() if n > 1)
+    assert kills >= 3
+    figure(f"240 jobs, {kills} replica SIGKILLs: lost 0, jobs redelivered {redelivered}")
+
+
+def test_sigterm_during_inference_finishes_the_job(cluster: Cluster, figure: Figure) -> None:
+    replica = cluster.start_replica(IMGQ_DEBUG_DELAY="3")
+    _, url = cluster.start_gateway()
+    cluster.wait_replicas(1)
+    job = api.submit(url, MODEL, "coffee.jpg")
+    started = api.get(url, f"/classifications/{job['job_id']}?wait=30&since=queued").json()
+    assert started["status"] == "started"
+    t0 = time.monotonic()
+    replica.process.send_signal(signal.SIGTERM)
+    final = api.wait_final(url, job["job_id"])
+    code = replica.process.wait(30)
+    drained = time.monotonic() - t0
+    assert final["status"] == "succeeded"
+    assert final["replica"] == replica.name
+    assert code == 0
+    assert queue_depths(cluster.node.url) == {REQUESTS_QUEUE: 0, DEAD_LETTER_QUEUE: 0}
+    starts = [e for e in read_log(cluster.node.url) if e.status is JobStatus.STARTED]
+    assert len(starts) == 1, "the job must not have been requeued"
+    figure(f"SIGTERM mid-inference: job completed and acked, replica exited 0 in {drained:.1f} s")
+
+
+def test_poison_job_is_dead_lettered_and_others_flow(
+    cluster: Cluster, figure: Figure, tmp_path: Path
+) -> None:
+    shutil.copy(api.REPO / "images" / "cat.jpg", tmp_path / "poison.jpg")
+    shutil.copy(api.REPO / "images" / "cat.jpg", tmp_path / "cat.jpg")
+    cluster.env["IMGQ_DEBUG_CRASH_IMAGE"] = "poison.jpg"
+    for _ in range(2):
+        cluster.start_replica()
+    _, url = cluster.start_gateway(IMGQ_GALLERY_DIR=str(tmp_path))
+    cluster.wait_replicas(2)
+    stop = threading.Event()
+    crashes = 0
+
+    def supervisor() -> None:  # what a container's restart policy does
+        nonlocal crashes
+        while not stop.wait(0.2):
+            for replica in list(cluster.replicas):
+                if not replica.alive() and replica.process.returncode == 70:
+                    cluster.replicas.remove(replica)
+                    crashes += 1
+                    cluster.start_replica()
+
+    thread = threading.Thread(target=supervisor, daemon=True)
+    thread.start()
+    try:
+        poison = api.submit(url, MODEL, "poison.jpg")
+        good = [api.submit(url, MODEL, "cat.jpg") for _ in range(10)]
+        failed = api.wait_final(url, poison["job_id"], timeout=240)
+        finals = [api.wait_final(url, g["job_id"]) for g in good]
+    finally:
+        stop.set()
+        thread.join()
+    assert failed["status"] == "failed"
+    assert failed["error"]["code"] == "dead_lettered"
+    assert "delivered more than 3 times" in failed["error"]["message"]
+    assert all(f["status"] == "succeeded" for f in finals)
+    assert crashes >= 3
+    assert queue_depths(cluster.node.url)[DEAD_LETTER_QUEUE] == 1
+    figure(f"poison job: {crashes} replica crashes, then dead-lettered and failed; 10/10 others ok")
+
+
+def test_inference_longer_than_two_heartbeats_keeps_the_connection(
+    cluster: Cluster, figure: Figure
+) -> None:
+    # A 1 s heartbeat: a blocked event loop would miss it and the broker would drop us.
+    replica = cluster.start_replica(
+        IMGQ_DEBUG_DELAY="3.5", IMGQ_BROKER_URL=cluster.node.url + "?heartbeat=1"
+    )
+    _, url = cluster.start_gateway()
+    cluster.wait_replicas(1)
+    jobs = [api.submit(url, MODEL, "coffee.jpg") for _ in range(2)]
+    finals = [api.wait_final(url, job["job_id"]) for job in jobs]
+    assert all(f["status"] == "succeeded" for f in finals)
+    starts = Counter(e.job_id for e in read_log(cluster.node.url) if e.status is JobStatus.STARTED)
+    assert all(n == 1 for n in starts.values()), "a dropped connection would redeliver"
+    log = replica.log_tail(100_000).lower()
+    assert "reconnect" not in log
+    assert "connection lost" not in log
+    figure("3.5 s inferences with a 1 s heartbeat: connection kept, no redelivery")
+
+
+def test_broker_restart_under_load(cluster: Cluster, figure: Figure) -> None:
+    cluster.start_replica()
+    cluster.start_replica()
+    _, url = cluster.start_gateway()
+    cluster.wait_replicas(2)
+    stop = threading.Event()
+    answers: list[tuple[int, float, str | None]] = []
+
+    def load() -> None:
+        i = 0
+        while not stop.is_set():
+            t0 = time.monotonic()
+            try:
+                reply = api.post_json(
+                    url,
+                    "/classifications",
+                    {"model": MODEL, "image": IMAGES[i % 3]},
+                    {"Cache-Control": "no-cache"},
+                )
+                job_id = reply.json()["job_id"] if reply.status == 202 else None
+                answers.append((reply.status, time.monotonic() - t0, job_id))
+            except OSError:
+                answers.append((0, time.monotonic() - t0, None))
+            i += 1
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    time.sleep(3)
+    down = time.monotonic()
+    cluster.node.restart()
+    up = time.monotonic()
+    api_back = _wait_ready(url)
+    cluster.wait_replicas(2, timeout=60)
+    replicas_back = time.monotonic() - up
+    time.sleep(3)
+    stop.set()
+    thread.join()
+
+    statuses = Counter(status for status, _, _ in answers)
+    assert set(statuses) <= {202, 503}, statuses
+    assert statuses[503] > 0, "submissions during the outage should get 503"
+    assert max(elapsed for _, elapsed, _ in answers) < 10, "no submission may hang"
+    accepted = [job_id for status, _, job_id in answers if status == 202 and job_id]
+    finals = _wait_all([url], accepted)
+    assert all(f["status"] == "succeeded" for f in finals)
+    figure(
+        f"broker restart ({up - down:.1f} s down) under load: {len(accepted)} accepted, lost 0, "
+        f"{statuses[503]} got 503; gateway ready {api_back - up:.1f} s and replicas online "
+        f"{replicas_back:.1f} s after the broker came back"
+    )
+
+
+def _wait_ready(url: str, timeout: float = 60) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if api.get(url, "/readyz", timeout=2).status == 200:
+                return time.monotonic()
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{url} not ready again within {timeout} s")
+
+
+def test_restarted_gateway_serves_every_result_before_ready(
+    cluster: Cluster, figure: Figure
+) -> None:
+    cluster.start_replica()
+    cluster.start_replica()
+    first, url = cluster.start_gateway()
+    cluster.wait_replicas(2)
+    jobs = _submit_many([url], 200)
+    before = _wait_all([url], [j for j, _ in jobs])
+    first.kill()
+    t0 = time.monotonic()
+    _, new_url = cluster.start_gateway(wait=False)
+    _wait_ready(new_url)
+    rebuild = time.monotonic() - t0
+    for (job_id, _), old in zip(jobs, before, strict=True):
+        assert api.get(new_url, f"/classifications/{job_id}").json() == old
+    figure(
+        f"gateway SIGKILLed and restarted: 200/200 results served, "
+        f"ready {rebuild:.2f} s after start"
+    )
+
+
+def test_full_queue_answers_503_then_recovers(cluster: Cluster, figure: Figure) -> None:
+    cluster.env["IMGQ_QUEUE_MAX_JOBS"] = "10"
+    _, url = cluster.start_gateway()
+    replies = [
+        api.post_json(
+            url,
+            "/classifications",
+            {"model": MODEL, "image": "cat.jpg"},
+            {"Cache-Control": "no-cache"},
+        )
+        for _ in range(15)
+    ]
+    accepted = [r.json()["job_id"] for r in replies if r.status == 202]
+    refused = [r for r in replies if r.status != 202]
+    # A quorum queue checks its bound before enqueuing, so it can end one over.
+    assert len(accepted) in (10, 11)
+    assert len(refused) == 15 - len(accepted)
+    for reply in refused:
+        assert reply.status == 503
+        assert reply.json()["code"] == "queue_full"
+        assert int(reply.headers["retry-after"]) > 0
+    queued = api.get(url, f"/classifications/{accepted[-1]}").json()
+    assert queued["position"] == len(accepted)
+    cluster.start_replica()
+    finals = _wait_all([url], accepted)
+    assert all(f["status"] == "succeeded" for f in finals)
+    assert (
+        api.post_json(url, "/classifications", {"model": MODEL, "image": "cat.jpg"}).status == 202
+    )
+    figure(
+        f"queue bound 10: {len(accepted)} accepted, {len(refused)} refused with 503 + "
+        f"Retry-After; all {len(accepted)} finished once a replica started"
+    )
+
+
+def test_retention_gone_after_ttl_and_log_disk_bounded(cluster: Cluster, figure: Figure) -> None:
+    cluster.env.update(
+        IMGQ_JOB_TTL="2", IMGQ_LOG_MAX_BYTES="300000", IMGQ_LOG_SEGMENT_BYTES="60000"
+    )
+    cluster.start_replica()
+    _, url = cluster.start_gateway()
+    cluster.wait_replicas(1)
+    job = api.submit(url, MODEL, "coffee.jpg")
+    assert api.wait_final(url, job["job_id"])["status"] == "succeeded"
+    time.sleep(2.5)
+    gone = api.get(url, f"/classifications/{job['job_id']}")
+    assert gone.status == 410
+    assert gone.json()["code"] == "job_gone"
+    assert api.get(url, f"/classifications/{new_job_id()}").status == 404
+    # A gateway started now knows the job from the log, and also answers 410.
+    _, late = cluster.start_gateway()
+    assert api.get(late, f"/classifications/{job['job_id']}").status == 410
+
+    written = _flood_log(cluster.node.url, 4000)
+    stream_dirs = [p for p in cluster.node.base_dir.rglob("__imgq_events_log_*") if p.is_dir()]
+    assert stream_dirs, "stream data directory not found"
+    on_disk = sum(dir_size(p) for p in stream_dirs)
+    assert on_disk < 300_000 + 3 * 60_000, on_disk
+    figure(
+        f"retention: expired job 410, never-seen 404; log {written} B written, {on_disk} B on disk"
+    )
+
+
+def _flood_log(broker_url: str, count: int) -> int:
+    import asyncio
+
+    async def flood() -> int:
+        connection = await aio_pika.connect(broker_url)
+        written = 0
+        async with connection:
+            channel = await connection.channel()
+            exchange = await channel.get_exchange(EVENTS_EXCHANGE)
+            for _ in range(count):
+                event = JobEvent(new_job_id(), JobStatus.FAILED, MODEL, "x.jpg", finished_at=1.0)
+                body = event.to_json()
+                written += len(body)
+                await exchange.publish(aio_pika.Message(body), "job.failed")
+        await asyncio.sleep(2)  # retention runs when segments roll over
+        return written
+
+    return asyncio.run(flood())
+
+
+def _wait_known(url: str, job_id: str, timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while api.get(url, f"/classifications/{job_id}").status != 200:
+        assert time.monotonic() < deadline, f"{job_id} never reached {url}"
+        time.sleep(0.01)
+
+
+def test_idempotency_reuse_and_cancellation_across_gateways(
+    cluster: Cluster, figure: Figure
+) -> None:
+    _, a = cluster.start_gateway()
+    _, b = cluster.start_gateway()
+    # No replica yet: jobs stay queued, so they can be cancelled.
+    first = api.submit(a, MODEL, "coffee.jpg", key="order-1")
+    # Gateways share keys through the event log: B knows the key once the event reached it.
+    _wait_known(b, first["job_id"])
+    again = api.post_json(
+        b,
+        "/classifications",
+        {"model": MODEL, "image": "coffee.jpg"},
+        {"Idempotency-Key": "order-1"},
+    )
+    assert again.status == 202
+    assert again.json()["job_id"] == first["job_id"]
+    assert again.headers["idempotent-replayed"] == "true"
+    clash = api.post_json(
+        b, "/classifications", {"model": MODEL, "image": "cat.jpg"}, {"Idempotency-Key": "order-1"}
+    )
+    assert clash.status == 422
+    assert clash.json()["code"] == "idempotency_key_reused"
+
+    doomed = api.submit(a, MODEL, "cat.jpg")
+    _wait_known(b, doomed["job_id"])
+    cancelled = api.request(b, "DELETE", f"/classifications/{doomed['job_id']}")
+    assert cancelled.status == 200
+    assert cancelled.json()["status"] == "cancelled"
+    seen_on_a = api.get(a, f"/classifications/{doomed['job_id']}?wait=10&since=queued").json()
+    assert seen_on_a["status"] == "cancelled"
+
+    replica = cluster.start_replica()
+    done = api.wait_final(b, first["job_id"])
+    assert done["status"] == "succeeded"
+    # The replica started after the cancellation and still skipped the job.
+    assert api.wait_final(a, doomed["job_id"])["status"] == "cancelled"
+    starts = {e.job_id for e in read_log(cluster.node.url) if e.status is JobStatus.STARTED}
+    assert doomed["job_id"] not in starts
+    assert "cancelled while queued" in replica.log_tail()
+
+    reused = api.submit(b, MODEL, "coffee.jpg", reuse=True)
+    assert reused["status"] == "succeeded"
+    assert reused["reused_from"] == first["job_id"]
+    assert reused["result"] == done["result"]
+
+    assert api.request(b, "DELETE", f"/classifications/{first['job_id']}").status == 204
+    deadline = time.monotonic() + 5
+    while api.get(a, f"/classifications/{first['job_id']}").status != 410:
+        assert time.monotonic() < deadline, "the deletion never reached gateway A"
+        time.sleep(0.05)
+    assert api.request(a, "DELETE", f"/classifications/{new_job_id()}").status == 404
+    figure("idempotency key, result reuse, cancel and forget: consistent across 2 gateways")
