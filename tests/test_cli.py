@@ -1,0 +1,470 @@
+"""The ``imgq`` command line: against the running service, against a scripted fake server (the
+wire details: long-poll parameters, uploads, tokens, error answers), and its renderer."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from email.parser import BytesParser
+from email.policy import HTTP
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from imgq_cli import render
+from imgq_cli.main import main
+from tests import api
+from tests.conftest import REPO, Service
+
+MODEL = "efficientnet_lite0"
+MODELS = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+CAT_LABELS = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat", "lynx"}
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# -- against the real service --------------------------------------------------------------
+
+
+@pytest.mark.broker
+def test_classify_wait_json_gives_the_labels(
+    service: Service, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(
+        capsys,
+        "classify",
+        "coffee.jpg",
+        "cat.jpg",
+        "--model",
+        MODEL,
+        "--wait",
+        "--json",
+        "--fresh",
+        "--url",
+        service.base_url,
+    )
+    assert code == 0, err
+    jobs = json.loads(out)
+    assert [job["image"] for job in jobs] == ["coffee.jpg", "cat.jpg"]
+    assert all(job["status"] == "succeeded" for job in jobs)
+    assert jobs[0]["result"][0]["label"] == "espresso"
+    assert jobs[1]["result"][0]["label"] in CAT_LABELS
+    # Progress went to stderr, one line per status change, ending with the results.
+    lines = err.splitlines()
+    assert any("coffee.jpg" in line and "succeeded: espresso" in line for line in lines), err
+    for job in jobs:
+        assert any(job["job_id"][:8] in line and "started" in line for line in lines), err
+
+
+@pytest.mark.broker
+def test_classify_wait_prints_a_table(service: Service, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(
+        capsys, "--url", service.base_url, "classify", "coffee.jpg", "cat.jpg", "-m", MODEL, "-w"
+    )
+    assert code == 0
+    header, coffee, cat = out.splitlines()
+    assert header.split() == ["IMAGE", "MODEL", "STATUS", "SCORE", "LABEL"]
+    assert coffee.split()[:3] == ["coffee.jpg", MODEL, "succeeded"]
+    assert coffee.endswith("espresso")
+    assert any(cat.endswith(label) for label in CAT_LABELS), cat
+
+    code, out, _ = run(
+        capsys, "classify", "coffee.jpg", "-m", MODEL, "-w", "-q", "--top", "5", "--url",
+        service.base_url,
+    )  # fmt: skip
+    assert code == 0
+    rows = out.splitlines()
+    assert len(rows) == 6
+    assert [row.split()[-1] for row in rows[1:3]] == ["espresso", "cup"]
+
+
+@pytest.mark.broker
+def test_classify_without_wait_prints_job_ids_at_once(
+    service: Service, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(capsys, "classify", "rocket.jpg", "-m", MODEL, "--url", service.base_url)
+    assert code == 0
+    header, row = out.splitlines()
+    assert header.split() == ["JOB", "IMAGE", "MODEL", "STATUS"]
+    job_id, image, model, status = row.split()
+    assert (image, model) == ("rocket.jpg", MODEL)
+    assert status in ("queued", "started", "succeeded")
+    # ... and `imgq status JOB_ID --wait` follows it to the end.
+    code, out, _ = run(capsys, "status", job_id, "--wait", "--json", "--url", service.base_url)
+    assert code == 0
+    job = json.loads(out)
+    assert (job["job_id"], job["status"]) == (job_id, "succeeded")
+
+
+@pytest.mark.broker
+def test_models_lists_the_three_models(
+    service: Service, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(capsys, "models", "--url", service.base_url)
+    assert code == 0
+    rows = [line.split() for line in out.splitlines()]
+    assert rows[0] == ["MODEL", "TITLE", "INPUT", "REPLICAS"]
+    assert [row[0] for row in rows[1:]] == MODELS
+    assert [row[2] for row in rows[1:]] == ["224", "240", "260"]
+    assert all(int(row[3]) >= 1 for row in rows[1:])
+
+    code, out, _ = run(capsys, "models", "--json", "--url", service.base_url)
+    assert [m["name"] for m in json.loads(out)] == MODELS
+
+
+@pytest.mark.broker
+def test_status_says_ready_and_counts_replicas(
+    service: Service, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(capsys, "status", "--url", service.base_url)
+    assert code == 0
+    assert out.startswith(f"gateway {service.base_url}: ready")
+    for name in MODELS:
+        assert any(line.split()[:1] == [name] and "online" in line for line in out.splitlines())
+
+    code, out, _ = run(capsys, "status", "--json", "--url", service.base_url)
+    status = json.loads(out)
+    assert status["ready"] is True
+    assert {m["name"]: m["replicas"] >= 1 for m in status["models"]} == dict.fromkeys(MODELS, True)
+
+
+@pytest.mark.broker
+def test_unknown_image_exits_1_with_the_servers_detail(
+    service: Service, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reply = api.post_json(
+        service.base_url, "/classifications", {"model": MODEL, "image": "nosuch.jpg"}
+    )
+    assert reply.status == 422
+    detail = reply.json()["detail"]
+
+    code, out, err = run(
+        capsys, "classify", "nosuch.jpg", "--model", MODEL, "--url", service.base_url
+    )
+    assert code == 1
+    assert out == ""
+    assert err == f"error: {detail}\n"
+    assert "Traceback" not in err
+
+    code, _, err = run(
+        capsys, "classify", "cat.jpg", "--model", "resnet9000", "--url", service.base_url
+    )
+    assert code == 1
+    assert err.startswith("error: unknown model 'resnet9000'")
+
+
+@pytest.mark.broker
+def test_a_local_file_is_uploaded_or_refused_clearly(
+    service: Service, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Uploads are multipart posts; a server without an upload endpoint gets a clear error."""
+    path = str(REPO / "images" / "coffee.jpg")
+    code, out, err = run(
+        capsys, "classify", path, "-m", MODEL, "-w", "-q", "--url", service.base_url
+    )
+    if code == 0:  # the server accepts uploads
+        assert "espresso" in out
+    else:
+        assert code == 1
+        assert err.startswith(f"error: {path}: this server does not accept uploads yet"), err
+
+
+@pytest.mark.broker
+def test_cancel_forgets_a_finished_job(
+    service: Service, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = api.submit(service.base_url, MODEL, "camera.jpg")
+    api.wait_final(service.base_url, job["job_id"])
+    code, out, _ = run(capsys, "cancel", job["job_id"], "--url", service.base_url)
+    assert code == 0
+    assert "forgotten" in out
+    code, _, err = run(capsys, "status", job["job_id"], "--url", service.base_url)
+    assert code == 1
+    assert err.startswith("error: ")
+    assert "gone" in err
+
+
+def test_an_unreachable_server_exits_2_naming_the_url(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "classify", "cat.jpg", "-m", MODEL, "--url", "http://127.0.0.1:1")
+    assert code == 2
+    assert out == ""
+    assert err.startswith("error: cannot reach the imgq server at http://127.0.0.1:1: ")
+    assert "connection refused" in err
+    assert "Traceback" not in err
+
+    code, _, err = run(capsys, "models", "--url", "ftp://example.org")
+    assert code == 2
+    assert "--url" in err
+
+
+def test_url_and_token_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("IMGQ_URL", "http://127.0.0.1:1")
+    code, _, err = run(capsys, "models")
+    assert code == 2
+    assert "http://127.0.0.1:1" in err
+
+
+# -- against a scripted fake server ----------------------------------------------------------
+
+
+class FakeGateway:
+    """Answers like a gateway would, and records what it was asked."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.statuses = ["queued", "started", "succeeded"]
+        self.uploads = False
+
+    def job(self, status: str) -> dict[str, Any]:
+        done = status == "succeeded"
+        return {
+            "job_id": "ab" * 16,
+            "status": status,
+            "model": MODEL,
+            "image": "cat.jpg",
+            "result": [{"label": "tabby", "class_index": 281, "score": 0.5}] if done else None,
+            "error": None,
+            "queued_at": 1.0,
+            "started_at": 2.0 if status != "queued" else None,
+            "finished_at": 3.0 if done else None,
+            "replica": "replica-9" if status != "queued" else None,
+        }
+
+    def answer(self, method: str, path: str, headers: Any, body: bytes) -> tuple[int, Any]:
+        url = urllib.parse.urlsplit(path)
+        query = dict(urllib.parse.parse_qsl(url.query))
+        self.requests.append(
+            {"method": method, "path": url.path, "query": query, "headers": headers, "body": body}
+        )
+        if url.path == "/info":
+            return 200, {"models": [], "images": [], "max_wait": 7}
+        if method == "POST" and url.path == "/classifications":
+            if headers.get_content_type() == "multipart/form-data" and not self.uploads:
+                return 400, {"detail": "field 'image' is required and must be a string"}
+            return 202, self.job("queued")
+        if url.path == "/classifications/" + "ab" * 16:
+            since = query.get("since")
+            current = self.statuses.index(since) + 1 if since else 0
+            return 200, self.job(self.statuses[current])
+        return 404, {"detail": f"Not Found: {url.path}", "code": "not_found"}
+
+
+@pytest.fixture
+def fake() -> Iterator[tuple[FakeGateway, str]]:
+    gateway = FakeGateway()
+
+    class Handler(BaseHTTPRequestHandler):
+        def handle_any(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length)
+            status, payload = gateway.answer(self.command, self.path, self.headers, body)
+            raw = json.dumps(payload).encode()
+            self.send_response(status)
+            kind = "application/json" if status < 400 else "application/problem+json"
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        do_GET = do_POST = do_DELETE = handle_any
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield gateway, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_wait_long_polls_with_since_and_shows_each_change(
+    fake: tuple[FakeGateway, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    gateway, url = fake
+    code, out, err = run(capsys, "classify", "cat.jpg", "-m", MODEL, "--wait", "--url", url)
+    assert code == 0
+    assert out.splitlines()[1].split() == ["cat.jpg", MODEL, "succeeded", "0.500", "tabby"]
+    assert err.splitlines() == [
+        "cat.jpg [abababab] queued",
+        "cat.jpg [abababab] started on replica-9",
+        "cat.jpg [abababab] succeeded: tabby 0.500",
+    ]
+    polls = [r["query"] for r in gateway.requests if r["path"].startswith("/classifications/")]
+    # The server's max_wait (7 s from /info) bounds each long-poll.
+    assert polls == [{"wait": "7", "since": "queued"}, {"wait": "7", "since": "started"}]
+    submit = next(r for r in gateway.requests if r["method"] == "POST")
+    assert json.loads(submit["body"]) == {"model": MODEL, "image": "cat.jpg"}
+    assert submit["headers"]["Content-Type"] == "application/json"
+    assert "Authorization" not in submit["headers"]
+
+
+def test_token_is_sent_as_a_bearer_header(
+    fake: tuple[FakeGateway, str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gateway, url = fake
+    assert (
+        run(capsys, "classify", "cat.jpg", "-m", MODEL, "--url", url, "--token", "s3cret")[0] == 0
+    )
+    monkeypatch.setenv("IMGQ_TOKEN", "from-env")
+    assert run(capsys, "models", "--url", url)[0] == 0
+    assert [r["headers"]["Authorization"] for r in gateway.requests] == [
+        "Bearer s3cret",
+        "Bearer from-env",
+    ]
+
+
+def test_a_local_file_goes_up_as_multipart_model_and_file(
+    fake: tuple[FakeGateway, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    gateway, url = fake
+    image = REPO / "images" / "cat.jpg"
+    code, out, err = run(capsys, "classify", str(image), "-m", MODEL, "--url", url)
+    assert code == 1
+    assert out == ""
+    assert err == (
+        f"error: {image}: this server does not accept uploads yet (it answered 400: field "
+        "'image' is required and must be a string); name a gallery image instead, "
+        "see `imgq images`\n"
+    )
+
+    gateway.uploads = True
+    code, out, _ = run(capsys, "classify", str(image), "-m", MODEL, "--json", "--url", url)
+    assert code == 0
+    assert json.loads(out)[0]["status"] == "queued"
+    post = gateway.requests[-1]
+    message = BytesParser(policy=HTTP).parsebytes(
+        b"Content-Type: " + post["headers"]["Content-Type"].encode() + b"\r\n\r\n" + post["body"]
+    )
+    parts = {
+        part.get_param("name", header="content-disposition"): part for part in message.iter_parts()
+    }
+    assert set(parts) == {"model", "file"}
+    assert parts["model"].get_content() == MODEL
+    assert parts["file"].get_filename() == "cat.jpg"
+    assert parts["file"].get_content_type() == "image/jpeg"
+    assert parts["file"].get_content() == image.read_bytes()
+
+
+def test_gallery_flag_sends_a_name_even_where_a_file_has_it(
+    fake: tuple[FakeGateway, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    gateway, url = fake
+    image = str(REPO / "images" / "cat.jpg")
+    assert run(capsys, "classify", image, "--gallery", "-m", MODEL, "--url", url)[0] == 0
+    assert json.loads(gateway.requests[-1]["body"]) == {"model": MODEL, "image": image}
+
+
+def test_an_error_that_is_not_a_problem_document_shows_the_status(
+    fake: tuple[FakeGateway, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, url = fake
+    code, _, err = run(capsys, "status", "cd" * 16, "--url", url)
+    assert code == 1
+    assert err == f"error: Not Found: /classifications/{'cd' * 16}\n"
+
+
+def test_bad_usage_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["classify", "cat.jpg"], ["classify", "-m", MODEL, "cat.jpg", "--top", "9"], []):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+    assert "usage: imgq" in capsys.readouterr().err
+
+
+# -- the renderer ------------------------------------------------------------------------------
+
+
+def _job(image: str, status: str, labels: list[tuple[str, float]] | None = None) -> dict[str, Any]:
+    return {
+        "job_id": "0123456789abcdef" * 2,
+        "status": status,
+        "model": MODEL,
+        "image": image,
+        "result": None
+        if labels is None
+        else [{"label": name, "class_index": i, "score": s} for i, (name, s) in enumerate(labels)],
+        "error": {"code": "image_decode_failed", "message": "cannot decode image"}
+        if status == "failed"
+        else None,
+    }
+
+
+def test_table_pads_columns_and_aligns_numbers_right() -> None:
+    text = render.table(["A", "NUM"], [["long cell", "1"], ["x", "12.5"]], frozenset({1}))
+    assert text.splitlines() == ["A           NUM", "long cell     1", "x          12.5"]
+    assert render.table(["A", "B"], [["x", ""]]) == "A  B\nx"  # no trailing spaces
+
+
+def test_jobs_table_shows_the_best_label_or_the_error() -> None:
+    jobs = [
+        _job("coffee.jpg", "succeeded", [("espresso", 0.955), ("cup", 0.012)]),
+        _job("notes.txt", "failed"),
+        _job("cat.jpg", "started"),
+    ]
+    assert render.jobs_table(jobs).splitlines() == [
+        "IMAGE       MODEL               STATUS     SCORE  LABEL",
+        "coffee.jpg  efficientnet_lite0  succeeded  0.955  espresso",
+        "notes.txt   efficientnet_lite0  failed            "
+        "image_decode_failed: cannot decode image",
+        "cat.jpg     efficientnet_lite0  started           -",
+    ]
+
+
+def test_jobs_table_with_top_ranks_the_labels() -> None:
+    labels = [("espresso", 0.9), ("cup", 0.05), ("consomme", 0.01)]
+    lines = render.jobs_table([_job("coffee.jpg", "succeeded", labels)], top=2).splitlines()
+    assert lines == [
+        "IMAGE       MODEL               STATUS     #  SCORE  LABEL",
+        "coffee.jpg  efficientnet_lite0  succeeded  1  0.900  espresso",
+        "                                           2  0.050  cup",
+    ]
+    failed = render.jobs_table([_job("x.jpg", "failed")], top=5).splitlines()
+    assert failed[1].endswith("failed            image_decode_failed: cannot decode image")
+
+
+def test_models_and_status_text() -> None:
+    models = [
+        {"name": "efficientnet_lite0", "title": "EfficientNet-Lite0", "input_size": 224,
+         "online": True, "replicas": 2},
+        {"name": "efficientnet_lite2", "title": "EfficientNet-Lite2", "input_size": 260,
+         "online": False, "replicas": 0},
+    ]  # fmt: skip
+    assert render.models_table(models).splitlines() == [
+        "MODEL               TITLE               INPUT  REPLICAS",
+        "efficientnet_lite0  EfficientNet-Lite0    224         2",
+        "efficientnet_lite2  EfficientNet-Lite2    260         0",
+    ]
+    assert render.status_text("http://h:1", False, "still replaying", models).splitlines() == [
+        "gateway http://h:1: NOT READY (still replaying)",
+        "",
+        "MODEL               REPLICAS  STATE",
+        "efficientnet_lite0         2  online",
+        "efficientnet_lite2         0  offline",
+    ]
+
+
+def test_progress_lines() -> None:
+    assert render.progress(_job("cat.jpg", "queued")) == "cat.jpg [01234567] queued"
+    started = {**_job("cat.jpg", "started"), "replica": "replica-1"}
+    assert render.progress(started) == "cat.jpg [01234567] started on replica-1"
+    done = _job("cat.jpg", "succeeded", [("tabby", 0.5)])
+    assert render.progress(done) == "cat.jpg [01234567] succeeded: tabby 0.500"
+    reused = render.progress({**done, "reused_from": "f" * 32})
+    assert reused.endswith("tabby 0.500 (an earlier result for the same image bytes)")
+    failed = render.progress(_job("x", "failed"))
+    assert failed == "x [01234567] failed: image_decode_failed: cannot decode image"
