@@ -435,3 +435,34 @@ def test_idempotency_reuse_and_cancellation_across_gateways(
         time.sleep(0.05)
     assert api.request(a, "DELETE", f"/classifications/{new_job_id()}").status == 404
     figure("idempotency key, result reuse, cancel and forget: consistent across 2 gateways")
+
+
+def test_gateway_sigterm_answers_long_polls_and_exits(cluster: Cluster, figure: Figure) -> None:
+    gateway, url = cluster.start_gateway()
+    job = api.submit(url, MODEL, "cat.jpg")  # no replica: it stays queued
+    answers: list[tuple[int, dict[str, Any], float]] = []
+
+    def long_poll() -> None:
+        t0 = time.monotonic()
+        reply = api.get(url, f"/classifications/{job['job_id']}?wait=30")
+        answers.append((reply.status, reply.json(), time.monotonic() - t0))
+
+    polls = [threading.Thread(target=long_poll) for _ in range(5)]
+    for poll in polls:
+        poll.start()
+    time.sleep(1)
+    t0 = time.monotonic()
+    gateway.process.send_signal(signal.SIGTERM)
+    code = gateway.process.wait(15)
+    stopped = time.monotonic() - t0
+    for poll in polls:
+        poll.join(5)
+    assert code == 0
+    assert len(answers) == 5
+    for status, body, waited in answers:
+        assert status == 200
+        assert body["status"] == "queued"
+        assert waited < 10, "a pending long-poll must be answered at shutdown, not time out"
+    # The job itself is safe in the queue for any other gateway and replica.
+    assert queue_depths(cluster.node.url)[REQUESTS_QUEUE] == 1
+    figure(f"gateway SIGTERM: 5 pending long-polls answered, exited 0 in {stopped:.2f} s")
