@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 
+from classifier_service.metrics import ReplicaMetrics, start_server
 from classifier_service.models import load
 from classifier_service.settings import ClassifierSettings
 from classifier_service.worker import Replica
@@ -16,12 +17,18 @@ from shared.settings import process_env
 async def serve(settings: ClassifierSettings) -> None:
     # Models load before the first connection, once per process, never per job.
     models = {name: load(CATALOG[name]) for name in settings.models}
-    replica = Replica(settings, models)
+    metrics = ReplicaMetrics()
+    replica = Replica(settings, models, metrics)
     await replica.warm_up()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, replica.stop)
-    await replica.run()
+    server = await start_server(metrics, settings.metrics_host, settings.metrics_port)
+    try:
+        await replica.run()
+    finally:
+        if server is not None:
+            await server.cleanup()
 
 
 def main() -> None:

@@ -34,6 +34,9 @@ class ClassifierSettings:
     # flight"), and an image name whose job kills the process as a segfault would.
     debug_delay: float
     debug_crash_image: str | None
+    # GET /metrics (Prometheus) on this address; port 0 turns the listener off.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9100
 
     @property
     def prefetch(self) -> int:
@@ -61,4 +64,6 @@ class ClassifierSettings:
             queue_bounds=QueueBounds.from_env(env),
             debug_delay=env_float(env, "IMGQ_DEBUG_DELAY", 0.0),
             debug_crash_image=env.get("IMGQ_DEBUG_CRASH_IMAGE") or None,
+            metrics_host=env_str(env, "IMGQ_METRICS_HOST", "127.0.0.1"),
+            metrics_port=env_int(env, "IMGQ_METRICS_PORT", 9100, maximum=65535),
         )

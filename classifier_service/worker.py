@@ -22,6 +22,7 @@ import aio_pika
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractRobustConnection
 
 from classifier_service.inference import classify_batch, configure_threads, warm_up
+from classifier_service.metrics import ReplicaMetrics
 from classifier_service.models import LoadedModel
 from classifier_service.settings import ClassifierSettings
 from shared.errors import ImageDecodeError, MessageError, ModelUnavailable, UnknownModel
@@ -38,9 +39,15 @@ log = logging.getLogger(__name__)
 
 
 class Replica:
-    def __init__(self, settings: ClassifierSettings, models: dict[str, LoadedModel]) -> None:
+    def __init__(
+        self,
+        settings: ClassifierSettings,
+        models: dict[str, LoadedModel],
+        metrics: ReplicaMetrics | None = None,
+    ) -> None:
         self.settings = settings
         self.models = models
+        self.metrics = metrics if metrics is not None else ReplicaMetrics()
         self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         # One inference thread: torch parallelises inside it with its own pool, and a second
         # thread would only oversubscribe the cores.
@@ -177,10 +184,13 @@ class Replica:
 
     async def _accept(self, message: AbstractIncomingMessage) -> ClassifyRequest | None:
         """Parse and check one request; dead-letter what can never succeed."""
+        if message.redelivered:
+            self.metrics.redeliveries.inc()
         try:
             request = ClassifyRequest.from_json(message.body)
         except MessageError as exc:
             log.warning("dead-lettering unreadable request %s: %s", message.message_id, exc)
+            self.metrics.dead_lettered.inc()
             await message.reject(requeue=False)
             return None
         if request.job_id in self._cancelled:
@@ -200,6 +210,8 @@ class Replica:
                 error=JobFailure(error.code, error.message),
             )
             await self._publish(event, message)
+            # Not in imgq_jobs_total: its model label would be whatever a producer wrote.
+            self.metrics.dead_lettered.inc()
             await message.reject(requeue=False)
             return None
         return request
@@ -215,6 +227,7 @@ class Replica:
             for _, request in jobs
         ]
         await asyncio.gather(*(self._publish(event) for event in started))
+        inference_started = time.perf_counter()
         outcomes = await asyncio.get_running_loop().run_in_executor(
             self._executor,
             classify_batch,
@@ -223,6 +236,8 @@ class Replica:
             self.settings.debug_delay,
         )
         finished_at = time.time()
+        model_name = jobs[0][1].model  # a batch is one model's jobs
+        self.metrics.batch_done(model_name, len(jobs), time.perf_counter() - inference_started)
         finals = []
         for event, outcome in zip(started, outcomes, strict=True):
             if isinstance(outcome, ImageDecodeError):
@@ -246,6 +261,8 @@ class Replica:
         for message, _ in jobs:
             await message.ack()
         self.jobs_done += len(jobs)
+        for final in finals:
+            self.metrics.jobs.inc(model=model_name, status=final.status.value)
 
     async def _publish(
         self, event: JobEvent, request: AbstractIncomingMessage | None = None

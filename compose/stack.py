@@ -110,6 +110,8 @@ class Stack:
                 "OMP_NUM_THREADS": str(threads),
                 "MKL_NUM_THREADS": str(threads),
                 "IMGQ_HEALTH_FILE": str(self.log_dir / f"{replica_id}.alive"),
+                # Replicas on one host each need their own metrics port.
+                "IMGQ_METRICS_PORT": str(free_port()),
                 **(env or {}),
             },
         )

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
-from gateway import keys, views
+from gateway import keys, sse, status, views
+from gateway.activity import Activity
+from gateway.auth import token_middleware
 from gateway.broker import GatewayBroker
 from gateway.gallery import Gallery
+from gateway.limits import MAX_CONCURRENT_CHECKS, MAX_REQUEST_BYTES
+from gateway.metrics import GatewayMetrics
 from gateway.problems import problem_middleware
 from gateway.replicas import ReplicaRegistry
 from gateway.settings import GatewaySettings
@@ -25,21 +31,44 @@ async def _broker_ctx(app: web.Application) -> AsyncIterator[None]:
     await broker.close()
 
 
+async def _stop_image_checks(app: web.Application) -> None:
+    app[keys.IMAGE_CHECKS].shutdown(wait=False, cancel_futures=True)
+
+
 async def _release_long_polls(app: web.Application) -> None:
-    # On shutdown every held long-poll answers at once with the job's current state.
+    # On shutdown every held long-poll answers at once with the job's current state, and
+    # every event stream ends.
     app[keys.STORE].release_all()
 
 
 def create_app(settings: GatewaySettings) -> web.Application:
-    app = web.Application(middlewares=[problem_middleware])
-    store = JobStore(ttl=settings.job_ttl, max_jobs=settings.max_jobs)
+    middlewares: list[Middleware] = [problem_middleware]
+    if settings.api_tokens:
+        # Inside the problem middleware, so a refusal is a problem like any other.
+        middlewares.append(token_middleware(settings.api_tokens))
+        log.info("API tokens required (%d configured)", len(settings.api_tokens))
+    # The default client_max_size (1 MiB) would refuse photos; uploads.py still caps the
+    # file itself at MAX_UPLOAD_BYTES, and small bodies at far less.
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_REQUEST_BYTES)
+    activity = Activity()
+    metrics = GatewayMetrics()
+    store = JobStore(
+        ttl=settings.job_ttl, max_jobs=settings.max_jobs, observers=(activity, metrics)
+    )
     replicas = ReplicaRegistry()
     app[keys.SETTINGS] = settings
     app[keys.STORE] = store
     app[keys.REPLICAS] = replicas
+    app[keys.ACTIVITY] = activity
+    app[keys.METRICS] = metrics
     app[keys.GALLERY] = Gallery.load(settings.gallery_dir)
-    app[keys.BROKER] = GatewayBroker(settings, store, replicas)
+    app[keys.BROKER] = GatewayBroker(settings, store, replicas, metrics)
+    # Threads start only when the first upload is checked.
+    app[keys.IMAGE_CHECKS] = ThreadPoolExecutor(
+        max_workers=MAX_CONCURRENT_CHECKS, thread_name_prefix="image-check"
+    )
     app.cleanup_ctx.append(_broker_ctx)
+    app.on_cleanup.append(_stop_image_checks)
     app.on_shutdown.append(_release_long_polls)
 
     app.router.add_get("/", views.index)
@@ -48,6 +77,9 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.router.add_post("/classifications", views.submit)
     app.router.add_get("/classifications/{job_id}", views.job_status)
     app.router.add_delete("/classifications/{job_id}", views.delete_job)
+    app.router.add_get("/classifications/{job_id}/events", sse.job_events)
+    app.router.add_get("/status", status.status)
+    app.router.add_get("/metrics", status.metrics)
     app.router.add_get("/images/{name}", views.gallery_image)
     app.router.add_get("/healthz", views.healthz)
     app.router.add_get("/readyz", views.readyz)

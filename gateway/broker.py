@@ -25,6 +25,7 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 from aio_pika.exceptions import AMQPError, DeliveryError
 
+from gateway.metrics import GatewayMetrics
 from gateway.replicas import ReplicaRegistry
 from gateway.settings import GatewaySettings
 from gateway.store import JobStore
@@ -68,11 +69,16 @@ _DEAD_REASONS = {
 
 class GatewayBroker:
     def __init__(
-        self, settings: GatewaySettings, store: JobStore, replicas: ReplicaRegistry
+        self,
+        settings: GatewaySettings,
+        store: JobStore,
+        replicas: ReplicaRegistry,
+        metrics: GatewayMetrics,
     ) -> None:
         self._settings = settings
         self._store = store
         self._replicas = replicas
+        self._metrics = metrics
         self.gateway_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
@@ -305,4 +311,5 @@ class GatewayBroker:
                 await message.nack(requeue=True)
                 return
             log.warning("job %s dead-lettered (%s)", job_id, reason)
+        self._metrics.dead_lettered.inc()
         await message.ack()

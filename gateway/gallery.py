@@ -13,11 +13,10 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from gateway.limits import UPLOAD_FORMATS
 from shared.errors import UnknownImage
 
 log = logging.getLogger(__name__)
-
-CONTENT_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +42,7 @@ class Gallery:
                 # Only the header is read here: a photo whose pixel data is damaged is still
                 # offered, and fails visibly as a job rather than vanishing from the page.
                 with Image.open(path) as image:
-                    kind = CONTENT_TYPES.get(image.format or "")
+                    kind = UPLOAD_FORMATS.get(image.format or "")
                     size = image.size
             except (UnidentifiedImageError, OSError):
                 kind = None

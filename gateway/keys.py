@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 from aiohttp import web
 
+from gateway.activity import Activity
 from gateway.broker import GatewayBroker
 from gateway.gallery import Gallery
+from gateway.metrics import GatewayMetrics
 from gateway.replicas import ReplicaRegistry
 from gateway.settings import GatewaySettings
 from gateway.store import JobStore
@@ -15,3 +19,7 @@ STORE = web.AppKey("store", JobStore)
 REPLICAS = web.AppKey("replicas", ReplicaRegistry)
 GALLERY = web.AppKey("gallery", Gallery)
 BROKER = web.AppKey("broker", GatewayBroker)
+ACTIVITY = web.AppKey("activity", Activity)
+METRICS = web.AppKey("metrics", GatewayMetrics)
+# Threads that check uploaded images (decoding must not block the event loop).
+IMAGE_CHECKS = web.AppKey("image_checks", ThreadPoolExecutor)

@@ -12,6 +12,8 @@ from aiohttp import web
 from shared.errors import (
     BrokerUnavailable,
     IdempotencyKeyReused,
+    ImageTooLarge,
+    ImageUnreadable,
     ImgqError,
     JobConflict,
     JobGone,
@@ -19,9 +21,12 @@ from shared.errors import (
     MalformedRequest,
     NotFound,
     NotReady,
+    PayloadTooLarge,
     QueueFull,
+    Unauthorized,
     UnknownImage,
     UnknownModel,
+    UnsupportedMediaType,
 )
 
 log = logging.getLogger(__name__)
@@ -32,11 +37,16 @@ RETRY_AFTER = 2
 
 _STATUS: dict[type[ImgqError], int] = {
     MalformedRequest: 400,
+    Unauthorized: 401,
     JobNotFound: 404,
     NotFound: 404,
     JobConflict: 409,
     JobGone: 410,
+    PayloadTooLarge: 413,
+    ImageTooLarge: 413,
+    UnsupportedMediaType: 415,
     UnknownModel: 422,
+    ImageUnreadable: 422,
     UnknownImage: 422,
     IdempotencyKeyReused: 422,
     BrokerUnavailable: 503,
@@ -47,8 +57,11 @@ _TITLES = {
     409: "Conflict",
     410: "Gone",
     400: "Bad Request",
+    401: "Unauthorized",
     404: "Not Found",
     405: "Method Not Allowed",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
     422: "Unprocessable Content",
     503: "Service Unavailable",
     500: "Internal Server Error",
@@ -76,7 +89,12 @@ def from_error(error: ImgqError) -> web.Response:
     extra: dict[str, Any] = {}
     if isinstance(error, UnknownModel | UnknownImage):
         extra["allowed"] = error.allowed
-    headers = {"Retry-After": str(RETRY_AFTER)} if status == 503 else None
+    headers: dict[str, str] | None = None
+    if status == 503:
+        headers = {"Retry-After": str(RETRY_AFTER)}
+    elif status == 401:
+        # RFC 6750: tells the client which scheme to use.
+        headers = {"WWW-Authenticate": "Bearer"}
     return problem(status, error.code, error.message, headers, **extra)
 
 

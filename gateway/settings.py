@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.catalog import CATALOG
@@ -30,6 +30,9 @@ class GatewaySettings:
     max_jobs: int
     queue_bounds: QueueBounds
     log_retention: LogRetention
+    # Bearer tokens for the JSON API; empty = the API is open.  Kept out of repr() so a
+    # logged settings object never leaks them.
+    api_tokens: tuple[str, ...] = field(default=(), repr=False)
 
     @classmethod
     def from_env(cls, env: Environ) -> GatewaySettings:
@@ -54,4 +57,5 @@ class GatewaySettings:
             max_jobs=env_int(env, "IMGQ_MAX_JOBS", 100_000, minimum=1),
             queue_bounds=QueueBounds.from_env(env),
             log_retention=LogRetention.from_env(env),
+            api_tokens=env_list(env, "IMGQ_API_TOKENS", ()),
         )

@@ -15,15 +15,27 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Protocol
 
 from shared.errors import JobGone, JobNotFound
 from shared.messages import JobEvent
 from shared.states import JobStatus
 
 
+class JobObserver(Protocol):
+    """Told of every change the store records (status page, metrics).  Called synchronously
+    on the event loop for each event, replays included, so it must be cheap."""
+
+    def job_changed(self, previous: JobEvent | None, current: JobEvent) -> None: ...
+
+    def job_removed(self, job_id: str) -> None: ...
+
+
 class JobStore:
-    def __init__(self, *, ttl: float, max_jobs: int) -> None:
+    def __init__(self, *, ttl: float, max_jobs: int, observers: Sequence[JobObserver] = ()) -> None:
         self._ttl = ttl
+        self._observers = tuple(observers)
         self._max_jobs = max_jobs
         # Insertion order is arrival order, so the oldest jobs are at the front for eviction.
         self._jobs: OrderedDict[str, JobEvent] = OrderedDict()
@@ -44,6 +56,11 @@ class JobStore:
     @property
     def waiting(self) -> int:
         return sum(len(w) for w in self._waiters.values())
+
+    @property
+    def released(self) -> bool:
+        """True once shutdown began: waits return at once, so streams should end."""
+        return self._released
 
     def apply(self, event: JobEvent) -> bool:
         """Record an event; return whether it changed what clients see."""
@@ -73,6 +90,8 @@ class JobStore:
         self._jobs[event.job_id] = event
         self._index(event)
         self._wake(event.job_id)
+        for observer in self._observers:
+            observer.job_changed(current, event)
         self._evict()
         return True
 
@@ -85,6 +104,7 @@ class JobStore:
         event = self._jobs.pop(job_id, None)
         if event is not None:
             self._unindex(event)
+            self._removed(job_id)
         self._wake(job_id)
 
     def get(self, job_id: str) -> JobEvent:
@@ -178,10 +198,15 @@ class JobStore:
             if self._by_input.get(input_key) == event.job_id:
                 del self._by_input[input_key]
 
+    def _removed(self, job_id: str) -> None:
+        for observer in self._observers:
+            observer.job_removed(job_id)
+
     def _bury(self, job_id: str, reason: str) -> None:
         event = self._jobs.pop(job_id, None)
         if event is not None:
             self._unindex(event)
+            self._removed(job_id)
         self._tombstones[job_id] = reason
         # Tombstones are 32-byte keys; keep as many as jobs, oldest out first.
         while len(self._tombstones) > self._max_jobs:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,15 +12,19 @@ import orjson
 from aiohttp import web
 
 from gateway import keys
+from gateway.limits import MAX_SMALL_BODY_BYTES, MAX_UPLOAD_TEXT
 from gateway.store import JobStore
+from gateway.uploads import Upload, check_image, read_form
 from shared.catalog import CATALOG
 from shared.errors import (
     IdempotencyKeyReused,
+    ImgqError,
     JobConflict,
     JobNotFound,
     MalformedRequest,
     NotFound,
     NotReady,
+    PayloadTooLarge,
     UnknownModel,
 )
 from shared.messages import ClassifyRequest, JobEvent, JobFailure, is_job_id, new_job_id
@@ -68,40 +74,91 @@ async def info(request: web.Request) -> web.Response:
     return json_response({"models": models, "images": images, "max_wait": settings.max_wait})
 
 
-async def _submission_fields(request: web.Request) -> tuple[object, object]:
-    if request.content_type in _FORM_TYPES:
-        form = await request.post()
-        return form.get("model"), form.get("image")
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError as exc:
-        raise MalformedRequest(f"body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise MalformedRequest('body must be a JSON object like {"model": ..., "image": ...}')
-    return body.get("model"), body.get("image")
+@dataclass(frozen=True, slots=True)
+class _Input:
+    """What a submission asks for, checked: a model on offer and image bytes to classify."""
+
+    model: str
+    image_name: str
+    image: bytes
+
+
+async def _read_input(request: web.Request) -> _Input:
+    """One path for every body: JSON, a form naming a gallery image, or an upload."""
+    settings = request.app[keys.SETTINGS]
+    upload: Upload | None = None
+    if request.content_type == "multipart/form-data":
+        form = await read_form(request)
+        model: object = form.fields.get("model")
+        image_name: object = form.fields.get("image")
+        upload = form.upload
+    else:
+        _refuse_long_body(request)
+        if request.content_type == "application/x-www-form-urlencoded":
+            post = await request.post()
+            model, image_name = post.get("model"), post.get("image")
+        else:
+            try:
+                body = orjson.loads(await request.read())
+            except orjson.JSONDecodeError as exc:
+                raise MalformedRequest(f"body is not valid JSON: {exc}") from None
+            if not isinstance(body, dict):
+                raise MalformedRequest(
+                    'body must be a JSON object like {"model": ..., "image": ...}'
+                )
+            model, image_name = body.get("model"), body.get("image")
+    if not isinstance(model, str):
+        raise MalformedRequest("field 'model' is required and must be a string")
+    if upload is not None and image_name is not None:
+        raise MalformedRequest("send either a gallery 'image' or a 'file' to upload, not both")
+    if upload is None and not isinstance(image_name, str):
+        raise MalformedRequest(
+            "field 'image' is required and must be a string"
+            + (" (or upload a 'file')" if request.content_type == "multipart/form-data" else "")
+        )
+    if model not in settings.models:
+        raise UnknownModel(model, settings.models)
+    if upload is None:
+        image = request.app[keys.GALLERY].get(image_name)
+        return _Input(model, image.name, image.data)
+    await asyncio.get_running_loop().run_in_executor(
+        request.app[keys.IMAGE_CHECKS], check_image, upload.data
+    )
+    return _Input(model, f"upload:{upload.filename}", upload.data)
+
+
+def _refuse_long_body(request: web.Request) -> None:
+    length = request.content_length
+    if length is not None and length > MAX_SMALL_BODY_BYTES:
+        raise PayloadTooLarge(
+            f"the request body is {length} bytes; a JSON or urlencoded submission may have "
+            f"{MAX_SMALL_BODY_BYTES} (to upload an image, send multipart/form-data with a "
+            f"'file' of up to {MAX_UPLOAD_TEXT})"
+        )
 
 
 async def submit(request: web.Request) -> web.StreamResponse:
-    settings = request.app[keys.SETTINGS]
+    try:
+        return await _submit(request)
+    except ImgqError as error:
+        request.app[keys.METRICS].rejected.inc(reason=error.code)
+        raise
+
+
+async def _submit(request: web.Request) -> web.StreamResponse:
     store = request.app[keys.STORE]
     broker = request.app[keys.BROKER]
-    model, image_name = await _submission_fields(request)
-    for field, value in (("model", model), ("image", image_name)):
-        if not isinstance(value, str):
-            raise MalformedRequest(f"field {field!r} is required and must be a string")
-    if model not in settings.models:
-        raise UnknownModel(model, settings.models)
-    image = request.app[keys.GALLERY].get(image_name)
-    assert isinstance(model, str)
+    metrics = request.app[keys.METRICS]
+    given = await _read_input(request)
     if not broker.ready:
         raise NotReady("the gateway is still connecting to the broker; try again shortly")
 
-    job = ClassifyRequest(new_job_id(), model, image.name, image.data, time.time())
+    job = ClassifyRequest(new_job_id(), given.model, given.image_name, given.image, time.time())
     key = _idempotency_key(request)
     if key is not None:
         earlier = store.by_idempotency_key(key)
         if earlier is not None:
-            if (earlier.model, earlier.image_sha256) != (model, job.image_sha256):
+            if (earlier.model, earlier.image_sha256) != (given.model, job.image_sha256):
                 raise IdempotencyKeyReused(
                     f"Idempotency-Key {key!r} was first used for another model or image"
                 )
@@ -111,7 +168,7 @@ async def submit(request: web.Request) -> web.StreamResponse:
         JobStatus.QUEUED, idempotency_key=key
     )
     if "no-cache" not in request.headers.get("Cache-Control", ""):
-        earlier = store.reusable_result(model, job.image_sha256)
+        earlier = store.reusable_result(given.model, job.image_sha256)
         if earlier is not None:
             # Same model, same bytes: the answer is already known.  The new job is logged
             # like any other, so every gateway (and a retry with the same key) sees it.
@@ -124,10 +181,13 @@ async def submit(request: web.Request) -> web.StreamResponse:
                 reused_from=earlier.job_id,
             )
             await broker.publish_event(reused)
+            metrics.accepted(job.job_id)
+            metrics.result_reuse.inc()
             store.apply(reused)
             return _accepted(request, store, reused)
 
     # Recorded before publishing: a fast replica's events can beat the confirm back to us.
+    metrics.accepted(job.job_id)
     store.apply(queued)
     try:
         await broker.submit(job, queued)
@@ -167,7 +227,7 @@ def job_body(store: JobStore, job: JobEvent) -> dict[str, Any]:
     return body
 
 
-def _job_id(request: web.Request) -> str:
+def requested_job_id(request: web.Request) -> str:
     job_id = request.match_info["job_id"]
     if not is_job_id(job_id):
         raise JobNotFound(job_id)
@@ -178,7 +238,7 @@ def _job_id(request: web.Request) -> str:
 
 
 async def job_status(request: web.Request) -> web.Response:
-    job_id = _job_id(request)
+    job_id = requested_job_id(request)
     settings = request.app[keys.SETTINGS]
     store = request.app[keys.STORE]
     wait = _wait_seconds(request.query.get("wait"), settings.max_wait)
@@ -189,7 +249,7 @@ async def job_status(request: web.Request) -> web.Response:
 
 async def delete_job(request: web.Request) -> web.Response:
     """Cancel a queued job; forget a finished one; a started job cannot be stopped."""
-    job_id = _job_id(request)
+    job_id = requested_job_id(request)
     store = request.app[keys.STORE]
     broker = request.app[keys.BROKER]
     job = store.get(job_id)

@@ -124,3 +124,34 @@ class ModelUnavailable(ImgqError):
     """The model is in the catalogue but this replica does not serve it."""
 
     code = "model_unavailable"
+
+
+class Unauthorized(ImgqError):
+    """The API needs a bearer token (IMGQ_API_TOKENS is set) and none of them was sent."""
+
+    code = "unauthorized"
+
+
+class PayloadTooLarge(ImgqError):
+    """The upload (or the request body around it) is over the byte limit."""
+
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(ImgqError):
+    """The uploaded bytes are not in one of the image formats the service accepts."""
+
+    code = "unsupported_media_type"
+
+
+class ImageTooLarge(ImgqError):
+    """The upload has more pixels than the limit: likely a decompression bomb, never a photo
+    worth classifying at a few hundred pixels."""
+
+    code = "image_too_large"
+
+
+class ImageUnreadable(ImgqError):
+    """The upload looks like an accepted format but its bytes do not decode."""
+
+    code = "image_unreadable"

@@ -21,7 +21,9 @@ def env_str(env: Environ, name: str, default: str) -> str:
     return value
 
 
-def env_int(env: Environ, name: str, default: int, *, minimum: int = 0) -> int:
+def env_int(
+    env: Environ, name: str, default: int, *, minimum: int = 0, maximum: int | None = None
+) -> int:
     raw = env.get(name)
     if raw is None or not raw.strip():
         return default
@@ -31,6 +33,8 @@ def env_int(env: Environ, name: str, default: int, *, minimum: int = 0) -> int:
         raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
     if value < minimum:
         raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise SettingsError(f"{name} must be at most {maximum}, got {value}")
     return value
 
 

@@ -23,12 +23,17 @@ from tests.openapi_contract import (
 
 # From docs/api-contract.md: path -> method -> response codes the operation must declare.
 EXPECTED_OPERATIONS: dict[str, dict[str, set[str]]] = {
-    "/info": {"get": {"200"}},
-    "/classifications": {"post": {"202", "303", "400", "422", "503"}},
-    "/classifications/{job_id}": {
-        "get": {"200", "400", "404", "410", "503"},
-        "delete": {"200", "204", "404", "409", "410", "503"},
+    "/info": {"get": {"200", "401"}},
+    "/classifications": {
+        "post": {"202", "303", "400", "401", "413", "415", "422", "503"},
     },
+    "/classifications/{job_id}": {
+        "get": {"200", "400", "401", "404", "410", "503"},
+        "delete": {"200", "204", "401", "404", "409", "410", "503"},
+    },
+    "/classifications/{job_id}/events": {"get": {"200", "204", "401", "404", "410", "503"}},
+    "/status": {"get": {"200", "401"}},
+    "/metrics": {"get": {"200", "401"}},
     "/images/{name}": {"get": {"200", "404"}},
     "/healthz": {"get": {"200"}},
     "/readyz": {"get": {"200", "503"}},
@@ -48,6 +53,20 @@ EXPECTED_SCHEMAS = {
     "JobStatus",
     "Problem",
     "Health",
+    "Status",
+    "ReplicaStatus",
+    "RecentJob",
+}
+
+# From the contract's "API tokens": the JSON API needs a token when tokens are configured.
+PROTECTED = {
+    ("/info", "get"),
+    ("/classifications", "post"),
+    ("/classifications/{job_id}", "get"),
+    ("/classifications/{job_id}", "delete"),
+    ("/classifications/{job_id}/events", "get"),
+    ("/status", "get"),
+    ("/metrics", "get"),
 }
 
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
@@ -241,9 +260,18 @@ def test_post_classifications_bodies_and_headers() -> None:
     assert content["application/json"]["schema"] == {
         "$ref": "#/components/schemas/ClassificationRequest"
     }
-    for form in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        assert set(content[form]["schema"]["properties"]) == {"model", "image"}
-        assert set(content[form]["schema"]["required"]) == {"model", "image"}
+    urlencoded = content["application/x-www-form-urlencoded"]["schema"]
+    assert set(urlencoded["properties"]) == {"model", "image"}
+    assert set(urlencoded["required"]) == {"model", "image"}
+    # Multipart: a model and either a gallery image or an uploaded file.
+    multipart = content["multipart/form-data"]["schema"]
+    assert set(multipart["properties"]) == {"model", "image", "file"}
+    assert multipart["required"] == ["model"]
+    assert multipart["oneOf"] == [{"required": ["image"]}, {"required": ["file"]}]
+    assert multipart["properties"]["file"]["contentMediaType"] == "application/octet-stream"
+    assert not validate_against_schema(multipart, {"model": "m", "file": "..."})
+    assert validate_against_schema(multipart, {"model": "m", "image": "a", "file": "..."})
+    assert validate_against_schema(multipart, {"model": "m"})
     assert _response("/classifications", "post", "202")["headers"]["Location"]["required"]
     assert "Location" in _response("/classifications", "post", "303")["headers"]
     assert _response("/classifications", "post", "503")["headers"]["Retry-After"]["required"]
@@ -251,7 +279,15 @@ def test_post_classifications_bodies_and_headers() -> None:
 
 def test_problem_responses_use_problem_json() -> None:
     spec = load_spec()
-    for name in ("Problem400", "Problem404", "Problem422", "Problem503"):
+    for name in (
+        "Problem400",
+        "Problem401",
+        "Problem404",
+        "Problem413",
+        "Problem415",
+        "Problem422",
+        "Problem503",
+    ):
         content = spec["components"]["responses"][name]["content"]
         assert set(content) == {"application/problem+json"}, name
 
@@ -277,7 +313,8 @@ def test_image_media_types() -> None:
 
 def test_strict_schemas() -> None:
     schemas = load_spec()["components"]["schemas"]
-    for name in ("Job", "Label", "JobError", "Info", "ModelInfo", "ImageInfo"):
+    strict = ("Job", "Label", "JobError", "Info", "ModelInfo", "ImageInfo")
+    for name in (*strict, "Status", "ReplicaStatus", "RecentJob"):
         assert schemas[name]["additionalProperties"] is False, name
         assert set(schemas[name]["required"]) == set(schemas[name]["properties"]), name
     assert schemas["JobStatus"]["enum"] == ["queued", "started", "succeeded", "failed", "cancelled"]
@@ -456,3 +493,94 @@ def test_helper_rejects_problem_as_success_and_invalid_json_text() -> None:
         assert_response_matches("/info", "get", 200, "application/json", problem(404, "not_found"))
     with pytest.raises(AssertionError, match="not valid JSON"):
         assert_response_matches("/info", "get", 200, "application/json", b"{not json")
+
+
+# --- the additions: uploads, events, status, metrics, tokens -----------------------------------
+
+
+def test_bearer_security_on_exactly_the_protected_operations() -> None:
+    spec = load_spec()
+    scheme = spec["components"]["securitySchemes"]["bearerAuth"]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    assert "security" not in spec, "tokens are optional: no global requirement"
+    for path, item in spec["paths"].items():
+        for method, op in item.items():
+            if method not in HTTP_METHODS:
+                continue
+            if (path, method) in PROTECTED:
+                assert op["security"] == [{"bearerAuth": []}], (method, path)
+                assert "401" in op["responses"], (method, path)
+            else:
+                assert "security" not in op, (method, path)
+    www = _response("/status", "get", "401")["headers"]["WWW-Authenticate"]
+    assert www["required"]
+
+
+def test_upload_problems() -> None:
+    assert_response_matches(
+        "/classifications",
+        "post",
+        413,
+        "application/problem+json",
+        problem(413, "payload_too_large"),
+    )
+    assert_response_matches(
+        "/classifications", "post", 413, "application/problem+json", problem(413, "image_too_large")
+    )
+    assert_response_matches(
+        "/classifications",
+        "post",
+        415,
+        "application/problem+json",
+        problem(415, "unsupported_media_type"),
+    )
+    assert_response_matches(
+        "/classifications",
+        "post",
+        422,
+        "application/problem+json",
+        problem(422, "image_unreadable"),
+    )
+    with pytest.raises(AssertionError, match="does not match"):
+        assert_response_matches(
+            "/classifications", "post", 413, "application/problem+json", problem(413, "queue_full")
+        )
+    assert_response_matches(
+        "/status", "get", 401, "application/problem+json", problem(401, "unauthorized")
+    )
+
+
+def test_events_status_and_metrics_media_types() -> None:
+    events = _response("/classifications/{job_id}/events", "get", "200")
+    assert set(events["content"]) == {"text/event-stream"}
+    assert set(_response("/metrics", "get", "200")["content"]) == {"text/plain"}
+    assert_response_matches(
+        "/metrics", "get", 200, "text/plain; version=0.0.4; charset=utf-8", b"# HELP x y\n"
+    )
+    status = {
+        "replicas": [
+            {
+                "replica": "replica-1",
+                "models": ["efficientnet_lite0"],
+                "jobs_done": 3,
+                "busy": False,
+                "last_seen": 1764072000.0,
+            }
+        ],
+        "queue_depth": None,
+        "jobs_per_second": 0.05,
+        "recent": [
+            {
+                "model": "efficientnet_lite0",
+                "status": "queued",
+                "queued_at": 1764072000.0,
+                "started_at": None,
+                "finished_at": None,
+            }
+        ],
+    }
+    assert_response_matches("/status", "get", 200, "application/json", status)
+    leaky = copy.deepcopy(status)
+    leaky["recent"][0]["job_id"] = JOB_ID
+    with pytest.raises(AssertionError, match="does not match"):
+        assert_response_matches("/status", "get", 200, "application/json", leaky)

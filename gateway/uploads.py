@@ -1,0 +1,202 @@
+"""Read and check an uploaded image: ``POST /classifications`` as multipart/form-data.
+
+The body is streamed part by part with byte caps, so an oversized upload is refused
+after at most the limit plus the form's framing, never buffered whole.  The image's
+format is sniffed from its bytes by Pillow (restricted to the formats we accept, so no
+other decoder ever sees client bytes); the filename and the part's Content-Type are
+only the client's claims and are used for display at most.  The bytes stay in memory
+until the job is published, and are never written to disk.
+"""
+
+from __future__ import annotations
+
+import io
+import unicodedata
+from dataclasses import dataclass
+
+from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
+from PIL import Image, UnidentifiedImageError
+
+from gateway.limits import (
+    MAX_FIELD_BYTES,
+    MAX_FILENAME_CHARS,
+    MAX_FORM_PARTS,
+    MAX_PIXELS,
+    MAX_REQUEST_BYTES,
+    MAX_UPLOAD_BYTES,
+    MAX_UPLOAD_TEXT,
+    UPLOAD_FORMATS,
+)
+from shared.errors import (
+    ImageTooLarge,
+    ImageUnreadable,
+    MalformedRequest,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+
+_CHUNK = 64 * 1024
+# Where a name has no usable characters left after sanitising.
+_UNNAMED = "image"
+_FORMAT_NAMES = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WebP"}
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    filename: str  # sanitised, for display only
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Form:
+    fields: dict[str, str]
+    upload: Upload | None
+
+
+class _Budget:
+    """Bytes left for the whole form: the upload plus its framing."""
+
+    def __init__(self) -> None:
+        self.left = MAX_REQUEST_BYTES
+
+    def spend(self, n: int) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise PayloadTooLarge(
+                f"the upload is more than {MAX_UPLOAD_BYTES} bytes; the limit is {MAX_UPLOAD_TEXT}"
+            )
+
+
+async def read_form(request: web.Request) -> Form:
+    """The text fields and the (unchecked) ``file`` part of a multipart/form-data body."""
+    length = request.content_length
+    if length is not None and length > MAX_REQUEST_BYTES:
+        # Refused from the declared length alone: nothing of the body is read.
+        raise PayloadTooLarge(f"the upload is {length} bytes; the limit is {MAX_UPLOAD_TEXT}")
+    budget = _Budget()
+    fields: dict[str, str] = {}
+    upload: Upload | None = None
+    try:
+        reader = await request.multipart()
+        for _ in range(MAX_FORM_PARTS + 1):
+            part = await reader.next()
+            if part is None:
+                return Form(fields, upload)
+            if not isinstance(part, BodyPartReader):
+                raise MalformedRequest("nested multipart bodies are not accepted")
+            if part.name == "file":
+                data = await _read_file(part, budget)
+                # A browser sends an empty part for a file input left empty: no upload.
+                if data or part.filename:
+                    if upload is not None:
+                        raise MalformedRequest("send one 'file' per job")
+                    upload = Upload(display_name(part.filename), data)
+            elif part.name:
+                fields[part.name] = await _read_field(part, budget)
+            else:
+                await _read_field(part, budget)
+    except (ValueError, HttpProcessingError) as exc:  # a broken body or part header
+        raise MalformedRequest(f"the multipart body cannot be read: {exc}") from None
+    raise MalformedRequest(f"a form has at most {MAX_FORM_PARTS} parts")
+
+
+async def _read_file(part: BodyPartReader, budget: _Budget) -> bytes:
+    data = bytearray()
+    while chunk := await part.read_chunk(_CHUNK):
+        budget.spend(len(chunk))
+        # Past the limit, keep counting (the budget stops us within FORM_OVERHEAD_BYTES) so
+        # the answer can say how large the file was, but keep nothing more.
+        if len(data) + len(chunk) <= MAX_UPLOAD_BYTES:
+            data += chunk
+        else:
+            size = len(data) + len(chunk)
+            while chunk := await part.read_chunk(_CHUNK):
+                budget.spend(len(chunk))
+                size += len(chunk)
+            raise PayloadTooLarge(f"the upload is {size} bytes; the limit is {MAX_UPLOAD_TEXT}")
+    return bytes(data)
+
+
+async def _read_field(part: BodyPartReader, budget: _Budget) -> str:
+    data = bytearray()
+    while chunk := await part.read_chunk(_CHUNK):
+        budget.spend(len(chunk))
+        data += chunk
+        if len(data) > MAX_FIELD_BYTES:
+            raise MalformedRequest(
+                f"form field {part.name!r} is longer than {MAX_FIELD_BYTES} bytes"
+            )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedRequest(f"form field {part.name!r} is not UTF-8 text") from None
+
+
+def display_name(raw: str | None) -> str:
+    """The client's filename made safe to show: last path segment, no control or formatting
+    characters (a right-to-left override can make 'gpj.exe' read as 'exe.jpg'), capped."""
+    name = (raw or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if not unicodedata.category(ch).startswith("C")).strip()
+    if name in ("", ".", ".."):
+        return _UNNAMED
+    if len(name) > MAX_FILENAME_CHARS:
+        _, dot, ext = name.rpartition(".")
+        keep = f"{dot}{ext}" if dot and len(ext) <= 10 else ""
+        name = name[: MAX_FILENAME_CHARS - len(keep) - 1].rstrip() + "…" + keep
+    return name
+
+
+def check_image(data: bytes) -> str:
+    """The upload's media type, once its bytes are known to be an accepted image that decodes.
+
+    CPU-bound (up to a second for a 40 MP image): run it off the event loop.
+    """
+    allowed = ", ".join(_FORMAT_NAMES.values())
+    try:
+        with Image.open(io.BytesIO(data), formats=tuple(UPLOAD_FORMATS)) as image:
+            kind = image.format or ""
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise ImageTooLarge(
+                    f"the image is {width}x{height} = {width * height:,} pixels; "
+                    f"the limit is {MAX_PIXELS:,}"
+                )
+            if kind == "JPEG":
+                # Decoding at 1/8 scale reads every byte of the scan for a fraction of the work.
+                image.draft("RGB", (1, 1))
+                image.load()
+            elif kind == "PNG":
+                # Checks the CRC of every chunk: truncation and corruption show, without
+                # inflating 160 MB of pixels that the replica decodes anyway.
+                image.verify()
+            else:
+                image.load()
+    except Image.DecompressionBombError:
+        raise ImageTooLarge(f"the image has more than {MAX_PIXELS:,} pixels") from None
+    except UnidentifiedImageError:
+        claimed = _claimed_format(data)
+        if claimed is None:
+            raise UnsupportedMediaType(
+                f"the upload is not an image in an accepted format; allowed: {allowed}"
+            ) from None
+        raise ImageUnreadable(
+            f"the upload starts like a {_FORMAT_NAMES[claimed]} image but cannot be read"
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageUnreadable(f"the image cannot be decoded: {exc}") from None
+    if kind not in UPLOAD_FORMATS:  # formats= above makes this unreachable; kept as a guard
+        raise UnsupportedMediaType(f"the upload is {kind}; allowed: {allowed}")
+    return UPLOAD_FORMATS[kind]
+
+
+def _claimed_format(data: bytes) -> str | None:
+    """The accepted format whose signature the bytes start with, if any: tells a damaged
+    JPEG (422) from something that never was one (415)."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return None
