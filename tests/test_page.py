@@ -6,6 +6,7 @@ import json
 import os
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,19 +46,25 @@ def artifacts_dir() -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}
+
+
+# The other page modules (tests/test_page_*.py) build their fixtures from these two helpers.
+@contextmanager
+def launch_browser() -> Iterator[Browser]:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield browser
         browser.close()
 
 
-@pytest.fixture
-def page(browser: Browser, service: Any) -> Iterator[Page]:
-    context = browser.new_context(
-        base_url=service.base_url, viewport={"width": 1280, "height": 900}
-    )
+@contextmanager
+def new_page(
+    browser: Browser, base_url: str, viewport: dict[str, int] | None = None
+) -> Iterator[Page]:
+    """A page in a fresh context (empty localStorage); fails if the page's script throws."""
+    context = browser.new_context(base_url=base_url, viewport=viewport or DESKTOP)
     page = context.new_page()
     page.set_default_timeout(15_000)
     script_errors: list[str] = []
@@ -65,6 +72,18 @@ def page(browser: Browser, service: Any) -> Iterator[Page]:
     yield page
     context.close()
     assert script_errors == [], f"uncaught exceptions in the page: {script_errors}"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with launch_browser() as browser:
+        yield browser
+
+
+@pytest.fixture
+def page(browser: Browser, service: Any) -> Iterator[Page]:
+    with new_page(browser, service.base_url) as page:
+        yield page
 
 
 def open_page(page: Page) -> dict[str, Any]:
@@ -109,6 +128,8 @@ def test_classify_coffee_shows_top5_chart(page: Page) -> None:
 
     page.select_option("#model-select", "efficientnet_lite0")
     page.click('[data-image="coffee.jpg"]')
+    # Really classify it: an earlier test may have left a result the gateway would reuse.
+    page.check("#no-cache")
     expect(page.locator('input[name="image"][value="coffee.jpg"]')).to_be_checked()
     preview = page.locator("#preview-image")
     expect(preview).to_have_attribute("src", re.compile(r"/images/coffee\.jpg$"))
@@ -126,6 +147,9 @@ def test_classify_coffee_shows_top5_chart(page: Page) -> None:
     rows = page.locator("#result-chart .bar-row")
     expect(rows).to_have_count(5)
     page.screenshot(path=str(artifacts_dir() / "page-result.png"), full_page=True)
+    # The README's picture (docs/screenshot.png is a copy of it): the top of the page only.
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(artifacts_dir() / "page-readme.png"), animations="disabled")
 
     expect(rows.first).to_have_attribute("data-label", "espresso")
     expect(rows.first).to_contain_text("espresso")
@@ -249,3 +273,27 @@ def test_failed_job_shows_its_error_message(page: Page) -> None:
     expect(error).to_be_visible()
     expect(error).to_contain_text(message)
     expect(page.locator("#result-chart .bar-row")).to_have_count(0)
+
+
+@pytest.mark.timeout(120)
+def test_phone_layout_fits_the_screen(browser: Browser, service: Any) -> None:
+    with new_page(browser, service.base_url, PHONE) as page:
+        open_page(page)
+        page.click('[data-image="cat.jpg"]')
+        page.click("#submit-button")
+        expect(page.locator("#job-status")).to_have_text("succeeded", timeout=RESULT_TIMEOUT_MS)
+        expect(page.locator("#result-chart .bar-row")).to_have_count(5)
+        # Nothing is wider than the phone: no sideways scrolling.
+        width = page.evaluate("document.scrollingElement.scrollWidth")
+        assert width <= PHONE["width"], width
+        # Controls are comfortable to tap (44 px, as the platform guidelines ask).
+        for selector in ("#model-select", "#submit-button", "#compare-button"):
+            box = page.locator(selector).bounding_box()
+            assert box is not None, selector
+            assert box["height"] >= 44, (selector, box)
+            assert box["x"] >= 0, (selector, box)
+            assert box["x"] + box["width"] <= PHONE["width"], (selector, box)
+        # The result was brought into view below the form.
+        expect(page.locator("#result-chart")).to_be_in_viewport()
+        page.screenshot(path=str(artifacts_dir() / "page-phone.png"))
+        page.screenshot(path=str(artifacts_dir() / "page-phone-full.png"), full_page=True)
