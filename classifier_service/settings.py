@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from shared.catalog import CATALOG
 from shared.errors import SettingsError
 from shared.settings import Environ, broker_url, env_float, env_int, env_list, env_str
-from shared.topology import QueueBounds
+from shared.topology import QueueBounds, declares_topology
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +30,8 @@ class ClassifierSettings:
     # On SIGTERM, in-flight jobs get this long to finish before they are requeued.
     drain_timeout: float
     queue_bounds: QueueBounds
+    # False when running as a least-privilege broker user: look the topology up instead.
+    declare_topology: bool
     # Test hooks, off unless set.  Seconds added to every inference (holds a job "in
     # flight"), and an image name whose job kills the process as a segfault would.
     debug_delay: float
@@ -62,6 +64,7 @@ class ClassifierSettings:
             health_file=env_str(env, "IMGQ_HEALTH_FILE", "/tmp/imgq-classifier.alive"),
             drain_timeout=env_float(env, "IMGQ_DRAIN_TIMEOUT", 20.0),
             queue_bounds=QueueBounds.from_env(env),
+            declare_topology=declares_topology(env),
             debug_delay=env_float(env, "IMGQ_DEBUG_DELAY", 0.0),
             debug_crash_image=env.get("IMGQ_DEBUG_CRASH_IMAGE") or None,
             metrics_host=env_str(env, "IMGQ_METRICS_HOST", "127.0.0.1"),

@@ -10,6 +10,7 @@ to be redelivered to another.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -19,7 +20,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import aio_pika
-from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractRobustConnection,
+)
+from aio_pika.exceptions import ChannelNotFoundEntity
 
 from classifier_service.inference import classify_batch, configure_threads, warm_up
 from classifier_service.metrics import ReplicaMetrics
@@ -31,7 +38,9 @@ from shared.states import JobStatus
 from shared.topology import (
     CANCELLATIONS,
     HEARTBEAT_ROUTING_KEY,
+    Topology,
     declare_topology,
+    find_topology,
     job_routing_key,
 )
 
@@ -89,9 +98,7 @@ class Replica:
             client_properties={"connection_name": self.settings.replica_id},
         )
         async with connection:
-            channel = await connection.channel(publisher_confirms=True)
-            await channel.set_qos(prefetch_count=self.settings.prefetch)
-            topology = await declare_topology(channel, self.settings.queue_bounds)
+            channel, topology = await self._open_topology(connection)
             # Every cancellation still in the stream's retention, then new ones as they come.
             cancel_channel = await connection.channel(publisher_confirms=False)
             await cancel_channel.set_qos(prefetch_count=1000)
@@ -123,6 +130,23 @@ class Replica:
         self._executor.shutdown(wait=False, cancel_futures=True)
         Path(self.settings.health_file).unlink(missing_ok=True)  # noqa: ASYNC240 (tiny, at exit)
         log.info("replica %s stopped after %d jobs", self.settings.replica_id, self.jobs_done)
+
+    async def _open_topology(
+        self, connection: AbstractRobustConnection
+    ) -> tuple[AbstractChannel, Topology]:
+        while True:
+            channel = await connection.channel(publisher_confirms=True)
+            await channel.set_qos(prefetch_count=self.settings.prefetch)
+            if self.settings.declare_topology:
+                return channel, await declare_topology(channel, self.settings.queue_bounds)
+            try:
+                return channel, await find_topology(channel)
+            except ChannelNotFoundEntity:
+                # Least privilege: the setup step has not declared the topology yet.
+                log.info("waiting for the broker topology (IMGQ_DECLARE_TOPOLOGY=false)")
+                with contextlib.suppress(Exception):
+                    await channel.close()
+                await asyncio.sleep(1)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         await self._inbox.put(message)

@@ -43,12 +43,14 @@ from shared.states import JobStatus
 from shared.topology import (
     DEAD_LETTER_NOTICES,
     DELIVERY_LIMIT,
+    EVENT_LOG,
     FORGOTTEN_ROUTING_KEY,
     HEARTBEAT_ROUTING_KEY,
     REQUEST_ROUTING_KEY,
     Topology,
     declare_event_log,
     declare_topology,
+    find_topology,
     job_routing_key,
 )
 
@@ -140,14 +142,22 @@ class GatewayBroker:
         self._connection = connection
         try:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-            topology = await declare_topology(channel, self._settings.queue_bounds)
-            await declare_event_log(channel, topology.events, self._settings.log_retention)
+            declare = self._settings.declare_topology
+            if declare:
+                topology = await declare_topology(channel, self._settings.queue_bounds)
+                await declare_event_log(channel, topology.events, self._settings.log_retention)
+            else:
+                # Least privilege: the deployment's setup step declared it; if it has not yet,
+                # this raises and the supervisor tries again.
+                topology = await find_topology(channel)
 
             # The log on a channel of its own, so its prefetch does not apply elsewhere.
             log_channel = await connection.channel(publisher_confirms=False)
             await log_channel.set_qos(prefetch_count=_LOG_PREFETCH)
-            log_queue = await declare_event_log(
-                log_channel, topology.events, self._settings.log_retention
+            log_queue = (
+                await declare_event_log(log_channel, topology.events, self._settings.log_retention)
+                if declare
+                else await log_channel.get_queue(EVENT_LOG)
             )
             offset: Any = "first" if self._last_offset is None else self._last_offset + 1
             await log_queue.consume(self._on_log, arguments={"x-stream-offset": offset})

@@ -8,7 +8,7 @@ from pathlib import Path
 from shared.catalog import CATALOG
 from shared.errors import SettingsError
 from shared.settings import Environ, broker_url, env_float, env_int, env_list, env_str
-from shared.topology import LogRetention, QueueBounds
+from shared.topology import LogRetention, QueueBounds, declares_topology
 
 _REPO_IMAGES = Path(__file__).resolve().parent.parent / "images"
 
@@ -29,6 +29,8 @@ class GatewaySettings:
     job_ttl: float
     max_jobs: int
     queue_bounds: QueueBounds
+    # False when running as a least-privilege broker user: look the topology up instead.
+    declare_topology: bool
     log_retention: LogRetention
     # Bearer tokens for the JSON API; empty = the API is open.  Kept out of repr() so a
     # logged settings object never leaks them.
@@ -56,6 +58,7 @@ class GatewaySettings:
             job_ttl=env_float(env, "IMGQ_JOB_TTL", 3600.0, minimum=1.0),
             max_jobs=env_int(env, "IMGQ_MAX_JOBS", 100_000, minimum=1),
             queue_bounds=QueueBounds.from_env(env),
+            declare_topology=declares_topology(env),
             log_retention=LogRetention.from_env(env),
             api_tokens=env_list(env, "IMGQ_API_TOKENS", ()),
         )

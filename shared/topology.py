@@ -16,6 +16,7 @@ from typing import Final
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 
+from shared.errors import SettingsError
 from shared.settings import Environ, env_int
 
 # Producers (the gateway, or any program) publish requests here.
@@ -152,3 +153,24 @@ async def declare_event_log(
     await log.bind(events, JOB_EVENTS_PATTERN)
     await log.bind(events, MARKER_PATTERN)
     return log
+
+
+async def find_topology(channel: AbstractChannel) -> Topology:
+    """Look the topology up without declaring it (passive: needs no configure right).
+
+    For services running as least-privilege users; the deployment's setup step declares it.
+    Raises ``aio_pika.exceptions.ChannelNotFoundEntity`` while it does not exist yet.
+    """
+    return Topology(
+        requests=await channel.get_exchange(REQUESTS_EXCHANGE),
+        events=await channel.get_exchange(EVENTS_EXCHANGE),
+        requests_queue=await channel.get_queue(REQUESTS_QUEUE),
+    )
+
+
+def declares_topology(env: Environ) -> bool:
+    """IMGQ_DECLARE_TOPOLOGY=false: the service only looks the topology up (least privilege)."""
+    raw = env.get("IMGQ_DECLARE_TOPOLOGY", "true").strip().lower()
+    if raw not in ("true", "false", "1", "0", "yes", "no"):
+        raise SettingsError(f"IMGQ_DECLARE_TOPOLOGY must be true or false, got {raw!r}")
+    return raw in ("true", "1", "yes")

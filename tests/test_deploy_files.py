@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from compose.permissions import CLASSIFIER_USER, GATEWAY_USER
+
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "compose" / "compose.yaml"
 DOCKERIGNORE = REPO / ".dockerignore"
@@ -269,7 +271,7 @@ def test_classifier_can_be_scaled() -> None:
     assert replicas >= 2
 
 
-@pytest.mark.parametrize("name", ["broker", "gateway", "classifier"])
+@pytest.mark.parametrize("name", ["broker", "lb", "gateway", "classifier"])
 def test_every_service_has_a_healthcheck(name: str) -> None:
     healthcheck = service(name).get("healthcheck")
     assert isinstance(healthcheck, dict), f"{name} has no healthcheck"
@@ -308,18 +310,47 @@ def test_broker_has_its_own_user() -> None:
     assert "${IMGQ_BROKER_PASSWORD" in env["RABBITMQ_DEFAULT_PASS"]
 
 
-@pytest.mark.parametrize("name", sorted(BUILT_SERVICES))
-def test_broker_url_matches_the_broker_user(name: str) -> None:
-    broker_env = environment(service("broker"))
-    raw_url = environment(service(name)).get("IMGQ_BROKER_URL")
+@pytest.mark.parametrize(
+    ("name", "user", "password_variable"),
+    [
+        ("gateway", GATEWAY_USER, "IMGQ_GATEWAY_PASSWORD"),
+        ("classifier", CLASSIFIER_USER, "IMGQ_CLASSIFIER_PASSWORD"),
+    ],
+)
+def test_each_service_connects_as_its_own_least_privilege_user(
+    name: str, user: str, password_variable: str
+) -> None:
+    svc_env = environment(service(name))
+    setup_env = environment(service("broker-setup"))
+    raw_url = svc_env.get("IMGQ_BROKER_URL")
     assert raw_url, f"{name} has no IMGQ_BROKER_URL"
-    operator_env = {"IMGQ_BROKER_USER": "operator", "IMGQ_BROKER_PASSWORD": "s3cret"}
+    operator_env = {password_variable: "s3cret"}
     for env in ({}, operator_env):  # the defaults, and what an operator would set
         url = urlsplit(interpolate(raw_url, env))
         assert url.scheme in {"amqp", "amqps"}
         assert url.hostname == "broker", "services reach the broker by its service name"
-        assert url.username == interpolate(broker_env["RABBITMQ_DEFAULT_USER"], env)
-        assert url.password == interpolate(broker_env["RABBITMQ_DEFAULT_PASS"], env)
+        # The user broker-setup creates, with the password it sets, and never the admin.
+        assert url.username == user
+        assert url.password == interpolate(setup_env[password_variable], env)
+        assert url.username != interpolate(environment(service("broker"))["RABBITMQ_DEFAULT_USER"])
+    assert svc_env.get("IMGQ_DECLARE_TOPOLOGY") == "false", "services must not need configure"
+    depends_on = service(name).get("depends_on") or {}
+    assert (depends_on.get("broker-setup") or {}).get("condition") == (
+        "service_completed_successfully"
+    )
+
+
+def test_broker_setup_runs_the_setup_module_as_the_operator() -> None:
+    svc = service("broker-setup")
+    argv = svc.get("command")
+    assert argv == ["python", "-m", "compose.setup_broker"]
+    assert (REPO / "compose" / "setup_broker.py").is_file()
+    env = environment(svc)
+    broker_env = environment(service("broker"))
+    admin = urlsplit(interpolate(env["IMGQ_ADMIN_URL"]))
+    assert admin.username == interpolate(broker_env["RABBITMQ_DEFAULT_USER"])
+    assert admin.password == interpolate(broker_env["RABBITMQ_DEFAULT_PASS"])
+    assert svc.get("restart") == "no", "a one-shot step must not be restarted"
 
 
 def test_broker_keeps_its_data_in_a_named_volume() -> None:
@@ -330,15 +361,23 @@ def test_broker_keeps_its_data_in_a_named_volume() -> None:
     assert named[0][0] in volumes, f"{named[0][0]!r} is not a declared named volume"
 
 
-def test_gateway_listens_on_all_interfaces_and_publishes_its_port() -> None:
+def test_gateways_scale_behind_the_load_balancer() -> None:
     svc = service("gateway")
     env = environment(svc)
     assert env.get("IMGQ_HTTP_HOST") == "0.0.0.0"
-    port = env.get("IMGQ_HTTP_PORT", "8080")
-    published = [interpolate(str(p)).rsplit(":", 1) for p in svc.get("ports") or []]
-    assert any(len(p) == 2 and p[1] == port and p[0] for p in published), (
-        f"gateway must publish container port {port}, has {svc.get('ports')}"
-    )
+    assert not svc.get("ports"), "gateways are reached through lb, so they can scale"
+    assert "container_name" not in svc
+    assert (svc.get("deploy") or {}).get("replicas", 1) >= 2
+    lb = service("lb")
+    published = [interpolate(str(p)).rsplit(":", 1) for p in lb.get("ports") or []]
+    assert any(len(p) == 2 and p[1] == "8080" for p in published), lb.get("ports")
+    config = (REPO / "compose" / "nginx.conf").read_text()
+    assert re.search(r"server\s+gateway:" + env.get("IMGQ_HTTP_PORT", "8080"), config)
+    # Long-polls (30 s) must outlive the proxy's read timeout, and SSE must not be buffered.
+    timeout = re.search(r"proxy_read_timeout\s+(\d+)s", config)
+    assert timeout is not None
+    assert int(timeout.group(1)) > 30
+    assert "proxy_buffering off" in config
 
 
 def test_gallery_is_mounted_read_only_where_the_gateway_looks() -> None:

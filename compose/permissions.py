@@ -1,0 +1,58 @@
+"""Least privilege on the broker: what each service's user may do, in one table.
+
+RabbitMQ checks three regular expressions per user and vhost: *configure* (declare
+or delete a resource), *write* (publish to an exchange, bind a queue) and *read*
+(consume from a queue, bind from an exchange).  With these grants a gateway cannot
+take jobs off the work queue and a classifier cannot submit jobs or read the event
+log; neither can declare or delete the shared topology, which the setup step
+(``python -m compose.setup_broker``) declares with the operator's account.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from shared.topology import (
+    CANCELLATIONS,
+    DEAD_LETTER_NOTICES,
+    EVENT_LOG,
+    EVENTS_EXCHANGE,
+    REQUESTS_EXCHANGE,
+    REQUESTS_QUEUE,
+)
+
+GATEWAY_USER = "imgq-gateway"
+CLASSIFIER_USER = "imgq-classifier"
+# Server-named queues (a gateway's private heartbeat queue) are called amq.gen-...
+_PRIVATE_QUEUES = r"amq\.gen-.*"
+
+
+def _one_of(*names: str, private: bool = False) -> str:
+    """A regex matching exactly these resource names (and, if asked, private queues)."""
+    alternatives = [re.escape(name) for name in names] + ([_PRIVATE_QUEUES] if private else [])
+    return "^(" + "|".join(alternatives) + ")$"
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    configure: str
+    write: str
+    read: str
+
+
+GRANTS: dict[str, Grant] = {
+    GATEWAY_USER: Grant(
+        configure=f"^{_PRIVATE_QUEUES}$",
+        # Publish requests and events (markers, cancellations); bind its private queue.
+        write=_one_of(REQUESTS_EXCHANGE, EVENTS_EXCHANGE, private=True),
+        # Follow the log, turn dead letters into failed jobs, hear heartbeats.
+        read=_one_of(EVENTS_EXCHANGE, EVENT_LOG, DEAD_LETTER_NOTICES, private=True),
+    ),
+    CLASSIFIER_USER: Grant(
+        configure="^$",
+        # Publish events, and replies to reply_to queues through the default exchange.
+        write=_one_of(EVENTS_EXCHANGE, "amq.default"),
+        read=_one_of(REQUESTS_QUEUE, CANCELLATIONS),
+    ),
+}

@@ -1,0 +1,116 @@
+"""One-shot broker setup for a deployment: ``python -m compose.setup_broker``.
+
+Run with the operator's (administrator) account before the services start, it
+creates one broker user per service with only the grants in ``compose.permissions``
+(through the management HTTP API) and declares the shared topology (through AMQP),
+so the services themselves need no right to declare anything.  Idempotent: run it
+on every deployment.
+
+Environment: ``IMGQ_ADMIN_URL`` (AMQP URL of the operator account),
+``IMGQ_MANAGEMENT_URL`` (``http://user:password@host:15672``),
+``IMGQ_GATEWAY_PASSWORD``, ``IMGQ_CLASSIFIER_PASSWORD``, and the queue/log bounds the
+services also read (``IMGQ_QUEUE_MAX_*``, ``IMGQ_LOG_*``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import aio_pika
+
+from compose.permissions import CLASSIFIER_USER, GATEWAY_USER, GRANTS
+from shared.settings import Environ, env_str, process_env
+from shared.topology import LogRetention, QueueBounds, declare_event_log, declare_topology
+
+log = logging.getLogger("imgq.setup")
+
+
+def _management(url: str, method: str, path: str, body: dict[str, str]) -> None:
+    parts = urllib.parse.urlsplit(url)
+    credentials = f"{parts.username or ''}:{parts.password or ''}".encode()
+    base = urllib.parse.urlunsplit((parts.scheme, parts.hostname or "", "", "", ""))
+    if parts.port:
+        base = f"{base}:{parts.port}"
+    request = urllib.request.Request(
+        base + path,
+        data=json.dumps(body).encode(),
+        method=method,
+        headers={
+            "Content-Type": "application/json",
+            "Authorization": "Basic " + base64.b64encode(credentials).decode(),
+        },
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        response.read()
+
+
+def create_users(management_url: str, vhost: str, passwords: dict[str, str]) -> None:
+    quoted_vhost = urllib.parse.quote(vhost, safe="")
+    for user, grant in GRANTS.items():
+        name = urllib.parse.quote(user, safe="")
+        _management(
+            management_url, "PUT", f"/api/users/{name}", {"password": passwords[user], "tags": ""}
+        )
+        _management(
+            management_url,
+            "PUT",
+            f"/api/permissions/{quoted_vhost}/{name}",
+            {"configure": grant.configure, "write": grant.write, "read": grant.read},
+        )
+        log.info(
+            "user %s: configure %s, write %s, read %s",
+            user,
+            grant.configure,
+            grant.write,
+            grant.read,
+        )
+
+
+async def declare(admin_url: str, bounds: QueueBounds, retention: LogRetention) -> None:
+    connection = await aio_pika.connect(admin_url)
+    async with connection:
+        channel = await connection.channel()
+        topology = await declare_topology(channel, bounds)
+        await declare_event_log(channel, topology.events, retention)
+    log.info("topology declared")
+
+
+def setup(env: Environ) -> None:
+    admin_url = env_str(env, "IMGQ_ADMIN_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    vhost = urllib.parse.unquote(urllib.parse.urlsplit(admin_url).path[1:]) or "/"
+    passwords = {
+        GATEWAY_USER: env_str(env, "IMGQ_GATEWAY_PASSWORD", ""),
+        CLASSIFIER_USER: env_str(env, "IMGQ_CLASSIFIER_PASSWORD", ""),
+    }
+    create_users(
+        env_str(env, "IMGQ_MANAGEMENT_URL", "http://guest:guest@127.0.0.1:15672"), vhost, passwords
+    )
+    asyncio.run(declare(admin_url, QueueBounds.from_env(env), LogRetention.from_env(env)))
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s [setup] %(message)s")
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            setup(process_env())
+            return 0
+        except (OSError, urllib.error.URLError, aio_pika.exceptions.AMQPError) as exc:
+            # The broker may still be starting even after its health check passed.
+            if time.monotonic() > deadline:
+                print(f"broker setup failed: {exc!r}", file=sys.stderr)
+                return 1
+            log.info("broker not ready (%r); retrying", exc)
+            time.sleep(2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

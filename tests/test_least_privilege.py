@@ -1,0 +1,115 @@
+"""Least privilege on a real broker: each service's user can do its job and nothing more."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import aio_pika
+import pytest
+from aiormq.exceptions import ChannelAccessRefused
+
+from compose.broker import BrokerNode, start_node
+from compose.permissions import CLASSIFIER_USER, GATEWAY_USER
+from compose.setup_broker import setup
+from compose.stack import Stack
+from shared.topology import EVENT_LOG, REQUEST_ROUTING_KEY, REQUESTS_EXCHANGE, REQUESTS_QUEUE
+from tests import api
+from tests.cluster import MODEL, Cluster
+
+pytestmark = [pytest.mark.broker, pytest.mark.timeout(300)]
+
+PASSWORDS = {GATEWAY_USER: "gw-secret", CLASSIFIER_USER: "cl-secret"}
+
+
+@pytest.fixture
+def managed_node(log_dir: Path) -> Iterator[tuple[BrokerNode, Cluster]]:
+    node = start_node(management=True)
+    stack = Stack(node.url, log_dir / "least-privilege")
+    stack.log_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield node, Cluster(node, stack)
+    finally:
+        stack.stop(timeout=15)
+        node.stop()
+
+
+def _url(node: BrokerNode, user: str) -> str:
+    return f"amqp://{user}:{PASSWORDS[user]}@127.0.0.1:{node.amqp_port}/"
+
+
+async def _ignore(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+    return None
+
+
+def _refused(operation: Callable[[], Awaitable[None]]) -> bool:
+    async def attempt() -> bool:
+        try:
+            await operation()
+        except ChannelAccessRefused:
+            return True
+        return False
+
+    return asyncio.run(attempt())
+
+
+def test_services_work_as_least_privilege_users(managed_node: tuple[BrokerNode, Cluster]) -> None:
+    node, cluster = managed_node
+    cluster.env["IMGQ_DECLARE_TOPOLOGY"] = "false"
+    # A replica may start before the setup step: it waits for the topology.
+    replica = cluster.start_replica(IMGQ_BROKER_URL=_url(node, CLASSIFIER_USER))
+    setup(
+        {
+            "IMGQ_ADMIN_URL": node.url,
+            "IMGQ_MANAGEMENT_URL": f"http://guest:guest@127.0.0.1:{node.management_port}",
+            "IMGQ_GATEWAY_PASSWORD": PASSWORDS[GATEWAY_USER],
+            "IMGQ_CLASSIFIER_PASSWORD": PASSWORDS[CLASSIFIER_USER],
+        }
+    )
+    _, url = cluster.start_gateway(IMGQ_BROKER_URL=_url(node, GATEWAY_USER))
+    cluster.wait_replicas(1)
+    job = api.submit(url, MODEL, "coffee.jpg")
+    assert api.wait_final(url, job["job_id"])["result"][0]["label"] == "espresso"
+    cancelled = api.submit(url, MODEL, "cat.jpg")
+    assert api.request(url, "DELETE", f"/classifications/{cancelled['job_id']}").status in (
+        200,
+        409,
+    )
+    assert replica.alive()
+
+    async def gateway_takes_jobs() -> None:
+        connection = await aio_pika.connect(_url(node, GATEWAY_USER))
+        async with connection:
+            channel = await connection.channel()
+            queue = await channel.get_queue(REQUESTS_QUEUE)
+            await queue.consume(_ignore)
+
+    async def classifier_submits_jobs() -> None:
+        connection = await aio_pika.connect(_url(node, CLASSIFIER_USER))
+        async with connection:
+            channel = await connection.channel()
+            exchange = await channel.get_exchange(REQUESTS_EXCHANGE)
+            await exchange.publish(aio_pika.Message(b"{}"), REQUEST_ROUTING_KEY)
+
+    async def classifier_reads_the_log() -> None:
+        connection = await aio_pika.connect(_url(node, CLASSIFIER_USER))
+        async with connection:
+            channel = await connection.channel()
+            await channel.set_qos(prefetch_count=10)
+            queue = await channel.get_queue(EVENT_LOG)
+            await queue.consume(_ignore, arguments={"x-stream-offset": "first"})
+
+    async def gateway_deletes_the_queue() -> None:
+        connection = await aio_pika.connect(_url(node, GATEWAY_USER))
+        async with connection:
+            channel = await connection.channel()
+            await channel.queue_delete(REQUESTS_QUEUE)
+
+    for attempt in (
+        gateway_takes_jobs,
+        classifier_submits_jobs,
+        classifier_reads_the_log,
+        gateway_deletes_the_queue,
+    ):
+        assert _refused(attempt), f"{attempt.__name__} should be refused"
