@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from shared.catalog import CATALOG
 from shared.errors import SettingsError
@@ -39,6 +40,10 @@ class ClassifierSettings:
     # GET /metrics (Prometheus) on this address; port 0 turns the listener off.
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9100
+    # torchvision classifiers to serve besides the catalogue, each only if its weights file
+    # is in weights_dir (see classifier_service/torchvision_models.py).
+    torchvision_models: tuple[str, ...] = ()
+    weights_dir: Path = field(default_factory=lambda: default_weights_dir(os.environ))
 
     @property
     def prefetch(self) -> int:
@@ -54,6 +59,8 @@ class ClassifierSettings:
                 f"IMGQ_MODELS names unknown models {unknown}; known: {', '.join(CATALOG)}"
             )
         return cls(
+            torchvision_models=_torchvision_models(env),
+            weights_dir=Path(env_str(env, "IMGQ_WEIGHTS_DIR", str(default_weights_dir(env)))),
             broker_url=broker_url(env),
             models=models,
             replica_id=env_str(env, "IMGQ_REPLICA_ID", f"{socket.gethostname()}-{os.getpid()}"),
@@ -70,3 +77,28 @@ class ClassifierSettings:
             metrics_host=env_str(env, "IMGQ_METRICS_HOST", "127.0.0.1"),
             metrics_port=env_int(env, "IMGQ_METRICS_PORT", 9100, maximum=65535),
         )
+
+
+def default_weights_dir(env: Environ) -> Path:
+    """torch's own download cache, ``torch.hub.get_dir() + "/checkpoints"``, without importing
+    torch: ``$TORCH_HOME``, else ``$XDG_CACHE_HOME/torch``, else ``~/.cache/torch``."""
+    cache = env.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+    torch_home = env.get("TORCH_HOME") or os.path.join(cache, "torch")
+    return Path(os.path.expanduser(torch_home)) / "hub" / "checkpoints"
+
+
+def _torchvision_models(env: Environ) -> tuple[str, ...]:
+    names = env_list(env, "IMGQ_TORCHVISION_MODELS", ())
+    if not names:
+        return ()
+    # Only when asked for: torchvision takes a second or two to import.
+    import torchvision
+
+    known = set(torchvision.models.list_models(module=torchvision.models))
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise SettingsError(
+            f"IMGQ_TORCHVISION_MODELS names unknown torchvision classifiers {unknown}; "
+            "known: see torchvision.models.list_models(module=torchvision.models)"
+        )
+    return names

@@ -33,7 +33,14 @@ from classifier_service.metrics import ReplicaMetrics
 from classifier_service.models import LoadedModel
 from classifier_service.settings import ClassifierSettings
 from shared.errors import ImageDecodeError, MessageError, ModelUnavailable, UnknownModel
-from shared.messages import JSON, ClassifyRequest, JobEvent, JobFailure, ReplicaHeartbeat
+from shared.messages import (
+    JSON,
+    AnnouncedModel,
+    ClassifyRequest,
+    JobEvent,
+    JobFailure,
+    ReplicaHeartbeat,
+)
 from shared.states import JobStatus
 from shared.topology import (
     CANCELLATIONS,
@@ -326,6 +333,10 @@ class Replica:
                 busy=self._busy,
                 interval=self.settings.heartbeat_interval,
                 at=time.time(),
+                model_info={
+                    name: AnnouncedModel(model.spec.title, model.spec.input_size)
+                    for name, model in self.models.items()
+                },
             )
             try:
                 await self._events.publish(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from shared.messages import ReplicaHeartbeat
+from shared.messages import AnnouncedModel, ReplicaHeartbeat
 
 # A replica counts as online until it has missed this many heartbeats.
 _MISSED_BEATS = 3
@@ -26,3 +26,10 @@ class ReplicaRegistry:
 
     def serving(self, model: str) -> int:
         return sum(model in beat.models for beat in self.online())
+
+    def announced(self) -> dict[str, AnnouncedModel]:
+        """Every model a live replica serves, with what it says about it (name order)."""
+        models: dict[str, AnnouncedModel] = {}
+        for beat in self.online():
+            models.update(beat.model_info)
+        return dict(sorted(models.items()))

@@ -45,18 +45,30 @@ def json_response(
     )
 
 
+def offered(request: web.Request) -> dict[str, tuple[str, int]]:
+    """Name -> (title, input size) of every model on offer: the configured catalogue first,
+    then any other model a live replica announces (torchvision models it has weights for).
+    A model no replica can load is never announced, so it is never offered."""
+    models = {
+        name: (CATALOG[name].title, CATALOG[name].input_size)
+        for name in request.app[keys.SETTINGS].models
+    }
+    for name, announced in request.app[keys.REPLICAS].announced().items():
+        models.setdefault(name, (announced.title, announced.input_size))
+    return models
+
+
 async def info(request: web.Request) -> web.Response:
     settings = request.app[keys.SETTINGS]
     replicas = request.app[keys.REPLICAS]
     models = []
-    for name in settings.models:
-        spec = CATALOG[name]
+    for name, (title, input_size) in offered(request).items():
         serving = replicas.serving(name)
         models.append(
             {
                 "name": name,
-                "title": spec.title,
-                "input_size": spec.input_size,
+                "title": title,
+                "input_size": input_size,
                 "online": serving > 0,
                 "replicas": serving,
             }
@@ -117,7 +129,9 @@ async def _read_input(request: web.Request) -> _Input:
             + (" (or upload a 'file')" if request.content_type == "multipart/form-data" else "")
         )
     if model not in settings.models:
-        raise UnknownModel(model, settings.models)
+        allowed = offered(request)
+        if model not in allowed:
+            raise UnknownModel(model, allowed)
     if upload is None:
         image = request.app[keys.GALLERY].get(image_name)
         return _Input(model, image.name, image.data)

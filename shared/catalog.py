@@ -24,10 +24,13 @@ class ModelSpec:
     input_size: int
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    # Short side before the centre crop, when the weights say so (torchvision's weights carry
+    # their own, e.g. 256 for a 224 crop); None keeps TensorFlow's input + 32.
+    resize: int | None = None
 
     @property
     def resize_size(self) -> int:
-        return self.input_size + _CROP_PADDING
+        return self.resize if self.resize is not None else self.input_size + _CROP_PADDING
 
 
 CATALOG: dict[str, ModelSpec] = {

@@ -16,7 +16,7 @@ import binascii
 import hashlib
 import re
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -270,6 +270,14 @@ class JobForgotten:
 
 
 @dataclass(frozen=True, slots=True)
+class AnnouncedModel:
+    """What a replica tells the gateways about a model it serves, so they can offer it."""
+
+    title: str
+    input_size: int
+
+
+@dataclass(frozen=True, slots=True)
 class ReplicaHeartbeat:
     """Published by each replica every few seconds: who is online, serving what."""
 
@@ -279,6 +287,9 @@ class ReplicaHeartbeat:
     busy: bool
     interval: float
     at: float
+    # Per served model, what a gateway needs to offer it without knowing it beforehand (the
+    # torchvision models a replica found weights for).  Older replicas send none.
+    model_info: dict[str, AnnouncedModel] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         return orjson.dumps(
@@ -290,6 +301,10 @@ class ReplicaHeartbeat:
                 "busy": self.busy,
                 "interval": self.interval,
                 "at": self.at,
+                "model_info": {
+                    name: {"title": info.title, "input_size": info.input_size}
+                    for name, info in self.model_info.items()
+                },
             }
         )
 
@@ -311,4 +326,23 @@ class ReplicaHeartbeat:
             busy=bool(data.get("busy")),
             interval=interval,
             at=at,
+            model_info=_model_info(data.get("model_info")),
         )
+
+
+def _model_info(raw: object) -> dict[str, AnnouncedModel]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise MessageError("'model_info' must be an object")
+    info = {}
+    for name, entry in raw.items():
+        if not isinstance(entry, dict):
+            raise MessageError(f"'model_info' entry {name!r} must be an object")
+        title, size = entry.get("title"), entry.get("input_size")
+        if not isinstance(title, str) or isinstance(size, bool) or not isinstance(size, int):
+            raise MessageError(
+                f"'model_info' entry {name!r} needs a string 'title' and an integer 'input_size'"
+            )
+        info[name] = AnnouncedModel(title, size)
+    return info

@@ -7,6 +7,7 @@ import pytest
 
 from shared.errors import MessageError
 from shared.messages import (
+    AnnouncedModel,
     ClassifyRequest,
     JobEvent,
     JobFailure,
@@ -77,6 +78,18 @@ def test_event_rejects_unknown_status() -> None:
 def test_heartbeat_round_trip() -> None:
     beat = ReplicaHeartbeat("r1", ("efficientnet_lite0",), 3, True, 5.0, 10.0)
     assert ReplicaHeartbeat.from_json(beat.to_json()) == beat
+    info = {"resnet18": AnnouncedModel("ResNet18", 224)}
+    beat = ReplicaHeartbeat("r1", ("resnet18",), 3, True, 5.0, 10.0, info)
+    assert ReplicaHeartbeat.from_json(beat.to_json()) == beat
+
+
+def test_heartbeat_model_info_is_optional_but_checked() -> None:
+    data = orjson.loads(ReplicaHeartbeat("r1", ("m",), 0, False, 5.0, 10.0).to_json())
+    del data["model_info"]
+    assert ReplicaHeartbeat.from_json(orjson.dumps(data)).model_info == {}
+    data["model_info"] = {"m": {"title": "M", "input_size": "224"}}
+    with pytest.raises(MessageError, match="input_size"):
+        ReplicaHeartbeat.from_json(orjson.dumps(data))
 
 
 def test_job_ids_are_unguessable_hex() -> None:
