@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -118,3 +119,24 @@ def cluster(log_dir: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
     finally:
         stack.stop(timeout=15)
         node.stop()
+
+
+# -- the page tests share one browser ------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    from tests.browser import launch_browser, require_chromium
+
+    require_chromium()
+    with launch_browser() as launched:
+        yield launched
+
+
+@pytest.fixture
+def page(browser: Any, service: Service) -> Iterator[Any]:
+    """A page on the session's gateway, in a fresh browser context (empty localStorage)."""
+    from tests.browser import new_page
+
+    with new_page(browser, service.base_url) as opened:
+        yield opened

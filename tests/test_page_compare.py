@@ -3,35 +3,21 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, Request, expect
+from playwright.sync_api import Page, Request, expect
 
-from tests.test_page import (
+from tests.browser import (
     RESULT_TIMEOUT_MS,
     artifacts_dir,
-    launch_browser,
-    new_page,
     open_page,
+    require_chromium,
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.broker]
+require_chromium()
 
 SECONDS = r"\d+\.\d+ s"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with launch_browser() as browser:
-        yield browser
-
-
-@pytest.fixture
-def page(browser: Browser, service: Any) -> Iterator[Page]:
-    with new_page(browser, service.base_url) as page:
-        yield page
 
 
 def record_posts(page: Page) -> list[Request]:

@@ -4,34 +4,20 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Page, expect
 
-from tests.test_page import (
+from tests.browser import (
     RESULT_TIMEOUT_MS,
     artifacts_dir,
     is_post_to_classifications,
-    launch_browser,
-    new_page,
     open_page,
+    require_chromium,
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.broker]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with launch_browser() as browser:
-        yield browser
-
-
-@pytest.fixture
-def page(browser: Browser, service: Any) -> Iterator[Page]:
-    with new_page(browser, service.base_url) as page:
-        yield page
+require_chromium()
 
 
 def submit(page: Page, model: str, image: str) -> str:

@@ -3,32 +3,20 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, Request, expect
+from playwright.sync_api import Page, Request, expect
 
 from tests import api
-from tests.test_page import artifacts_dir, launch_browser, new_page
+from tests.browser import artifacts_dir, require_chromium
 
 pytestmark = [pytest.mark.browser, pytest.mark.broker]
+require_chromium()
 
 STATUS_PAGE = "/static/status.html"
 JOBS_DONE_JS = """() => [...document.querySelectorAll('#replica-rows [data-field="jobs_done"]')]
     .reduce((sum, cell) => sum + Number(cell.textContent), 0)"""
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with launch_browser() as browser:
-        yield browser
-
-
-@pytest.fixture
-def page(browser: Browser, service: Any) -> Iterator[Page]:
-    with new_page(browser, service.base_url) as page:
-        yield page
 
 
 def set_visibility(page: Page, state: str) -> None:

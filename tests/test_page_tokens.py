@@ -9,23 +9,18 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, Request, expect
 
-from tests.test_page import (
+from tests.browser import (
     RESULT_TIMEOUT_MS,
     artifacts_dir,
-    launch_browser,
     new_page,
+    require_chromium,
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.broker]
+require_chromium()
 
 TOKEN = "page-test-token"
 API_PATHS = re.compile(r"/(info|status|classifications)(/|$|\?)")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with launch_browser() as browser:
-        yield browser
 
 
 @pytest.fixture(scope="module")

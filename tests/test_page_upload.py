@@ -5,25 +5,23 @@ from __future__ import annotations
 import base64
 import io
 import re
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from PIL import Image
-from playwright.sync_api import Browser, Page, Response, expect
+from playwright.sync_api import Page, Response, expect
 
-from tests.test_page import (
+from tests.browser import (
     JOB_ID,
     REPO_ROOT,
     RESULT_TIMEOUT_MS,
     artifacts_dir,
     is_post_to_classifications,
-    launch_browser,
-    new_page,
     open_page,
+    require_chromium,
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.broker]
+require_chromium()
 
 # A File in a DataTransfer, as the browser hands a dropped file to the page.
 DROP_FILE_JS = """([data, name, type]) => {
@@ -32,18 +30,6 @@ DROP_FILE_JS = """([data, name, type]) => {
     transfer.items.add(new File([bytes], name, { type }));
     return transfer;
 }"""
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with launch_browser() as browser:
-        yield browser
-
-
-@pytest.fixture
-def page(browser: Browser, service: Any) -> Iterator[Page]:
-    with new_page(browser, service.base_url) as page:
-        yield page
 
 
 def coffee_png() -> bytes:
