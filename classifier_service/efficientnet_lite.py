@@ -64,19 +64,29 @@ def _round_filters(filters: int, width: float) -> int:
 
 
 class SameConv2d(nn.Conv2d):
-    """A bias-free convolution with TensorFlow ``SAME`` padding, computed from the input."""
+    """A bias-free convolution with TensorFlow ``SAME`` padding.
+
+    At stride 1 an odd kernel's ``SAME`` padding is ``kernel // 2`` on every side whatever the
+    input size, so the convolution pads by itself (one copy of the feature map fewer: about
+    10 % of the forward pass here).  At stride 2 TensorFlow pads asymmetrically, depending
+    on the input size, so those few layers pad explicitly.
+    """
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> None:
-        super().__init__(cin, cout, kernel, stride, padding=0, groups=groups, bias=False)
+        static = stride == 1 and kernel % 2 == 1
+        padding = kernel // 2 if static else 0
+        super().__init__(cin, cout, kernel, stride, padding=padding, groups=groups, bias=False)
+        self.pads_input = not static
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ih, iw = x.shape[-2:]
-        k, s = self.kernel_size[0], self.stride[0]
-        pad_h = max((math.ceil(ih / s) - 1) * s + k - ih, 0)
-        pad_w = max((math.ceil(iw / s) - 1) * s + k - iw, 0)
-        if pad_h or pad_w:
-            x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
-        out: torch.Tensor = F.conv2d(x, self.weight, None, self.stride, 0, 1, self.groups)
+        if self.pads_input:
+            ih, iw = x.shape[-2:]
+            k, s = self.kernel_size[0], self.stride[0]
+            pad_h = max((math.ceil(ih / s) - 1) * s + k - ih, 0)
+            pad_w = max((math.ceil(iw / s) - 1) * s + k - iw, 0)
+            if pad_h or pad_w:
+                x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+        out: torch.Tensor = super().forward(x)
         return out
 
 

@@ -1,0 +1,119 @@
+"""The bare model, measured in subprocesses started side by side (the parent never loads torch)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from compose.stack import REPO
+
+_READY = "READY"
+_RESULT = "RESULT "
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    model: str = "efficientnet_lite0"
+    threads: int = 1  # 0: torch's default (one per core)
+    batch: int = 1
+    eager: bool = False
+
+    def describe(self) -> str:
+        threads = "default threads" if self.threads == 0 else f"{self.threads} thread(s)"
+        graph = "eager" if self.eager else "frozen, channels-last"
+        return f"{threads}, {graph}, batch {self.batch}"
+
+
+@dataclass(frozen=True, slots=True)
+class BareResult:
+    processes: int
+    images_per_s: float  # summed over the processes
+    per_image_ms: dict[str, float]  # median per image, for per-image runs
+
+
+def _command(spec: WorkerSpec, images: Path, seconds: float, per_image: int) -> list[str]:
+    command = [sys.executable, "-m", "bench.model_worker", "--model", spec.model]
+    command += ["--images", str(images), "--threads", str(spec.threads)]
+    command += ["--batch", str(spec.batch), "--seconds", str(seconds)]
+    command += ["--per-image", str(per_image)] + (["--eager"] if spec.eager else [])
+    return command
+
+
+def _env(spec: WorkerSpec) -> dict[str, str]:
+    env = dict(os.environ)
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.pop(name, None)
+        if spec.threads:
+            # As compose.stack does for replicas: OpenMP reads these before torch does.
+            env[name] = str(spec.threads)
+    return env
+
+
+def _read_line(process: subprocess.Popen[str], prefix: str) -> str:
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith(prefix):
+            return line[len(prefix) :].strip()
+    raise RuntimeError(f"model worker exited (code {process.wait()}) before {prefix.strip()}")
+
+
+def run_together(
+    specs: Sequence[WorkerSpec],
+    images: Path,
+    log_dir: Path,
+    *,
+    seconds: float,
+    per_image: int = 0,
+    timeout: float = 300.0,
+) -> BareResult:
+    """Start one process per spec, wait until all are warm, then measure them all at once."""
+    processes: list[subprocess.Popen[str]] = []
+    with open(log_dir / "model-workers.log", "a") as log:
+        for spec in specs:
+            processes.append(
+                subprocess.Popen(
+                    _command(spec, images, seconds, per_image),
+                    cwd=REPO,
+                    env=_env(spec),
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                    text=True,
+                )
+            )
+    # A stuck worker must not hang the benchmark.
+    watchdog = threading.Timer(timeout, _kill_all, (processes,))
+    watchdog.start()
+    try:
+        for process in processes:
+            _read_line(process, _READY)
+        for process in processes:
+            assert process.stdin is not None
+            process.stdin.write("go\n")
+            process.stdin.flush()
+        results = [json.loads(_read_line(process, _RESULT)) for process in processes]
+    finally:
+        watchdog.cancel()
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+    per_image_ms: dict[str, float] = {}
+    for result in results:
+        per_image_ms.update(result.get("per_image_ms", {}))
+    return BareResult(
+        processes=len(specs),
+        images_per_s=sum(r["images"] / r["seconds"] for r in results if "images" in r),
+        per_image_ms=per_image_ms,
+    )
+
+
+def _kill_all(processes: Sequence[subprocess.Popen[str]]) -> None:
+    for process in processes:
+        process.kill()

@@ -1,0 +1,288 @@
+"""The benchmark's phases, in order, each on a machine left as quiet as the phase allows.
+
+1. The bare model in subprocesses (nothing else running): the reference ceiling.
+2. A private broker, a gateway whose gallery is the photo folder, one replica using every
+   core, then N replicas: throughput and latency over HTTP and over AMQP, latency at low
+   load, and the accuracy of every model.
+3. Without replicas: a fresh gateway's submission rate and its long-polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import accuracy, amqp_load, bare, gateway_load, http_load
+from bench.accuracy import Accuracy
+from bench.bare import WorkerSpec
+from bench.gateway_load import LongPollResult, SubmitResult
+from bench.load import LoadResult
+from bench.machine import CpuMeter, ForeignLoad
+from bench.photos import image_files, read_labels
+from compose.broker import BrokerNode
+from compose.stack import (
+    ManagedProcess,
+    Stack,
+    threads_per_replica,
+    wait_http_ok,
+    wait_replicas_online,
+)
+
+log = logging.getLogger("imgq.bench")
+
+MODEL = "efficientnet_lite0"
+# The small gallery image the gateway-only phase submits (its own gallery is images/).
+SUBMIT_IMAGE = "cat.jpg"
+REPLICA_START_TIMEOUT = 240.0
+BARE_PHASE = "bare model"
+GATEWAY_PHASE = "gateway alone"
+
+
+def service_phase(replicas: int) -> str:
+    return f"service with {replicas} replica{'s' if replicas > 1 else ''}"
+
+
+@dataclass(frozen=True)
+class Options:
+    replicas: int
+    jobs: int
+    concurrency: int
+    images: Path
+    bare_seconds: float
+    submissions: int
+    long_polls: int
+    accuracy_models: tuple[str, ...]
+    # No new job starts after this long in one run: bounded time on a slow or busy machine.
+    max_seconds: float = 40.0
+    batch_size: int | None = None  # None: the service's default
+    batch_wait_ms: float | None = None
+
+    @property
+    def threads(self) -> int:
+        return threads_per_replica(self.replicas)
+
+    @property
+    def replica_env(self) -> dict[str, str]:
+        env = {}
+        if self.batch_size is not None:
+            env["IMGQ_BATCH_SIZE"] = str(self.batch_size)
+        if self.batch_wait_ms is not None:
+            env["IMGQ_BATCH_WAIT_MS"] = f"{self.batch_wait_ms:g}"
+        return env
+
+
+@dataclass
+class Measurements:
+    bare_naive: float | None = None
+    # Throughput of the bare model laid out as the replicas are: {replicas: images/s}.
+    bare: dict[int, float] = field(default_factory=dict)
+    bare_per_image_ms: dict[str, float] = field(default_factory=dict)
+    http: dict[int, LoadResult] = field(default_factory=dict)
+    amqp: dict[int, LoadResult] = field(default_factory=dict)
+    http_low_load: LoadResult | None = None
+    amqp_low_load: LoadResult | None = None
+    accuracy: list[Accuracy] = field(default_factory=list)
+    submit: SubmitResult | None = None
+    long_polls: LongPollResult | None = None
+    gateway_idle_rss_mb: float | None = None
+    # Per throughput run: CPU milliseconds per job of each part of the system.
+    cpu_per_job: dict[str, dict[str, float]] = field(default_factory=dict)
+    # Cores that other work on the machine used during each phase (a lower bound).
+    foreign_cores: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        load = ForeignLoad()
+        try:
+            yield
+        finally:
+            self.foreign_cores[name] = load.cores()
+
+
+def replica_counts(options: Options) -> list[int]:
+    return sorted({1, options.replicas})
+
+
+def measure_bare(options: Options, log_dir: Path, m: Measurements) -> None:
+    with m.phase(BARE_PHASE):
+        _measure_bare(options, log_dir, m)
+
+
+def _measure_bare(options: Options, log_dir: Path, m: Measurements) -> None:
+    batch = options.batch_size or 1
+    for replicas in replica_counts(options):
+        threads = threads_per_replica(replicas)
+        specs = [WorkerSpec(MODEL, threads=threads, batch=batch)] * replicas
+        result = bare.run_together(specs, options.images, log_dir, seconds=options.bare_seconds)
+        m.bare[replicas] = result.images_per_s
+        log.info(
+            "bare model, %d x %s: %.1f images/s", replicas, specs[0].describe(), result.images_per_s
+        )
+    naive = WorkerSpec(MODEL, threads=0, batch=1, eager=True)
+    m.bare_naive = bare.run_together(
+        [naive], options.images, log_dir, seconds=options.bare_seconds
+    ).images_per_s
+    log.info("bare model, naive (%s): %.1f images/s", naive.describe(), m.bare_naive)
+
+
+def _start_replicas(
+    stack: Stack, options: Options, count: int, base_url: str, tag: str
+) -> list[ManagedProcess]:
+    threads = threads_per_replica(count)
+    replicas = [
+        stack.start_replica(f"{tag}-{i + 1}", threads=threads, env=options.replica_env)
+        for i in range(count)
+    ]
+    # Each replica touches its health file once its first heartbeat is on the broker, which
+    # is after its models are loaded and warm: a stale registration cannot fool this.
+    health = [stack.log_dir / f"{r.name}.alive" for r in replicas]
+    wait_until(lambda: all(p.exists() for p in health), REPLICA_START_TIMEOUT, replicas)
+    wait_replicas_online(base_url, count, 60)
+    return replicas
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, procs: list[ManagedProcess]) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        for proc in procs:
+            if not proc.alive():
+                raise RuntimeError(f"{proc.name} exited early; log tail:\n{proc.log_tail()}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not ready after {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+def measure_service(options: Options, node: BrokerNode, stack: Stack, m: Measurements) -> None:
+    # The gallery of this gateway is the photo folder: HTTP jobs classify the same photos as
+    # the bare model and the AMQP producers.
+    gateway, base_url = stack.start_gateway(env={"IMGQ_GALLERY_DIR": str(options.images)})
+    wait_http_ok(f"{base_url}/readyz", 60, gateway)
+    for count in replica_counts(options):
+        with m.phase(service_phase(count)):
+            replicas = _start_replicas(stack, options, count, base_url, f"replica-x{count}")
+            groups = {
+                "replicas": [r.pid for r in replicas],
+                "gateway": [gateway.pid],
+                "broker": broker_pids(node),
+                "load generator": [os.getpid()],
+            }
+            try:
+                _measure_replicas(options, node.url, base_url, m, count, groups, stack.log_dir)
+            finally:
+                for replica in replicas:
+                    replica.terminate()
+    gateway.terminate()
+
+
+def broker_pids(node: BrokerNode) -> list[int]:
+    """The Erlang VM of the node (its pid file), where the broker's work is done."""
+    try:
+        return [int((node.base_dir / "node.pid").read_text().strip())]
+    except (OSError, ValueError):
+        return []
+
+
+def _measure_replicas(
+    options: Options,
+    broker_url: str,
+    base_url: str,
+    m: Measurements,
+    count: int,
+    groups: dict[str, list[int]],
+    log_dir: Path,
+) -> None:
+    log.info("%d replica(s) x %d thread(s) online", count, threads_per_replica(count))
+    files = image_files(options.images)
+    names = [p.name for p in files]
+    photos = {p.name: p.read_bytes() for p in files}
+    jobs, concurrency, limit = options.jobs, options.concurrency, options.max_seconds
+    # Warm-up: the first jobs meet cold caches and unprofiled batch shapes.
+    asyncio.run(
+        http_load.run(base_url, MODEL, names, jobs=2 * concurrency, concurrency=concurrency)
+    )
+    meter = CpuMeter(groups)
+    m.http[count] = asyncio.run(
+        http_load.run(base_url, MODEL, names, jobs=jobs, concurrency=concurrency, max_seconds=limit)
+    )
+    m.cpu_per_job[f"HTTP, {count}"] = meter.per_job_ms(m.http[count].jobs)
+    log.info("HTTP, %d replica(s): %.1f jobs/s", count, m.http[count].throughput)
+    meter = CpuMeter(groups)
+    m.amqp[count] = asyncio.run(
+        amqp_load.run(
+            broker_url, MODEL, photos, jobs=jobs, concurrency=concurrency, max_seconds=limit
+        )
+    )
+    m.cpu_per_job[f"AMQP, {count}"] = meter.per_job_ms(m.amqp[count].jobs)
+    log.info("AMQP, %d replica(s): %.1f jobs/s", count, m.amqp[count].throughput)
+    if count != options.replicas:
+        return
+    # Each photo alone on one replica's share of the cores: what a job at low load costs at
+    # least.  Measured here, just before the low-load runs (the replicas idle), so that the
+    # two are compared under the same conditions on a shared machine.
+    single = WorkerSpec(MODEL, threads=options.threads, batch=1)
+    m.bare_per_image_ms = bare.run_together(
+        [single], options.images, log_dir, seconds=0, per_image=2
+    ).per_image_ms
+    # One job at a time, each photo once: the latency the service adds to the model's own.
+    m.http_low_load = asyncio.run(
+        http_load.run(base_url, MODEL, names, jobs=len(names), concurrency=1)
+    )
+    m.amqp_low_load = asyncio.run(
+        amqp_load.run(broker_url, MODEL, photos, jobs=len(names), concurrency=1)
+    )
+    log.info("low load: HTTP and AMQP done; accuracy next")
+    m.accuracy = asyncio.run(
+        accuracy.measure(
+            base_url, options.accuracy_models, read_labels(options.images), concurrency=concurrency
+        )
+    )
+
+
+def measure_gateway(options: Options, node: BrokerNode, stack: Stack, m: Measurements) -> None:
+    """No replica runs now: jobs queue up, and only the gateway and the broker work."""
+    with m.phase(GATEWAY_PHASE):
+        _measure_gateway(options, node, stack, m)
+
+
+def _measure_gateway(options: Options, node: BrokerNode, stack: Stack, m: Measurements) -> None:
+    gateway, base_url = stack.start_gateway()
+    wait_http_ok(f"{base_url}/readyz", 60, gateway)
+    m.gateway_idle_rss_mb = gateway_load.rss_mb(gateway.pid)
+    try:
+        m.submit = asyncio.run(
+            gateway_load.submissions(
+                base_url,
+                MODEL,
+                SUBMIT_IMAGE,
+                jobs=options.submissions,
+                concurrency=64,
+                max_seconds=options.max_seconds / 2,
+            )
+        )
+        log.info("gateway alone: %.0f submissions/s accepted", m.submit.rate)
+        if m.submit.job_ids:
+            m.long_polls = asyncio.run(
+                gateway_load.hold_long_polls(
+                    base_url, m.submit.job_ids, count=options.long_polls, gateway_pid=gateway.pid
+                )
+            )
+            log.info(
+                "gateway alone: %d long-polls held, RSS %.0f MiB",
+                m.long_polls.held,
+                m.long_polls.rss_held_mb,
+            )
+    finally:
+        gateway.terminate()
+        purged = asyncio.run(amqp_load.purge_requests(node.url))
+        log.info("purged %d queued jobs", purged)
+
+
+def cores() -> int:
+    return os.cpu_count() or 1

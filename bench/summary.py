@@ -1,0 +1,288 @@
+"""From measurements to the table's rows, each target checked against its measured ratio."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from bench.load import LoadResult, replica_gaps
+from bench.report import Row, Target
+from bench.stats import Latency, percentile
+from bench.suite import (
+    BARE_PHASE,
+    GATEWAY_PHASE,
+    MODEL,
+    Measurements,
+    Options,
+    replica_counts,
+    service_phase,
+)
+from compose.stack import threads_per_replica
+
+E2E_RATIO = Target(">=", 0.9, " × bare")
+SPEEDUP = Target(">=", 1.5, " × naive")
+ADDED_LATENCY = Target("<=", 5, " ms")
+SUBMISSIONS = Target(">=", 2000, "/s")
+LONG_POLLS = Target(">=", 5000)
+GATEWAY_RSS = Target("<", 200, " MB")
+# Lite0's top-1 on the 100-photo ImageNet sample with the reference pipeline (its README).
+SAMPLE_TOP1 = Target(">=", 0.89)
+# Cores of other work during a phase above which its figures say more about that work.
+BUSY = 0.25
+
+
+def caveat(m: Measurements, *phases: str) -> str:
+    """A warning for a verdict resting on phases during which the machine was busy."""
+    busy = [m.foreign_cores[p] for p in phases if m.foreign_cores.get(p, 0.0) > BUSY]
+    return f"machine busy: {max(busy):.1f} cores of other work" if busy else ""
+
+
+_PLURALS = {"replica": "replicas", "process": "processes"}
+
+
+def layout(replicas: int, noun: str = "replica") -> str:
+    threads = threads_per_replica(replicas)
+    nouns = noun if replicas == 1 else _PLURALS[noun]
+    return f"{replicas} {nouns} × {threads} thread{'s' if threads > 1 else ''}"
+
+
+def _ratio(value: float | None, reference: float | None) -> float | None:
+    if value is None or not reference:
+        return None
+    return value / reference
+
+
+def _fmt(value: float | None, spec: str = ".2f", suffix: str = "") -> str:
+    return "—" if value is None else f"{value:{spec}}{suffix}"
+
+
+def _jobs(result: LoadResult) -> str:
+    failed = f", {result.failed} failed" if result.failed else ""
+    return f"{result.throughput:.1f} jobs/s ({result.jobs} jobs{failed})"
+
+
+def _latency(result: LoadResult) -> str:
+    return str(Latency.of_seconds(result.latencies)) if result.latencies else "—"
+
+
+def added_latency_ms(result: LoadResult, bare_ms: dict[str, float]) -> list[float]:
+    """Per job: its end-to-end latency minus the bare model's time for the same image."""
+    return [s * 1000 - bare_ms[name] for name, s in result.per_image if name in bare_ms]
+
+
+def bare_rows(options: Options, m: Measurements) -> list[Row]:
+    batch = options.batch_size or 1
+    rows = [
+        Row(
+            "bare model: naive baseline",
+            f"{MODEL}, 1 process, eager, batch 1, torch's default threads",
+            _fmt(m.bare_naive, ".1f", " images/s"),
+            ratio="1.00 × naive",
+        )
+    ]
+    best = max(m.bare.values(), default=None)
+    for replicas in replica_counts(options):
+        value = m.bare.get(replicas)
+        speedup = _ratio(value, m.bare_naive)
+        is_best = value is not None and value == best
+        rows.append(
+            Row(
+                "bare model" + (" (reference ceiling)" if replicas == options.replicas else ""),
+                f"{layout(replicas, 'process')}, frozen + channels-last, batch {batch}"
+                + (", summed" if replicas > 1 else ""),
+                _fmt(value, ".1f", " images/s"),
+                ratio=_fmt(speedup, ".2f", " × naive"),
+                target=SPEEDUP if is_best else None,
+                value=speedup if is_best else None,
+                caveat=caveat(m, BARE_PHASE),
+            )
+        )
+    per_image = list(m.bare_per_image_ms.values())
+    if per_image:
+        rows.append(
+            Row(
+                "bare model: one image at a time",
+                f"1 process × {options.threads} thread{'s' if options.threads > 1 else ''}, "
+                "batch 1, each photo twice (median): one replica's share of the cores",
+                f"{percentile(per_image, 50):.1f} ms per image (p50)",
+                latency=f"{percentile(per_image, 50):.0f} / {percentile(per_image, 95):.0f} / "
+                f"{percentile(per_image, 99):.0f}",
+            )
+        )
+    return rows
+
+
+def service_rows(options: Options, m: Measurements) -> list[Row]:
+    rows = []
+    for path, results in (("HTTP", m.http), ("AMQP", m.amqp)):
+        for replicas in replica_counts(options):
+            result = results.get(replicas)
+            if result is None:
+                continue
+            ratio = _ratio(result.throughput, m.bare.get(replicas))
+            how = (
+                "POST then long-poll ?wait=30"
+                if path == "HTTP"
+                else "publish with confirms, reply_to queue"
+            )
+            rows.append(
+                Row(
+                    f"end to end, {path}",
+                    f"{layout(replicas)}, {options.concurrency} clients, {how}",
+                    _jobs(result),
+                    latency=_latency(result),
+                    ratio=_fmt(ratio, ".2f", " × bare"),
+                    target=E2E_RATIO,
+                    value=ratio,
+                    caveat=caveat(m, BARE_PHASE, service_phase(replicas)),
+                )
+            )
+    for path, low in (("HTTP", m.http_low_load), ("AMQP", m.amqp_low_load)):
+        if low is None:
+            continue
+        added = added_latency_ms(low, m.bare_per_image_ms)
+        p50 = percentile(added, 50) if added else None
+        rows.append(
+            Row(
+                f"low load, {path}",
+                f"one job at a time, each photo once, {layout(options.replicas)}",
+                f"{_fmt(p50, '+.1f')} ms over the bare model (p50 of per-photo differences)",
+                latency=_latency(low),
+                target=ADDED_LATENCY,
+                value=p50,
+                caveat=caveat(m, service_phase(options.replicas)),
+            )
+        )
+    return rows
+
+
+def gateway_rows(options: Options, m: Measurements) -> list[Row]:
+    rows = []
+    if m.submit is not None:
+        rejected = f", {m.submit.rejected} answered 503" if m.submit.rejected else ""
+        rows.append(
+            Row(
+                "gateway alone: submissions accepted",
+                f"no replicas, 64 clients, {m.submit.accepted + m.submit.rejected} POSTs, "
+                "each 202 after the broker's confirm",
+                f"{m.submit.rate:.0f}/s{rejected}",
+                target=SUBMISSIONS,
+                value=m.submit.rate,
+                caveat=caveat(m, GATEWAY_PHASE),
+            )
+        )
+    polls = m.long_polls
+    if polls is not None:
+        rows.append(
+            Row(
+                "gateway alone: concurrent long-polls",
+                f"{polls.requested} × ?wait=30 on queued jobs, "
+                f"opened in {polls.ramp_seconds:.1f} s",
+                f"{polls.held} held ({polls.gateway_fds} open files in the gateway)",
+                target=LONG_POLLS,
+                value=polls.held,
+            )
+        )
+        rows.append(
+            Row(
+                "gateway alone: memory while holding them",
+                "VmRSS of the gateway process",
+                f"{polls.rss_held_mb:.0f} MB (idle after start-up: "
+                f"{_fmt(m.gateway_idle_rss_mb, '.0f')} MB)",
+                target=GATEWAY_RSS,
+                value=polls.rss_held_mb,
+            )
+        )
+    return rows
+
+
+def accuracy_rows(options: Options, m: Measurements, reference_sample: bool) -> list[Row]:
+    rows = []
+    for result in m.accuracy:
+        check = reference_sample and result.model == MODEL
+        failed = f", {result.failed} failed" if result.failed else ""
+        rows.append(
+            Row(
+                f"accuracy, {result.model}",
+                f"{result.photos} labelled photos through the service (HTTP){failed}",
+                f"top-1 {result.top1:.2f}, top-5 {result.top5:.2f}",
+                target=SAMPLE_TOP1 if check else None,
+                value=result.top1 if check else None,
+            )
+        )
+    return rows
+
+
+def rows(options: Options, m: Measurements, reference_sample: bool) -> Sequence[Row]:
+    return [
+        *bare_rows(options, m),
+        *service_rows(options, m),
+        *gateway_rows(options, m),
+        *accuracy_rows(options, m, reference_sample),
+    ]
+
+
+def throughput_bars(options: Options, m: Measurements) -> list[tuple[str, float, int]]:
+    """(label, images or jobs per second, colour): bare model, then HTTP, then AMQP."""
+    bars: list[tuple[str, float, int]] = []
+    if m.bare_naive is not None:
+        bars.append(("bare model, naive baseline", m.bare_naive, 0))
+    for replicas in replica_counts(options):
+        if replicas in m.bare:
+            bars.append((f"bare model, {layout(replicas, 'process')}", m.bare[replicas], 0))
+    for colour, (path, results) in enumerate((("HTTP", m.http), ("AMQP", m.amqp)), start=1):
+        for replicas in replica_counts(options):
+            if replicas in results:
+                bars.append((f"{path}, {layout(replicas)}", results[replicas].throughput, colour))
+    return bars
+
+
+def notes(options: Options, m: Measurements) -> list[str]:
+    batch = "the service's defaults" if options.batch_size is None else str(options.batch_size)
+    wait = "default" if options.batch_wait_ms is None else f"{options.batch_wait_ms:g} ms"
+    lines = [
+        f"photos: {options.images} ({len(m.bare_per_image_ms)} files); throughput runs cycle "
+        f"through them with {MODEL}, {options.jobs} jobs each after a warm-up of "
+        f"{2 * options.concurrency}",
+        f"replicas: IMGQ_BATCH_SIZE {batch}, IMGQ_BATCH_WAIT_MS {wait}; torch threads per "
+        "replica = cores / replicas (compose.stack.threads_per_replica)",
+        "end-to-end latency runs from just before the submit to the moment the client holds "
+        "the result (HTTP: the long-poll's answer; AMQP: the reply on its reply_to queue); "
+        "under load it includes the time queued behind the other clients' jobs",
+        "the bare model runs the classifier's own classify_batch (decode, preprocess, forward, "
+        "top-5) in subprocesses started together, before the broker starts; the per-photo "
+        "times just before the low-load runs, with the replicas idle",
+    ]
+    for replicas, images_per_s in m.bare.items():
+        core_ms = 1000 * replicas * threads_per_replica(replicas) / images_per_s
+        lines.append(
+            f"bare model, {layout(replicas, 'process')}: {core_ms:.1f} core-ms per image, the "
+            "figure to hold the CPU per job of the service against"
+        )
+    if m.foreign_cores:
+        phases = ", ".join(f"{name} {cores:.2f}" for name, cores in m.foreign_cores.items())
+        lines.append(
+            "other work on this shared machine, in cores used by processes the benchmark did "
+            f"not start: {phases}.  Above {BUSY} the figures of that phase are low, ratios "
+            "that involve it are skewed, and its verdicts say so"
+        )
+    for label, key, result in (
+        *((f"HTTP, {layout(r)}", f"HTTP, {r}", x) for r, x in m.http.items()),
+        *((f"AMQP, {layout(r)}", f"AMQP, {r}", x) for r, x in m.amqp.items()),
+    ):
+        cpu = m.cpu_per_job.get(key)
+        if cpu:
+            parts = ", ".join(f"{name} {ms:.1f}" for name, ms in cpu.items())
+            lines.append(f"{label}: CPU ms per job: {parts} (total {sum(cpu.values()):.1f})")
+        gaps = [g * 1000 for g in replica_gaps(result.spans)]
+        if gaps:
+            lines.append(
+                f"{label}: each replica spent {percentile(gaps, 50):.1f} ms (p50; p95 "
+                f"{percentile(gaps, 95):.1f} ms) between finishing a batch and starting the "
+                "next (publishing and confirming results, acks, taking the next job), while "
+                "jobs were waiting"
+            )
+        if result.errors:
+            lines.append(f"{label}: {result.failed} failed, e.g. {result.errors[0]}")
+    if m.submit is not None and m.submit.errors:
+        lines.append(f"submissions: errors, e.g. {m.submit.errors[0]}")
+    return lines

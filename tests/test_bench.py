@@ -1,0 +1,185 @@
+"""The benchmark's pure parts: percentiles, the Markdown table, targets, labels, scoring."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.accuracy import score
+from bench.load import LoadResult, replica_gaps
+from bench.photos import LabelsError, image_files, read_labels
+from bench.report import Row, Target, escape, markdown_table, results_table
+from bench.stats import Latency, percentile, rate
+from bench.summary import added_latency_ms
+from tests.api import REPO
+
+
+@pytest.mark.parametrize(
+    ("q", "expected"),
+    [(0, 1.0), (25, 1.75), (50, 2.5), (95, 3.85), (100, 4.0)],
+)
+def test_percentile_interpolates_between_ranks(q: float, expected: float) -> None:
+    # numpy's default ("linear") gives the same figures for [1, 2, 3, 4].
+    assert percentile([4.0, 1.0, 3.0, 2.0], q) == pytest.approx(expected)
+
+
+def test_percentile_of_one_value_is_that_value() -> None:
+    assert percentile([7.0], 0) == percentile([7.0], 99) == 7.0
+
+
+@pytest.mark.parametrize("q", [-1, 101, float("nan")])
+def test_percentile_rejects_a_bad_rank(q: float) -> None:
+    with pytest.raises(ValueError, match=r"0\.\.100"):
+        percentile([1.0], q)
+
+
+def test_percentile_of_nothing_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no values"):
+        percentile([], 50)
+
+
+def test_latency_summary_is_in_milliseconds() -> None:
+    latency = Latency.of_seconds([i / 1000 for i in range(1, 101)])  # 1..100 ms
+    assert latency.count == 100
+    assert latency.p50 == pytest.approx(50.5)
+    assert latency.p99 == pytest.approx(99.01)
+    assert str(latency) == "50 / 95 / 99"
+
+
+def test_rate_of_an_untimed_run_is_zero() -> None:
+    assert rate(10, 0.0) == 0.0
+    assert rate(10, 2.0) == 5.0
+
+
+def test_markdown_table_has_a_header_rule_and_one_line_per_row() -> None:
+    table = markdown_table(("a", "b"), [("1", "2"), ("3", "4")])
+    assert table == "| a | b |\n|---|---|\n| 1 | 2 |\n| 3 | 4 |\n"
+
+
+def test_markdown_cells_cannot_break_the_table() -> None:
+    assert escape("a|b\nc") == "a\\|b c"
+    table = markdown_table(("x",), [("p|q",)])
+    assert table.splitlines()[2] == "| p\\|q |"
+
+
+def test_markdown_table_refuses_a_row_of_the_wrong_width() -> None:
+    with pytest.raises(ValueError, match="cells"):
+        markdown_table(("a", "b"), [("1",)])
+
+
+@pytest.mark.parametrize(
+    ("target", "value", "met"),
+    [
+        (Target(">=", 0.9), 0.9, True),
+        (Target(">=", 0.9), 0.89, False),
+        (Target("<=", 5), 5.0, True),
+        (Target("<", 200), 200.0, False),
+        (Target("<", 200), 199.9, True),
+        (Target(">=", 1.5), None, None),
+    ],
+)
+def test_targets_compare_the_measured_value(target: Target, value: float | None, met: bool) -> None:
+    assert target.check(value) is met
+
+
+def test_target_reads_as_its_bound() -> None:
+    assert str(Target(">=", 0.9, " × bare")) == "≥ 0.9 × bare"
+    assert str(Target("<", 200, " MB")) == "< 200 MB"
+    with pytest.raises(ValueError, match="operator"):
+        Target("~", 1)
+
+
+def test_rows_say_met_not_met_or_not_measured() -> None:
+    target = Target(">=", 2000, "/s")
+    rows = [
+        Row("submissions", "64 clients", "2500/s", target=target, value=2500),
+        Row("submissions", "64 clients", "900/s", target=target, value=900),
+        Row("submissions", "64 clients", "—", target=target),
+        Row("accuracy", "100 photos", "top-1 0.89"),
+    ]
+    lines = results_table(rows).splitlines()[2:]
+    assert lines[0].endswith("| ≥ 2000/s | met |")
+    assert lines[1].endswith("| ≥ 2000/s | **not met** |")
+    assert lines[2].endswith("| ≥ 2000/s | not measured |")
+    assert lines[3].endswith("|  |  |")
+
+
+def test_a_verdict_on_a_busy_machine_says_so() -> None:
+    row = Row("e2e", "2 replicas", "50 jobs/s", target=Target(">=", 0.9), value=0.8, caveat="busy")
+    assert row.cells()[-1] == "**not met** (busy)"
+
+
+def test_added_latency_is_per_photo() -> None:
+    result = LoadResult(jobs=2, per_image=[("a.jpg", 0.040), ("b.jpg", 0.100), ("c.jpg", 1.0)])
+    # c.jpg has no bare-model time, so it cannot be compared and is left out.
+    assert added_latency_ms(result, {"a.jpg": 35.0, "b.jpg": 90.0}) == pytest.approx([5.0, 10.0])
+
+
+def test_replica_gaps_are_per_replica_and_per_batch() -> None:
+    spans = [
+        ("r1", 0.0, 0.030),
+        ("r1", 0.0, 0.030),  # the same batch as the line above: one span
+        ("r1", 0.034, 0.064),
+        ("r2", 0.010, 0.040),
+        ("r2", 5.0, 5.030),  # idle for seconds: no work was waiting, not overhead
+    ]
+    assert sorted(replica_gaps(spans)) == pytest.approx([0.004])
+
+
+def _labels(folder: Path, text: str, photos: tuple[str, ...] = ("a.JPEG", "b.JPEG")) -> Path:
+    for name in photos:
+        (folder / name).write_bytes(b"")
+    (folder / "labels.csv").write_text(text)
+    return folder
+
+
+def test_labels_map_each_present_photo_to_its_class(tmp_path: Path) -> None:
+    folder = _labels(
+        tmp_path, "file,class_index,wnid\na.JPEG,0,n1\nb.JPEG,999,n2\ngone.JPEG,5,n3\n"
+    )
+    assert read_labels(folder) == {"a.JPEG": 0, "b.JPEG": 999}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("file,wnid\na.JPEG,n1\n", "lacks the column"),
+        ("file,class_index\na.JPEG,tench\n", "class_index 'tench'"),
+        ("file,class_index\na.JPEG,1000\n", r"not in 0\.\.999"),
+        ("file,class_index\n../a.JPEG,1\n", "not a plain file name"),
+        ("file,class_index\nnone.JPEG,1\n", "names no photo"),
+    ],
+)
+def test_bad_labels_are_reported_with_the_reason(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(LabelsError, match=message):
+        read_labels(_labels(tmp_path, text))
+
+
+def test_a_folder_without_labels_says_what_it_needs(tmp_path: Path) -> None:
+    with pytest.raises(LabelsError, match=r"labels\.csv with the columns file,class_index"):
+        read_labels(tmp_path)
+
+
+def test_image_files_picks_photos_by_suffix(tmp_path: Path) -> None:
+    for name in ("b.JPEG", "a.png", "c.webp", "labels.csv", "README.md"):
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in image_files(tmp_path)] == ["a.png", "b.JPEG", "c.webp"]
+
+
+def test_accuracy_counts_top1_and_top5_and_failed_photos_as_misses() -> None:
+    labels = {"a": 1, "b": 2, "c": 3, "d": 4}
+    predictions = {"a": [1, 9, 9, 9, 9], "b": [9, 2, 9, 9, 9], "c": [9, 9, 9, 9, 9, 3]}
+    result = score("m", predictions, labels)
+    assert (result.top1, result.top5, result.failed, result.photos) == (0.25, 0.5, 1, 4)
+
+
+def test_the_benchmark_parent_never_imports_torch() -> None:
+    # It starts subprocesses and must never fork with torch loaded (MEASURED.md).
+    code = "import sys, bench.__main__; print('torch' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "False"
