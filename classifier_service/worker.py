@@ -93,7 +93,7 @@ class Replica:
     async def warm_up(self) -> None:
         loop = asyncio.get_running_loop()
         for model in self.models.values():
-            await loop.run_in_executor(self._executor, warm_up, model)
+            await loop.run_in_executor(self._executor, warm_up, model, self.settings.batch_size)
 
     async def run(self) -> None:
         # Robust: after a lost connection aio-pika reconnects (every second here), reopens the
@@ -185,10 +185,16 @@ class Replica:
             self._idle.clear()
             deadline = loop.time() + self.settings.batch_wait
             while len(batch) < self.settings.batch_size:
+                # Take what is already here first: on Python 3.11, wait_for with a timeout of
+                # 0 never returns an item, so a zero batch wait would never batch at all.
+                if not self._inbox.empty():
+                    batch.append(self._inbox.get_nowait())
+                    continue
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
                 try:
-                    batch.append(
-                        await asyncio.wait_for(self._inbox.get(), max(0.0, deadline - loop.time()))
-                    )
+                    batch.append(await asyncio.wait_for(self._inbox.get(), remaining))
                 except TimeoutError:
                     break
             self._busy = True

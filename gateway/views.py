@@ -209,11 +209,16 @@ async def _submit(request: web.Request) -> web.StreamResponse:
         store.discard(job.job_id)
         raise
     # The answer describes the job as accepted, even if a replica has already started it.
-    return _accepted(request, store, queued)
+    return _accepted(request, store, queued, newest=True)
 
 
 def _accepted(
-    request: web.Request, store: JobStore, job: JobEvent, *, replayed: bool = False
+    request: web.Request,
+    store: JobStore,
+    job: JobEvent,
+    *,
+    replayed: bool = False,
+    newest: bool = False,
 ) -> web.StreamResponse:
     location = f"/classifications/{job.job_id}"
     if request.content_type in _FORM_TYPES and "text/html" in request.headers.get("Accept", ""):
@@ -221,7 +226,8 @@ def _accepted(
     headers = {"Location": location}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
-    return json_response(job_body(store, job), status=202, headers=headers)
+    body = job_body(store, job, newest=newest)
+    return json_response(body, status=202, headers=headers)
 
 
 def _idempotency_key(request: web.Request) -> str | None:
@@ -235,9 +241,14 @@ def _idempotency_key(request: web.Request) -> str | None:
     return key
 
 
-def job_body(store: JobStore, job: JobEvent) -> dict[str, Any]:
+def job_body(store: JobStore, job: JobEvent, *, newest: bool = False) -> dict[str, Any]:
     body = job.to_dict()
-    body["position"] = store.position(job.job_id) if job.status is JobStatus.QUEUED else None
+    if job.status is not JobStatus.QUEUED:
+        body["position"] = None
+    elif newest:
+        body["position"] = store.position_if_newest(job.job_id)
+    else:
+        body["position"] = store.position(job.job_id)
     return body
 
 
