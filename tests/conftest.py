@@ -121,10 +121,12 @@ def cluster(log_dir: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
         node.stop()
 
 
-# -- the page tests share one browser ------------------------------------------------------
+# -- the page tests' browser ---------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: while Playwright's sync API is open it keeps an event loop
+# running in this thread, and the tests that call asyncio.run() would then fail.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     from tests.browser import launch_browser, require_chromium
 
