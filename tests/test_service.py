@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests import api
+from tests.cluster import Cluster
 from tests.conftest import Service
 from tests.openapi_contract import assert_response_matches
 
@@ -100,24 +101,22 @@ def test_long_poll_returns_promptly_on_completion(service: Service) -> None:
     assert max(lags) < 0.25, lags
 
 
-def test_long_poll_times_out_with_current_state(service: Service) -> None:
-    # A replica-free model name cannot be submitted, so hold a real job back instead:
-    # ask for wait=0.2 on a job queued behind a batch of work.
-    jobs = [api.submit(service.base_url, "efficientnet_lite2", "coffee.jpg") for _ in range(8)]
-    last = jobs[-1]["job_id"]
+def test_long_poll_times_out_with_current_state(cluster: Cluster) -> None:
+    # A gateway and no replica: the job stays queued, so the poll must time out.
+    _, url = cluster.start_gateway()
+    job = api.submit(url, "efficientnet_lite0", "coffee.jpg")
     started = time.monotonic()
-    reply = api.get(service.base_url, f"/classifications/{last}?wait=0.2")
+    reply = api.get(url, f"/classifications/{job['job_id']}?wait=0.5")
     elapsed = time.monotonic() - started
     assert reply.status == 200
-    assert reply.json()["status"] in ("queued", "started")
-    assert 0.15 <= elapsed < 2.0
-    for job in jobs:
-        assert api.wait_final(service.base_url, job["job_id"])["status"] == "succeeded"
+    assert reply.json()["status"] == "queued"
+    assert reply.json()["position"] == 1
+    assert 0.45 <= elapsed < 2.0
 
 
 def test_long_poll_since_answers_on_each_change(service: Service) -> None:
     # Jobs ahead of ours keep it queued while the poll below starts waiting.
-    ahead = [api.submit(service.base_url, "efficientnet_lite2", "cat.jpg") for _ in range(4)]
+    ahead = [api.submit(service.base_url, "efficientnet_lite2", "cat.jpg") for _ in range(12)]
     job = api.submit(service.base_url, "efficientnet_lite2", "cat.jpg")
     path = f"/classifications/{job['job_id']}?wait=30"
     # The "started" event always precedes the result on the replica's channel, so a poll

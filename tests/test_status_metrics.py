@@ -145,19 +145,21 @@ def test_gateway_metrics_count_jobs_reuse_and_rejections(service: Service) -> No
 
 
 @pytest.mark.broker
-def test_long_polls_waiting_gauge(service: Service) -> None:
-    ahead = [api.submit(service.base_url, "efficientnet_lite2", "cat.jpg") for _ in range(4)]
-    job = api.submit(service.base_url, "efficientnet_lite2", "coffee.jpg")
+def test_long_polls_waiting_gauge(cluster: Cluster) -> None:
+    # No replica: the job stays queued and the poll stays held until the job is cancelled.
+    _, url = cluster.start_gateway()
+    job = api.submit(url, MODEL, "coffee.jpg")
     path = f"/classifications/{job['job_id']}?wait=30"
-    poll = threading.Thread(target=api.get, args=(service.base_url, path))
+    poll = threading.Thread(target=api.get, args=(url, path))
     poll.start()
     deadline = time.monotonic() + 10
-    while _metrics(service.base_url).value("imgq_long_polls_waiting") < 1:
+    while _metrics(url).value("imgq_long_polls_waiting") < 1:
         assert time.monotonic() < deadline, "the held long-poll never showed in the gauge"
         time.sleep(0.05)
-    poll.join(60)
-    for other in ahead:
-        api.wait_final(service.base_url, other["job_id"])
+    assert api.request(url, "DELETE", f"/classifications/{job['job_id']}").status == 200
+    poll.join(10)
+    assert not poll.is_alive()
+    assert _metrics(url).value("imgq_long_polls_waiting") == 0
 
 
 # -- the replica's /metrics ----------------------------------------------------------------------
