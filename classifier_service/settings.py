@@ -7,7 +7,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.catalog import CATALOG
+from shared.catalog import catalog_models
 from shared.errors import SettingsError
 from shared.settings import Environ, broker_url, env_float, env_int, env_list, env_str
 from shared.topology import QueueBounds, declares_topology
@@ -52,12 +52,7 @@ class ClassifierSettings:
 
     @classmethod
     def from_env(cls, env: Environ) -> ClassifierSettings:
-        models = env_list(env, "IMGQ_MODELS", tuple(CATALOG))
-        unknown = [m for m in models if m not in CATALOG]
-        if unknown:
-            raise SettingsError(
-                f"IMGQ_MODELS names unknown models {unknown}; known: {', '.join(CATALOG)}"
-            )
+        models = catalog_models(env)
         return cls(
             torchvision_models=_torchvision_models(env),
             weights_dir=Path(env_str(env, "IMGQ_WEIGHTS_DIR", str(default_weights_dir(env)))),

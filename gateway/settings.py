@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.catalog import CATALOG
+from shared.catalog import catalog_models
 from shared.errors import SettingsError
 from shared.settings import Environ, broker_url, env_float, env_int, env_list, env_str
 from shared.topology import LogRetention, QueueBounds, declares_topology
@@ -38,12 +38,7 @@ class GatewaySettings:
 
     @classmethod
     def from_env(cls, env: Environ) -> GatewaySettings:
-        models = env_list(env, "IMGQ_MODELS", tuple(CATALOG))
-        unknown = [m for m in models if m not in CATALOG]
-        if unknown:
-            raise SettingsError(
-                f"IMGQ_MODELS names unknown models {unknown}; known: {', '.join(CATALOG)}"
-            )
+        models = catalog_models(env)
         gallery = Path(env_str(env, "IMGQ_GALLERY_DIR", str(_REPO_IMAGES)))
         if not gallery.is_dir():
             raise SettingsError(f"IMGQ_GALLERY_DIR {str(gallery)!r} is not a directory")

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shared.errors import SettingsError
+from shared.settings import Environ, env_list
+
 _CROP_PADDING = 32
 
 
@@ -43,3 +46,14 @@ CATALOG: dict[str, ModelSpec] = {
 }
 
 DEFAULT_MODEL = "efficientnet_lite0"
+
+
+def catalog_models(env: Environ) -> tuple[str, ...]:
+    """IMGQ_MODELS, checked against the catalogue: both services read it the same way."""
+    models = env_list(env, "IMGQ_MODELS", tuple(CATALOG))
+    unknown = [m for m in models if m not in CATALOG]
+    if unknown:
+        raise SettingsError(
+            f"IMGQ_MODELS names unknown models {unknown}; known: {', '.join(CATALOG)}"
+        )
+    return models
