@@ -32,7 +32,7 @@ from classifier_service.inference import classify_batch, configure_threads, warm
 from classifier_service.metrics import ReplicaMetrics
 from classifier_service.models import LoadedModel
 from classifier_service.settings import ClassifierSettings
-from shared.errors import ImageDecodeError, MessageError, ModelUnavailable, UnknownModel
+from shared.errors import ImageDecodeError, MessageError, UnknownModel
 from shared.messages import (
     JSON,
     AnnouncedModel,
@@ -238,7 +238,7 @@ class Replica:
             log.error("IMGQ_DEBUG_CRASH_IMAGE: crashing on job %s", request.job_id)
             os._exit(70)
         if request.model not in self.models:
-            error: UnknownModel | ModelUnavailable = UnknownModel(request.model, self.models)
+            error = UnknownModel(request.model, self.models)
             log.warning("dead-lettering job %s: %s", request.job_id, error.message)
             event = JobEvent.for_request(request, JobStatus.FAILED).advance(
                 JobStatus.FAILED,

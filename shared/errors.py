@@ -120,12 +120,6 @@ class ImageDecodeError(ImgqError):
     code = "image_decode_failed"
 
 
-class ModelUnavailable(ImgqError):
-    """The model is in the catalogue but this replica does not serve it."""
-
-    code = "model_unavailable"
-
-
 class Unauthorized(ImgqError):
     """The API needs a bearer token (IMGQ_API_TOKENS is set) and none of them was sent."""
 

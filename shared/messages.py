@@ -96,9 +96,12 @@ class ClassifyRequest:
     image: bytes
     queued_at: float
 
-    @property
-    def image_sha256(self) -> str:
-        return hashlib.sha256(self.image).hexdigest()
+    # Hashed once here: a submission needs it for idempotency, reuse and its event, and an
+    # upload can be 10 MiB.
+    image_sha256: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "image_sha256", hashlib.sha256(self.image).hexdigest())
 
     def to_json(self) -> bytes:
         return orjson.dumps(
