@@ -1,8 +1,12 @@
-"""Message schemas on the broker: versioned JSON, one definition for both services.
+"""Message schemas on the broker: one definition for both services.
 
-Every message body is a JSON object with ``"v": SCHEMA_VERSION``.  Parsing is
-strict and raises ``MessageError`` with what was wrong, so a consumer can
-dead-letter a bad message instead of crashing on it.
+Schema version 2: a ``ClassifyRequest`` travels as the raw image bytes in the AMQP body
+with its metadata in message properties and headers (``shared/wire.py`` builds and parses
+every broker message); every other message body is a JSON object with ``"v"``.  Version 1
+requests (the image base64-encoded inside a JSON body) are still accepted for one version,
+so producers written against the v1 documentation keep working.  Parsing is strict and
+raises ``MessageError`` with what was wrong, so a consumer can dead-letter a bad message
+instead of crashing on it.
 
 A ``JobEvent`` is a full snapshot of the job at the moment it changed state, not
 a delta: whoever sees only the last event of a job (a gateway that started late)
@@ -24,9 +28,16 @@ import orjson
 from shared.errors import MessageError
 from shared.states import JobStatus
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# The previous version, still read (requests, events from replicas mid-upgrade) and still
+# written back to a v1 producer's reply_to queue.  Dropped with version 3.
+V1 = 1
+READABLE_VERSIONS = frozenset({V1, SCHEMA_VERSION})
 JSON = "application/json"
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+# Names are shown on pages and kept per job: long enough for any real file name or model
+# name, short enough that a producer cannot make every job's record large.
+MAX_NAME_CHARS = 200
 
 
 def new_job_id() -> str:
@@ -45,16 +56,31 @@ def _load(body: bytes) -> dict[str, Any]:
         raise MessageError(f"body is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise MessageError("body must be a JSON object")
-    if data.get("v") != SCHEMA_VERSION:
-        version = data.get("v")
-        raise MessageError(f"unsupported schema version {version!r}; expected {SCHEMA_VERSION}")
+    version = data.get("v")
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
+        raise MessageError(
+            f"unsupported schema version {version!r}; expected one of {sorted(READABLE_VERSIONS)}"
+        )
     return data
 
 
 def _str(data: dict[str, Any], key: str) -> str:
-    value = data.get(key)
+    return checked_name(data.get(key), key)
+
+
+def checked_name(value: object, key: str) -> str:
+    """A non-empty name of at most ``MAX_NAME_CHARS`` characters (model, image, replica)."""
     if not isinstance(value, str) or not value:
         raise MessageError(f"{key!r} must be a non-empty string")
+    if len(value) > MAX_NAME_CHARS:
+        raise MessageError(f"{key!r} has {len(value)} characters; at most {MAX_NAME_CHARS}")
+    return value
+
+
+def checked_job_id(value: object) -> str:
+    if not is_job_id(value):
+        raise MessageError("the job ID must be 32 lowercase hex characters")
+    assert isinstance(value, str)
     return value
 
 
@@ -78,8 +104,7 @@ def _job_id(data: dict[str, Any]) -> str:
     job_id = data.get("job_id")
     if not is_job_id(job_id):
         raise MessageError("'job_id' must be 32 lowercase hex characters")
-    assert isinstance(job_id, str)
-    return job_id
+    return str(job_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +112,7 @@ class ClassifyRequest:
     """Classify ``image`` (encoded bytes: JPEG, PNG, ...) with ``model``.
 
     The image travels inside the message, so replicas need no shared filesystem
-    and a program can submit straight to the broker.
+    and a program can submit straight to the broker.  ``shared.wire`` puts it on the wire.
     """
 
     job_id: str
@@ -95,31 +120,30 @@ class ClassifyRequest:
     image_name: str
     image: bytes
     queued_at: float
-
-    # Hashed once here: a submission needs it for idempotency, reuse and its event, and an
-    # upload can be 10 MiB.
-    image_sha256: str = field(init=False, repr=False, compare=False)
+    # Travels with the job, so every event a replica publishes carries it and any gateway
+    # can honour the key from the log alone, whatever order the events arrive in.
+    idempotency_key: str | None = None
+    # The schema version the producer wrote: replies to its reply_to queue use the same.
+    version: int = SCHEMA_VERSION
+    # Hashed once: a submission needs it for idempotency, reuse and its events, and an
+    # upload can be 10 MiB.  Pass it when known (gallery images are hashed at start-up).
+    image_sha256: str = field(default="", repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "image_sha256", hashlib.sha256(self.image).hexdigest())
-
-    def to_json(self) -> bytes:
-        return orjson.dumps(
-            {
-                "v": SCHEMA_VERSION,
-                "job_id": self.job_id,
-                "model": self.model,
-                "image_name": self.image_name,
-                "image_b64": base64.b64encode(self.image).decode("ascii"),
-                "queued_at": self.queued_at,
-            }
-        )
+        if not self.image_sha256:
+            object.__setattr__(self, "image_sha256", hashlib.sha256(self.image).hexdigest())
 
     @classmethod
-    def from_json(cls, body: bytes) -> ClassifyRequest:
+    def from_v1_json(cls, body: bytes) -> ClassifyRequest:
+        """A version 1 request: JSON with the image base64-encoded (deprecated, still read)."""
         data = _load(body)
+        if data.get("v") != V1:
+            raise MessageError(
+                f"a JSON request must be schema version {V1}; version {SCHEMA_VERSION} "
+                "requests carry the image bytes as the message body (docs/amqp.md)"
+            )
         try:
-            image = base64.b64decode(_str(data, "image_b64"), validate=True)
+            image = base64.b64decode(_str_unbounded(data, "image_b64"), validate=True)
         except binascii.Error as exc:
             raise MessageError(f"'image_b64' is not base64: {exc}") from None
         queued_at = _opt_float(data, "queued_at")
@@ -131,7 +155,15 @@ class ClassifyRequest:
             image_name=_str(data, "image_name"),
             image=image,
             queued_at=queued_at,
+            version=V1,
         )
+
+
+def _str_unbounded(data: dict[str, Any], key: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or not value:
+        raise MessageError(f"{key!r} must be a non-empty string")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +207,7 @@ class JobEvent:
             image=request.image_name,
             queued_at=request.queued_at,
             image_sha256=request.image_sha256,
+            idempotency_key=request.idempotency_key,
         )
 
     def advance(self, status: JobStatus, **changes: Any) -> JobEvent:
@@ -203,10 +236,11 @@ class JobEvent:
             "reused_from": self.reused_from,
         }
 
-    def to_json(self) -> bytes:
+    def to_json(self, version: int = SCHEMA_VERSION) -> bytes:
+        """The event as JSON; ``version`` 1 for a v1 producer's reply (the same fields)."""
         return orjson.dumps(
             {
-                "v": SCHEMA_VERSION,
+                "v": version,
                 **self.to_dict(),
                 "image_sha256": self.image_sha256,
                 "idempotency_key": self.idempotency_key,

@@ -115,6 +115,10 @@ def job_routing_key(status: str) -> str:
     return f"job.{status}"
 
 
+def marker_routing_key(marker: str) -> str:
+    return f"marker.{marker}"
+
+
 @dataclass(frozen=True, slots=True)
 class Topology:
     requests: AbstractExchange

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+from dataclasses import replace
+
 import orjson
 import pytest
 
 from shared.errors import MessageError
 from shared.messages import (
+    V1,
     AnnouncedModel,
     ClassifyRequest,
     JobEvent,
@@ -23,31 +28,53 @@ def _request() -> ClassifyRequest:
     return ClassifyRequest(new_job_id(), "efficientnet_lite0", "cat.jpg", b"\xff\xd8\x00", 1.5)
 
 
-def test_request_round_trip_keeps_the_image_bytes() -> None:
+def _v1_body(request: ClassifyRequest) -> dict[str, object]:
+    """What a producer written against the version 1 documentation sends."""
+    return {
+        "v": 1,
+        "job_id": request.job_id,
+        "model": request.model,
+        "image_name": request.image_name,
+        "image_b64": base64.b64encode(request.image).decode(),
+        "queued_at": request.queued_at,
+    }
+
+
+def test_a_v1_request_is_still_read() -> None:
     request = _request()
-    assert ClassifyRequest.from_json(request.to_json()) == request
+    parsed = ClassifyRequest.from_v1_json(orjson.dumps(_v1_body(request)))
+    assert parsed == replace(request, version=V1)
+    assert parsed.image == request.image
+    assert parsed.image_sha256 == hashlib.sha256(request.image).hexdigest()
 
 
 @pytest.mark.parametrize(
     ("change", "error"),
     [
-        ({"v": 2}, "schema version"),
+        ({"v": 2}, "version 1"),
+        ({"v": 3}, "schema version"),
         ({"job_id": "../etc"}, "job_id"),
         ({"model": ""}, "'model'"),
+        ({"model": "m" * 201}, "at most 200"),
         ({"image_b64": "not base64!"}, "base64"),
         ({"queued_at": "yesterday"}, "queued_at"),
     ],
 )
-def test_request_rejects_bad_fields(change: dict[str, object], error: str) -> None:
-    data = orjson.loads(_request().to_json()) | change
+def test_v1_request_rejects_bad_fields(change: dict[str, object], error: str) -> None:
+    data = _v1_body(_request()) | change
     with pytest.raises(MessageError, match=error):
-        ClassifyRequest.from_json(orjson.dumps(data))
+        ClassifyRequest.from_v1_json(orjson.dumps(data))
 
 
 @pytest.mark.parametrize("body", [b"", b"nope", b"[]", b"null", b'"string"'])
 def test_non_objects_are_rejected(body: bytes) -> None:
     with pytest.raises(MessageError):
-        ClassifyRequest.from_json(body)
+        ClassifyRequest.from_v1_json(body)
+
+
+def test_a_known_digest_is_not_recomputed() -> None:
+    request = ClassifyRequest(new_job_id(), "m", "a.jpg", b"bytes", 1.0, image_sha256="cafe")
+    assert request.image_sha256 == "cafe"
 
 
 def test_event_round_trip_and_http_shape() -> None:

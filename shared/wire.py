@@ -1,0 +1,248 @@
+"""Every broker message imgq sends or reads, built and parsed here and nowhere else.
+
+A classification request (schema version 2) is the image itself: the AMQP body is the
+encoded image bytes, untouched, and everything else rides in the message properties
+(``message_id`` = job ID, ``type``, ``timestamp``, ``reply_to``, ``correlation_id``) and a
+few headers.  No base64, no JSON around megabytes of pixels: a producer writes the file's
+bytes, the broker stores them once, and a replica hands them straight to the decoder.
+Version 1 requests (JSON with the image in base64) are still read, for one version.
+
+Events, heartbeats and the other small messages stay JSON bodies (``shared/messages.py``).
+
+Each builder returns an ``Outgoing``: the message and the routing key it goes out with,
+so routing keys are spelled only in ``shared/topology.py`` and used only here.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Final
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage, HeadersType
+
+from shared.errors import MessageError
+from shared.messages import (
+    JSON,
+    SCHEMA_VERSION,
+    V1,
+    ClassifyRequest,
+    JobEvent,
+    JobForgotten,
+    ReplicaHeartbeat,
+    checked_job_id,
+    checked_name,
+    is_job_id,
+)
+from shared.topology import (
+    FORGOTTEN_ROUTING_KEY,
+    HEARTBEAT_ROUTING_KEY,
+    REQUEST_ROUTING_KEY,
+    job_routing_key,
+    marker_routing_key,
+)
+
+REQUEST_TYPE: Final = "classify.request"
+# Headers of a version 2 request.  Times are integer microseconds: AMQP field tables encode a
+# Python float as a 32-bit float (pamqp), which would move a Unix time by minutes.
+H_VERSION: Final = "v"
+H_MODEL: Final = "model"
+H_IMAGE_NAME: Final = "image_name"
+H_QUEUED_AT_US: Final = "queued_at_us"
+H_IDEMPOTENCY_KEY: Final = "idempotency_key"
+# The content type of a request whose producer did not say what the image is; replicas
+# judge the format from the bytes either way.
+OCTET_STREAM: Final = "application/octet-stream"
+# A heartbeat older than this is useless: let the broker drop it rather than deliver it late.
+HEARTBEAT_TTL_SECONDS: Final = 30
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    message: aio_pika.Message
+    routing_key: str
+
+
+# -- requests ------------------------------------------------------------------------------
+
+
+def request_message(
+    request: ClassifyRequest,
+    *,
+    content_type: str = OCTET_STREAM,
+    reply_to: str | None = None,
+    correlation_id: str | None = None,
+) -> Outgoing:
+    """A version 2 request: persistent (the work queue is durable), image bytes as the body."""
+    headers: HeadersType = {
+        H_VERSION: SCHEMA_VERSION,
+        H_MODEL: request.model,
+        H_IMAGE_NAME: request.image_name,
+        H_QUEUED_AT_US: round(request.queued_at * 1_000_000),
+    }
+    if request.idempotency_key is not None:
+        headers[H_IDEMPOTENCY_KEY] = request.idempotency_key
+    message = aio_pika.Message(
+        request.image,
+        content_type=content_type,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=request.job_id,
+        type=REQUEST_TYPE,
+        timestamp=request.queued_at,
+        headers=headers,
+        reply_to=reply_to,
+        correlation_id=correlation_id,
+    )
+    return Outgoing(message, REQUEST_ROUTING_KEY)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    """What a request says about its job, read without touching the image (dead letters)."""
+
+    job_id: str
+    model: str
+    image_name: str
+    queued_at: float
+    idempotency_key: str | None
+    version: int
+
+
+def _header_str(headers: HeadersType, key: str) -> str | None:
+    value = headers.get(key)
+    if isinstance(value, bytes):  # pamqp hands back bytes for a long string it cannot decode
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MessageError(f"header {key!r} is not UTF-8") from None
+    if value is None or isinstance(value, str):
+        return value
+    raise MessageError(f"header {key!r} must be a string")
+
+
+def _is_v2(message: AbstractIncomingMessage) -> bool:
+    version = (message.headers or {}).get(H_VERSION)
+    return isinstance(version, int) and not isinstance(version, bool) and version >= 2
+
+
+def request_info(message: AbstractIncomingMessage) -> RequestInfo:
+    """The job's metadata: from the headers (v2, the body is never read), or the JSON (v1)."""
+    if not _is_v2(message):
+        request = ClassifyRequest.from_v1_json(message.body)
+        return RequestInfo(
+            request.job_id, request.model, request.image_name, request.queued_at, None, V1
+        )
+    headers = message.headers or {}
+    version = headers[H_VERSION]
+    if version != SCHEMA_VERSION:
+        raise MessageError(f"unsupported schema version {version!r}; expected {SCHEMA_VERSION}")
+    if not is_job_id(message.message_id):
+        raise MessageError("the message_id property must be the job ID (32 lowercase hex)")
+    queued_at_us = headers.get(H_QUEUED_AT_US)
+    if isinstance(queued_at_us, bool) or not isinstance(queued_at_us, int):
+        raise MessageError(f"header {H_QUEUED_AT_US!r} must be an integer (microseconds)")
+    key = _header_str(headers, H_IDEMPOTENCY_KEY)
+    return RequestInfo(
+        job_id=checked_job_id(message.message_id),
+        model=checked_name(_header_str(headers, H_MODEL), H_MODEL),
+        image_name=checked_name(_header_str(headers, H_IMAGE_NAME), H_IMAGE_NAME),
+        queued_at=queued_at_us / 1_000_000,
+        idempotency_key=key or None,
+        version=SCHEMA_VERSION,
+    )
+
+
+def parse_request(message: AbstractIncomingMessage) -> ClassifyRequest:
+    """A request of either version; ``MessageError`` says what is wrong with a bad one."""
+    if not _is_v2(message):
+        return ClassifyRequest.from_v1_json(message.body)
+    info = request_info(message)
+    if not message.body:
+        raise MessageError("the message body must be the image bytes; it is empty")
+    return ClassifyRequest(
+        job_id=info.job_id,
+        model=info.model,
+        image_name=info.image_name,
+        image=message.body,
+        queued_at=info.queued_at,
+        idempotency_key=info.idempotency_key,
+        version=info.version,
+    )
+
+
+# -- events --------------------------------------------------------------------------------
+
+
+def event_message(event: JobEvent) -> Outgoing:
+    """A job event for the events exchange (and so the event log): persistent JSON."""
+    message = aio_pika.Message(
+        event.to_json(),
+        content_type=JSON,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=event.job_id,
+        timestamp=time.time(),
+        type=job_routing_key(event.status.value),
+    )
+    return Outgoing(message, job_routing_key(event.status.value))
+
+
+def reply_message(event: JobEvent, request: AbstractIncomingMessage, version: int) -> Outgoing:
+    """The final event for the producer's ``reply_to`` queue, in the version it wrote."""
+    assert request.reply_to, "only for requests that asked for a reply"
+    message = aio_pika.Message(
+        event.to_json(version),
+        content_type=JSON,
+        correlation_id=request.correlation_id or event.job_id,
+        message_id=event.job_id,
+        type=job_routing_key(event.status.value),
+    )
+    return Outgoing(message, request.reply_to)
+
+
+def forgotten_message(job_id: str) -> Outgoing:
+    message = aio_pika.Message(
+        JobForgotten(job_id, time.time()).to_json(),
+        content_type=JSON,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=job_id,
+    )
+    return Outgoing(message, FORGOTTEN_ROUTING_KEY)
+
+
+def heartbeat_message(beat: ReplicaHeartbeat) -> Outgoing:
+    message = aio_pika.Message(beat.to_json(), content_type=JSON, expiration=HEARTBEAT_TTL_SECONDS)
+    return Outgoing(message, HEARTBEAT_ROUTING_KEY)
+
+
+def parse_heartbeat(message: AbstractIncomingMessage) -> ReplicaHeartbeat:
+    return ReplicaHeartbeat.from_json(message.body)
+
+
+def marker_message(marker: str) -> Outgoing:
+    """A gateway's marker in the event log: reading it back means the replay caught up."""
+    return Outgoing(
+        aio_pika.Message(marker.encode(), content_type="text/plain"), marker_routing_key(marker)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Marker:
+    value: str
+
+
+LogEntry = Marker | JobForgotten | JobEvent
+
+
+def parse_log_entry(message: AbstractIncomingMessage) -> LogEntry:
+    """One entry of the event log: a marker, a forgotten job, or a job event."""
+    routing_key = message.routing_key or ""
+    if is_marker(routing_key):
+        return Marker(message.body.decode(errors="replace"))
+    if routing_key == FORGOTTEN_ROUTING_KEY:
+        return JobForgotten.from_json(message.body)
+    return JobEvent.from_json(message.body)
+
+
+def is_marker(routing_key: str) -> bool:
+    return routing_key.startswith(marker_routing_key(""))

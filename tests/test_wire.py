@@ -1,0 +1,220 @@
+"""The wire format (schema version 2), version 1 compatibility, and batched acks."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from dataclasses import replace
+from typing import Any
+
+import aio_pika
+import orjson
+import pytest
+
+from classifier_service.acks import AckBook
+from shared import wire
+from shared.errors import MessageError
+from shared.messages import V1, ClassifyRequest, JobEvent, JobForgotten, new_job_id
+from shared.states import JobStatus
+from shared.topology import FORGOTTEN_ROUTING_KEY, REQUEST_ROUTING_KEY
+from tests.wire_helpers import RecordingChannel, delivered
+
+IMAGE = bytes(range(256)) * 400  # 100 KiB that are not valid UTF-8, nor JSON
+
+
+def _request(**changes: Any) -> ClassifyRequest:
+    fields: dict[str, Any] = {
+        "job_id": new_job_id(),
+        "model": "efficientnet_lite0",
+        "image_name": "upload:cat.jpg",
+        "image": IMAGE,
+        "queued_at": time.time(),
+        "idempotency_key": "order-42",
+    } | changes
+    return ClassifyRequest(**fields)
+
+
+def test_the_image_is_the_body_and_metadata_rides_in_headers() -> None:
+    request = _request()
+    out = wire.request_message(request, content_type="image/jpeg", reply_to="amq.gen-x")
+    assert out.routing_key == REQUEST_ROUTING_KEY
+    assert out.message.body == IMAGE  # raw: no base64, no JSON around it
+    assert out.message.content_type == "image/jpeg"
+    assert out.message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+    assert out.message.message_id == request.job_id
+
+    parsed = wire.parse_request(delivered(out.message))
+    assert replace(parsed, queued_at=request.queued_at) == request
+    assert parsed.image == IMAGE
+    assert parsed.version == 2
+    # Microseconds survive the trip (a float header would be a 32-bit float on the wire).
+    assert abs(parsed.queued_at - request.queued_at) < 1e-6
+    assert parsed.idempotency_key == "order-42"
+    assert parsed.image_sha256 == request.image_sha256
+
+
+def test_no_idempotency_key_is_none_not_empty() -> None:
+    out = wire.request_message(_request(idempotency_key=None))
+    assert wire.parse_request(delivered(out.message)).idempotency_key is None
+
+
+def _with_headers(**changes: Any) -> aio_pika.Message:
+    message = wire.request_message(_request()).message
+    headers = dict(message.headers or {})
+    for key, value in changes.items():
+        if value is None:
+            headers.pop(key, None)
+        else:
+            headers[key] = value
+    message.headers = headers
+    return message
+
+
+@pytest.mark.parametrize(
+    ("headers", "error"),
+    [
+        ({"model": None}, "'model'"),
+        ({"model": "m" * 201}, "at most 200"),
+        ({"image_name": ""}, "'image_name'"),
+        ({"queued_at_us": "yesterday"}, "queued_at_us"),
+        ({"queued_at_us": None}, "queued_at_us"),
+        ({"v": 3}, "schema version"),
+        ({"model": 7}, "'model' must be a string"),
+    ],
+)
+def test_bad_v2_requests_say_what_is_wrong(headers: dict[str, Any], error: str) -> None:
+    with pytest.raises(MessageError, match=error):
+        wire.parse_request(delivered(_with_headers(**headers)))
+
+
+def test_a_v2_request_needs_its_job_id_and_its_image() -> None:
+    message = wire.request_message(_request()).message
+    message.message_id = "../etc/passwd"
+    with pytest.raises(MessageError, match="message_id"):
+        wire.parse_request(delivered(message))
+    empty = wire.request_message(_request(image=b"")).message
+    with pytest.raises(MessageError, match="empty"):
+        wire.parse_request(delivered(empty))
+
+
+def test_a_message_without_version_header_is_read_as_v1_json() -> None:
+    with pytest.raises(MessageError, match="not JSON"):
+        wire.parse_request(delivered(aio_pika.Message(b"not a request")))
+
+
+def _v1_message(request: ClassifyRequest, **properties: Any) -> aio_pika.Message:
+    """Exactly what a producer written against the version 1 documentation publishes."""
+    body = {
+        "v": 1,
+        "job_id": request.job_id,
+        "model": request.model,
+        "image_name": request.image_name,
+        "image_b64": base64.b64encode(request.image).decode(),
+        "queued_at": request.queued_at,
+    }
+    return aio_pika.Message(
+        orjson.dumps(body),
+        content_type="application/json",
+        message_id=request.job_id,
+        type="classify.request",
+        **properties,
+    )
+
+
+def test_v1_producers_keep_working_and_get_v1_replies() -> None:
+    request = _request(idempotency_key=None)
+    incoming = delivered(_v1_message(request, reply_to="amq.gen-r", correlation_id="c-1"))
+    parsed = wire.parse_request(incoming)
+    assert (parsed.job_id, parsed.model, parsed.image, parsed.version) == (
+        request.job_id,
+        request.model,
+        IMAGE,
+        V1,
+    )
+    final = JobEvent.for_request(parsed, JobStatus.SUCCEEDED)
+    reply = wire.reply_message(final, incoming, parsed.version)
+    assert reply.routing_key == "amq.gen-r"
+    assert reply.message.correlation_id == "c-1"
+    body = orjson.loads(reply.message.body)
+    assert body["v"] == V1
+    assert JobEvent.from_json(reply.message.body) == final
+    # A v2 producer gets v2 replies.
+    assert orjson.loads(wire.reply_message(final, incoming, 2).message.body)["v"] == 2
+
+
+def test_a_dead_letter_names_its_job_without_reading_the_image() -> None:
+    request = _request()
+    message = wire.request_message(request).message
+    message.body = b"\x00" * 64  # whatever a producer sent: never decoded here
+    info = wire.request_info(delivered(message))
+    assert (info.job_id, info.model, info.image_name, info.idempotency_key) == (
+        request.job_id,
+        request.model,
+        request.image_name,
+        "order-42",
+    )
+
+
+def test_log_entries_are_told_apart_by_routing_key() -> None:
+    marker = wire.marker_message("abc")
+    assert wire.parse_log_entry(delivered(marker.message, marker.routing_key)) == wire.Marker("abc")
+    forgotten = wire.forgotten_message(new_job_id())
+    assert forgotten.routing_key == FORGOTTEN_ROUTING_KEY
+    assert isinstance(
+        wire.parse_log_entry(delivered(forgotten.message, forgotten.routing_key)), JobForgotten
+    )
+    event = JobEvent.for_request(_request(), JobStatus.QUEUED)
+    out = wire.event_message(event)
+    assert out.routing_key == "job.queued"
+    assert wire.parse_log_entry(delivered(out.message, out.routing_key)) == event
+
+
+# -- batched acks ----------------------------------------------------------------------------
+
+
+def _deliveries(channel: RecordingChannel, tags: list[int]) -> list[aio_pika.IncomingMessage]:
+    out = wire.request_message(_request())
+    return [delivered(out.message, delivery_tag=t, channel=channel) for t in tags]
+
+
+def test_a_batch_that_is_all_that_is_open_is_acked_with_one_frame() -> None:
+    channel = RecordingChannel()
+    book = AckBook()
+    batch = _deliveries(channel, [1, 2, 3, 4])
+    for message in batch:
+        book.delivered(message)
+    asyncio.run(book.ack_batch(batch))
+    assert channel.acks == [(4, True)]
+    assert len(book) == 0
+
+
+def test_an_earlier_open_delivery_forces_single_acks() -> None:
+    channel = RecordingChannel()
+    book = AckBook()
+    waiting, *batch = _deliveries(channel, [1, 2, 3])
+    for message in (waiting, *batch):
+        book.delivered(message)
+    asyncio.run(book.ack_batch(batch))
+    # A multiple ack on tag 3 would also have acked tag 1, still waiting in the inbox.
+    assert channel.acks == [(2, False), (3, False)]
+    assert len(book) == 1
+    # Once tag 1 was settled on its own, the rest may go as one frame.
+    later = _deliveries(channel, [4, 5])
+    for message in later:
+        book.delivered(message)
+    book.settled(waiting)
+    asyncio.run(book.ack_batch(later))
+    assert channel.acks[-1] == (5, True)
+    assert len(book) == 0
+
+
+def test_later_deliveries_do_not_stop_a_multiple_ack() -> None:
+    channel = RecordingChannel()
+    book = AckBook()
+    *batch, newer = _deliveries(channel, [1, 2, 3])
+    for message in (*batch, newer):
+        book.delivered(message)
+    asyncio.run(book.ack_batch(batch))
+    assert channel.acks == [(2, True)]  # tag 3 is above the batch: untouched
+    assert len(book) == 1
