@@ -1,10 +1,11 @@
 """A classifier replica: competing consumer on the work queue, one inference thread.
 
-Flow for each batch: parse -> publish "started" -> infer on the inference thread
-(the event loop keeps serving broker heartbeats meanwhile) -> publish the final
-event and wait for the broker's confirm -> ack.  A job is acked only after its
-result is safe on the broker, so a replica that dies at any point leaves the job
-to be redelivered to another.
+Flow for each batch: parse -> send "started" (its confirm is not waited for) -> infer on
+the inference thread (the event loop keeps serving broker heartbeats meanwhile) -> send
+the final events -> wait for every confirm of the batch at once -> ack the batch (one
+``multiple`` ack where that covers exactly the batch).  A job is acked only after its
+result is safe on the broker, so a replica that dies at any point leaves the job to be
+redelivered to another.
 """
 
 from __future__ import annotations
@@ -28,28 +29,16 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import ChannelNotFoundEntity
 
+from classifier_service.acks import AckBook
 from classifier_service.inference import classify_batch, configure_threads, warm_up
 from classifier_service.metrics import ReplicaMetrics
 from classifier_service.models import LoadedModel
 from classifier_service.settings import ClassifierSettings
+from shared import wire
 from shared.errors import ImageDecodeError, MessageError, UnknownModel
-from shared.messages import (
-    JSON,
-    AnnouncedModel,
-    ClassifyRequest,
-    JobEvent,
-    JobFailure,
-    ReplicaHeartbeat,
-)
+from shared.messages import AnnouncedModel, ClassifyRequest, JobEvent, JobFailure, ReplicaHeartbeat
 from shared.states import JobStatus
-from shared.topology import (
-    CANCELLATIONS,
-    HEARTBEAT_ROUTING_KEY,
-    Topology,
-    declare_topology,
-    find_topology,
-    job_routing_key,
-)
+from shared.topology import CANCELLATIONS, Topology, declare_topology, find_topology
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +68,8 @@ class Replica:
         self._events: AbstractExchange | None = None
         self._default: AbstractExchange | None = None
         self._busy = False
+        # Deliveries not yet settled, so a batch can be acked with one frame when it can.
+        self._acks = AckBook()
         self.jobs_done = 0
         # Jobs cancelled while queued, so a replica that receives one skips it.  Bounded:
         # a cancellation only matters until the job reaches the head of the queue.
@@ -156,6 +147,7 @@ class Replica:
                 await asyncio.sleep(1)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        self._acks.delivered(message)
         await self._inbox.put(message)
 
     async def _on_cancelled(self, message: AbstractIncomingMessage) -> None:
@@ -174,6 +166,7 @@ class Replica:
     async def _requeue_inbox(self) -> None:
         while not self._inbox.empty():
             message = self._inbox.get_nowait()
+            self._acks.settled(message)
             await message.nack(requeue=True)
 
     async def _batch_loop(self) -> None:
@@ -217,6 +210,7 @@ class Replica:
                 # broker still holds these jobs and will deliver them again.
                 log.exception("batch of %d %s jobs interrupted", len(jobs), model_name)
                 for message, _ in jobs:
+                    self._acks.settled(message)
                     await _nack_quietly(message)
 
     async def _accept(self, message: AbstractIncomingMessage) -> ClassifyRequest | None:
@@ -224,14 +218,16 @@ class Replica:
         if message.redelivered:
             self.metrics.redeliveries.inc()
         try:
-            request = ClassifyRequest.from_json(message.body)
+            request = wire.parse_request(message)
         except MessageError as exc:
             log.warning("dead-lettering unreadable request %s: %s", message.message_id, exc)
             self.metrics.dead_lettered.inc()
+            self._acks.settled(message)
             await message.reject(requeue=False)
             return None
         if request.job_id in self._cancelled:
             log.info("skipping job %s: cancelled while queued", request.job_id)
+            self._acks.settled(message)
             await message.ack()
             return None
         if request.image_name == self.settings.debug_crash_image:
@@ -246,9 +242,10 @@ class Replica:
                 replica=self.settings.replica_id,
                 error=JobFailure(error.code, error.message),
             )
-            await self._publish(event, message)
+            await _confirmed(self._publish(event, message, request))
             # Not in imgq_jobs_total: its model label would be whatever a producer wrote.
             self.metrics.dead_lettered.inc()
+            self._acks.settled(message)
             await message.reject(requeue=False)
             return None
         return request
@@ -263,15 +260,21 @@ class Replica:
             )
             for _, request in jobs
         ]
-        await asyncio.gather(*(self._publish(event) for event in started))
+        # Sent now, confirmed whenever: inference does not wait for the broker.  The final
+        # events go out on the same channel later, so the log still has them in order.
+        confirms = [c for event in started for c in self._publish(event)]
         inference_started = time.perf_counter()
-        outcomes = await asyncio.get_running_loop().run_in_executor(
-            self._executor,
-            classify_batch,
-            model,
-            [request.image for _, request in jobs],
-            self.settings.debug_delay,
-        )
+        try:
+            outcomes = await asyncio.get_running_loop().run_in_executor(
+                self._executor,
+                classify_batch,
+                model,
+                [request.image for _, request in jobs],
+                self.settings.debug_delay,
+            )
+        except BaseException:
+            await asyncio.gather(*confirms, return_exceptions=True)  # settle them, then fail
+            raise
         finished_at = time.time()
         model_name = jobs[0][1].model  # a batch is one model's jobs
         self.metrics.batch_done(model_name, len(jobs), time.perf_counter() - inference_started)
@@ -289,44 +292,41 @@ class Replica:
                 finals.append(
                     event.advance(JobStatus.SUCCEEDED, finished_at=finished_at, result=outcome)
                 )
-        await asyncio.gather(
-            *(
-                self._publish(final, message)
-                for final, (message, _) in zip(finals, jobs, strict=True)
-            )
-        )
-        for message, _ in jobs:
-            await message.ack()
+        for final, (message, request) in zip(finals, jobs, strict=True):
+            confirms += self._publish(final, message, request)
+        # One wait for the whole batch's confirms (started and final), then its acks.
+        await _confirmed(confirms)
+        await self._acks.ack_batch([message for message, _ in jobs])
         self.jobs_done += len(jobs)
         for final in finals:
             self.metrics.jobs.inc(model=model_name, status=final.status.value)
 
-    async def _publish(
-        self, event: JobEvent, request: AbstractIncomingMessage | None = None
-    ) -> None:
-        """Publish to the events exchange and, for a final event, to ``reply_to`` if asked."""
+    def _publish(
+        self,
+        event: JobEvent,
+        message: AbstractIncomingMessage | None = None,
+        request: ClassifyRequest | None = None,
+    ) -> list[asyncio.Future[object]]:
+        """Send ``event`` to the events exchange and, for a final event whose producer asked,
+        to its ``reply_to`` queue.  Returns the confirms to wait for; the frames are written
+        in call order, so events of one job reach the log in the order they were sent."""
         assert self._events is not None
         assert self._default is not None
-        body = event.to_json()
-        message = aio_pika.Message(
-            body,
-            content_type=JSON,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=event.job_id,
-            timestamp=time.time(),
-            type=f"job.{event.status.value}",
-        )
+        out = wire.event_message(event)
         # mandatory=False: no gateway may be listening right now, which is not an error.
-        await self._events.publish(message, job_routing_key(event.status.value), mandatory=False)
-        if request is not None and request.reply_to:
-            reply = aio_pika.Message(
-                body,
-                content_type=JSON,
-                correlation_id=request.correlation_id or event.job_id,
-                message_id=event.job_id,
-                type=f"job.{event.status.value}",
+        sends: list[asyncio.Future[object]] = [
+            asyncio.ensure_future(
+                self._events.publish(out.message, out.routing_key, mandatory=False)
             )
-            await self._default.publish(reply, request.reply_to, mandatory=False)
+        ]
+        if message is not None and request is not None and message.reply_to:
+            reply = wire.reply_message(event, message, request.version)
+            sends.append(
+                asyncio.ensure_future(
+                    self._default.publish(reply.message, reply.routing_key, mandatory=False)
+                )
+            )
+        return sends
 
     async def _heartbeat_loop(self) -> None:
         assert self._events is not None
@@ -344,17 +344,22 @@ class Replica:
                     for name, model in self.models.items()
                 },
             )
+            out = wire.heartbeat_message(beat)
             try:
-                await self._events.publish(
-                    aio_pika.Message(beat.to_json(), content_type=JSON, expiration=30),
-                    HEARTBEAT_ROUTING_KEY,
-                    mandatory=False,
-                )
+                await self._events.publish(out.message, out.routing_key, mandatory=False)
                 # Only a replica that can still reach the broker reports itself healthy.
                 health.touch()  # noqa: ASYNC240 (one tiny metadata write every few seconds)
             except Exception as exc:
                 log.warning("heartbeat not published: %r", exc)
             await asyncio.sleep(self.settings.heartbeat_interval)
+
+
+async def _confirmed(confirms: Sequence[asyncio.Future[object]]) -> None:
+    """Wait for every confirm; then raise the first failure, if any (none left unread)."""
+    outcomes = await asyncio.gather(*confirms, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 async def _nack_quietly(message: AbstractIncomingMessage) -> None:

@@ -20,6 +20,7 @@ from gateway.problems import problem_middleware
 from gateway.replicas import ReplicaRegistry
 from gateway.settings import GatewaySettings
 from gateway.store import JobStore
+from gateway.submissions import Jobs
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,9 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app[keys.ACTIVITY] = activity
     app[keys.METRICS] = metrics
     app[keys.GALLERY] = Gallery.load(settings.gallery_dir)
-    app[keys.BROKER] = GatewayBroker(settings, store, replicas, metrics)
+    broker = GatewayBroker(settings, store, replicas, metrics)
+    app[keys.BROKER] = broker
+    app[keys.JOBS] = Jobs(store, broker, metrics)
     # Threads start only when the first upload is checked.
     app[keys.IMAGE_CHECKS] = ThreadPoolExecutor(
         max_workers=MAX_CONCURRENT_CHECKS, thread_name_prefix="image-check"

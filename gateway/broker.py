@@ -29,29 +29,19 @@ from gateway.metrics import GatewayMetrics
 from gateway.replicas import ReplicaRegistry
 from gateway.settings import GatewaySettings
 from gateway.store import JobStore
+from shared import wire
 from shared.errors import BrokerUnavailable, MessageError, QueueFull
-from shared.messages import (
-    JSON,
-    ClassifyRequest,
-    JobEvent,
-    JobFailure,
-    JobForgotten,
-    ReplicaHeartbeat,
-    is_job_id,
-)
+from shared.messages import ClassifyRequest, JobEvent, JobFailure, JobForgotten, is_job_id
 from shared.states import JobStatus
 from shared.topology import (
     DEAD_LETTER_NOTICES,
     DELIVERY_LIMIT,
     EVENT_LOG,
-    FORGOTTEN_ROUTING_KEY,
     HEARTBEAT_ROUTING_KEY,
-    REQUEST_ROUTING_KEY,
     Topology,
     declare_event_log,
     declare_topology,
     find_topology,
-    job_routing_key,
 )
 
 log = logging.getLogger(__name__)
@@ -85,6 +75,12 @@ class GatewayBroker:
         self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
         self._topology: Topology | None = None
+        # Events go out on a confirming channel of their own: a submission's request and its
+        # "queued" event are then in flight together, and aiormq's per-channel bookkeeping of
+        # returned messages by message ID never confuses the two (both carry the job ID).
+        self._events: aio_pika.abc.AbstractExchange | None = None
+        # Publishes whose confirms nobody waits for; kept so they are not garbage-collected.
+        self._background: set[asyncio.Future[None]] = set()
         self._connected = asyncio.Event()
         # Set once the first replay of the log has reached our own marker.
         self._replayed = asyncio.Event()
@@ -171,6 +167,9 @@ class GatewayBroker:
             notices = await notices_channel.get_queue(DEAD_LETTER_NOTICES)
             await notices.consume(self._on_dead_letter)
 
+            events_channel = await connection.channel(publisher_confirms=True)
+            self._events = await events_channel.get_exchange(topology.events.name, ensure=False)
+
             self._channel = channel
             self._topology = topology
             await self._append_marker()
@@ -181,64 +180,82 @@ class GatewayBroker:
             self._connected.clear()
             self._channel = None
             self._topology = None
+            self._events = None
             if not connection.is_closed:
                 await connection.close()
 
     async def _append_marker(self) -> None:
         assert self._topology is not None
         self._marker = uuid.uuid4().hex
-        await self._topology.events.publish(
-            aio_pika.Message(self._marker.encode(), content_type="text/plain"),
-            f"marker.{self._marker}",
-            mandatory=False,
-        )
+        out = wire.marker_message(self._marker)
+        await self._topology.events.publish(out.message, out.routing_key, mandatory=False)
 
     # -- publishing ------------------------------------------------------------------------
 
-    async def submit(self, request: ClassifyRequest, queued: JobEvent) -> None:
-        """Return only once the broker has durably taken the job (publisher confirm)."""
+    async def submit(self, request: ClassifyRequest, queued: JobEvent, content_type: str) -> None:
+        """Return only once the broker has durably taken the job (publisher confirm).
+
+        The job's "queued" event is published at the same moment, not after the job's
+        confirm: a 202 costs one broker round trip, not two.  Nobody waits for the event's
+        own confirm (other gateways would learn of the job from its "started" event anyway),
+        and if the job itself is refused, a "forgotten" event withdraws the logged one.
+        """
         topology = self._require()
-        message = aio_pika.Message(
-            request.to_json(),
-            content_type=JSON,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=request.job_id,
-            type="classify.request",
+        out = wire.request_message(request, content_type=content_type)
+        logged = self._in_background(
+            self.publish_event(queued), f"queued event of {request.job_id}"
         )
         try:
             await topology.requests.publish(
-                message, REQUEST_ROUTING_KEY, timeout=self._settings.publish_timeout
+                out.message, out.routing_key, timeout=self._settings.publish_timeout
             )
         except DeliveryError as exc:
             # A nack: the queue is at its bound (x-overflow reject-publish).
+            self._withdraw(request.job_id, logged)
             raise QueueFull("the work queue is full; try again shortly") from exc
         except (TimeoutError, ConnectionError, AMQPError, RuntimeError) as exc:
+            self._withdraw(request.job_id, logged)
             raise BrokerUnavailable(f"the broker did not confirm the job: {exc!r}") from exc
-        try:
-            await self.publish_event(queued)
-        except BrokerUnavailable:
-            # The job itself is safe in the queue; other gateways learn of it from its
-            # "started" event instead.
-            log.warning("job %s accepted but its queued event was not logged", request.job_id)
+
+    def _withdraw(self, job_id: str, logged: asyncio.Future[None]) -> None:
+        async def withdraw() -> None:
+            try:
+                await logged
+            except BrokerUnavailable:
+                return  # the queued event never reached the log: nothing to withdraw
+            await self.publish_forgotten(job_id)
+
+        self._in_background(withdraw(), f"withdrawal of refused job {job_id}")
+
+    def _in_background(self, publish: Any, what: str) -> asyncio.Future[None]:
+        task: asyncio.Future[None] = asyncio.ensure_future(publish)
+        self._background.add(task)
+
+        def done(task: asyncio.Future[None]) -> None:
+            self._background.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                log.warning("%s not confirmed: %r", what, task.exception())
+
+        task.add_done_callback(done)
+        return task
 
     async def publish_event(self, event: JobEvent) -> None:
-        await self._publish(event.to_json(), job_routing_key(event.status.value), event.job_id)
+        await self._publish(wire.event_message(event))
 
     async def publish_forgotten(self, job_id: str) -> None:
-        body = JobForgotten(job_id, time.time()).to_json()
-        await self._publish(body, FORGOTTEN_ROUTING_KEY, job_id)
+        await self._publish(wire.forgotten_message(job_id))
 
-    async def _publish(self, body: bytes, routing_key: str, job_id: str) -> None:
-        topology = self._require()
-        message = aio_pika.Message(
-            body,
-            content_type=JSON,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=job_id,
-        )
+    async def _publish(self, out: wire.Outgoing) -> None:
+        self._require()
+        events = self._events
+        if events is None:
+            raise BrokerUnavailable("not connected to the broker; try again shortly")
         try:
-            await topology.events.publish(
-                message, routing_key, mandatory=False, timeout=self._settings.publish_timeout
+            await events.publish(
+                out.message,
+                out.routing_key,
+                mandatory=False,
+                timeout=self._settings.publish_timeout,
             )
         except (TimeoutError, ConnectionError, AMQPError, RuntimeError) as exc:
             raise BrokerUnavailable(f"the broker did not confirm the event: {exc!r}") from exc
@@ -264,10 +281,13 @@ class GatewayBroker:
 
     async def _on_log(self, message: AbstractIncomingMessage) -> None:
         offset = (message.headers or {}).get("x-stream-offset")
-        routing_key = message.routing_key or ""
         try:
-            if routing_key.startswith("marker."):
-                if message.body.decode(errors="replace") == self._marker and not self.replayed:
+            entry = wire.parse_log_entry(message)
+        except MessageError as exc:
+            log.warning("ignoring malformed event %s: %s", message.routing_key, exc)
+        else:
+            if isinstance(entry, wire.Marker):
+                if entry.value == self._marker and not self.replayed:
                     self.replay_seconds = time.monotonic() - self._started
                     log.info(
                         "event log replayed: %d jobs in %.2f s",
@@ -275,12 +295,10 @@ class GatewayBroker:
                         self.replay_seconds,
                     )
                     self._replayed.set()
-            elif routing_key == FORGOTTEN_ROUTING_KEY:
-                self._store.forget(JobForgotten.from_json(message.body).job_id)
+            elif isinstance(entry, JobForgotten):
+                self._store.forget(entry.job_id)
             else:
-                self._store.apply(JobEvent.from_json(message.body))
-        except MessageError as exc:
-            log.warning("ignoring malformed event %s: %s", routing_key, exc)
+                self._store.apply(entry)
         if isinstance(offset, int):
             self._last_offset = (
                 offset if self._last_offset is None else max(self._last_offset, offset)
@@ -289,29 +307,33 @@ class GatewayBroker:
 
     async def _on_heartbeat(self, message: AbstractIncomingMessage) -> None:
         try:
-            self._replicas.record(ReplicaHeartbeat.from_json(message.body))
+            self._replicas.record(wire.parse_heartbeat(message))
         except MessageError as exc:
             log.warning("ignoring malformed heartbeat: %s", exc)
 
     async def _on_dead_letter(self, message: AbstractIncomingMessage) -> None:
-        """A request was dead-lettered: show its job as failed, with the reason."""
+        """A request was dead-lettered: show its job as failed, with the reason.
+
+        A version 2 request's job is read from its properties and headers: the image, which
+        may be anything a producer sent, is never decoded here.
+        """
         headers = message.headers or {}
         reason = str(headers.get("x-first-death-reason", "unknown"))
         try:
-            request: ClassifyRequest | None = ClassifyRequest.from_json(message.body)
+            info: wire.RequestInfo | None = wire.request_info(message)
         except MessageError:
-            request = None
-        job_id = request.job_id if request else message.message_id
+            info = None
+        job_id = info.job_id if info else message.message_id
         if is_job_id(job_id):
             assert job_id is not None
             explanation = _DEAD_REASONS.get(reason, reason)
-            event = (
-                JobEvent.for_request(request, JobStatus.FAILED)
-                if request
-                else JobEvent(job_id, JobStatus.FAILED, "unknown", "unknown")
-            )
-            event = event.advance(
+            event = JobEvent(
+                job_id,
                 JobStatus.FAILED,
+                info.model if info else "unknown",
+                info.image_name if info else "unknown",
+                queued_at=info.queued_at if info else None,
+                idempotency_key=info.idempotency_key if info else None,
                 finished_at=time.time(),
                 error=JobFailure("dead_lettered", f"the job was dead-lettered: {explanation}"),
             )

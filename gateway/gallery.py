@@ -6,6 +6,7 @@ ever joined onto a filesystem path: ``../`` and friends simply name nothing.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ class GalleryImage:
     width: int
     height: int
     data: bytes
+    # Hashed once here, not on every submission (idempotency and result reuse key on it).
+    sha256: str
 
 
 class Gallery:
@@ -49,7 +52,10 @@ class Gallery:
             if kind is None:
                 log.info("gallery: skipping %s (not a JPEG, PNG or WebP image)", path.name)
                 continue
-            images[path.name] = GalleryImage(path.name, kind, size[0], size[1], path.read_bytes())
+            data = path.read_bytes()
+            images[path.name] = GalleryImage(
+                path.name, kind, size[0], size[1], data, hashlib.sha256(data).hexdigest()
+            )
         log.info("gallery: %d images from %s", len(images), folder)
         return cls(images)
 

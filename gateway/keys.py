@@ -13,9 +13,12 @@ from gateway.metrics import GatewayMetrics
 from gateway.replicas import ReplicaRegistry
 from gateway.settings import GatewaySettings
 from gateway.store import JobStore
+from gateway.submissions import Jobs
 
 SETTINGS = web.AppKey("settings", GatewaySettings)
 STORE = web.AppKey("store", JobStore)
+# Accept, cancel and forget: what the submission views call.
+JOBS = web.AppKey("jobs", Jobs)
 REPLICAS = web.AppKey("replicas", ReplicaRegistry)
 GALLERY = web.AppKey("gallery", Gallery)
 BROKER = web.AppKey("broker", GatewayBroker)

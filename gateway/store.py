@@ -71,16 +71,11 @@ class JobStore:
             return False
         current = self._jobs.get(event.job_id)
         if current is not None:
+            # Events are full snapshots built from the request (idempotency key included), so
+            # an event that arrives too late to advance the job has nothing to add.
             if not current.status.may_become(event.status):
-                # The gateway's "queued" event can land after a replica's "started": keep
-                # what only it carries, so every gateway can honour the idempotency key.
-                if event.idempotency_key and not current.idempotency_key:
-                    self._jobs[event.job_id] = current.advance(
-                        current.status, idempotency_key=event.idempotency_key
-                    )
-                    self._index(self._jobs[event.job_id])
                 return False
-            # Later events come from replicas, which do not know the gateway-side fields.
+            # Except a dead letter that could not be read, which knows only the job ID.
             event = event.advance(
                 event.status,
                 queued_at=event.queued_at or current.queued_at,

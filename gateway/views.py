@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +12,11 @@ from aiohttp import web
 from gateway import keys
 from gateway.limits import MAX_SMALL_BODY_BYTES, MAX_UPLOAD_TEXT
 from gateway.store import JobStore
+from gateway.submissions import Accepted, Submission
 from gateway.uploads import Upload, check_image, read_form
 from shared.catalog import CATALOG
 from shared.errors import (
-    IdempotencyKeyReused,
     ImgqError,
-    JobConflict,
     JobNotFound,
     MalformedRequest,
     NotFound,
@@ -27,7 +24,7 @@ from shared.errors import (
     PayloadTooLarge,
     UnknownModel,
 )
-from shared.messages import ClassifyRequest, JobEvent, JobFailure, is_job_id, new_job_id
+from shared.messages import JobEvent, is_job_id
 from shared.states import JobStatus
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -86,16 +83,7 @@ async def info(request: web.Request) -> web.Response:
     return json_response({"models": models, "images": images, "max_wait": settings.max_wait})
 
 
-@dataclass(frozen=True, slots=True)
-class _Input:
-    """What a submission asks for, checked: a model on offer and image bytes to classify."""
-
-    model: str
-    image_name: str
-    image: bytes
-
-
-async def _read_input(request: web.Request) -> _Input:
+async def _read_submission(request: web.Request) -> Submission:
     """One path for every body: JSON, a form naming a gallery image, or an upload."""
     settings = request.app[keys.SETTINGS]
     upload: Upload | None = None
@@ -132,13 +120,30 @@ async def _read_input(request: web.Request) -> _Input:
         allowed = offered(request)
         if model not in allowed:
             raise UnknownModel(model, allowed)
+    key = _idempotency_key(request)
+    reuse = "no-cache" not in request.headers.get("Cache-Control", "")
     if upload is None:
         image = request.app[keys.GALLERY].get(image_name)
-        return _Input(model, image.name, image.data)
-    await asyncio.get_running_loop().run_in_executor(
+        return Submission(
+            model,
+            image.name,
+            image.data,
+            image.content_type,
+            image_sha256=image.sha256,
+            idempotency_key=key,
+            reuse=reuse,
+        )
+    content_type = await asyncio.get_running_loop().run_in_executor(
         request.app[keys.IMAGE_CHECKS], check_image, upload.data
     )
-    return _Input(model, f"upload:{upload.filename}", upload.data)
+    return Submission(
+        model,
+        f"upload:{upload.filename}",
+        upload.data,
+        content_type,
+        idempotency_key=key,
+        reuse=reuse,
+    )
 
 
 def _refuse_long_body(request: web.Request) -> None:
@@ -160,73 +165,19 @@ async def submit(request: web.Request) -> web.StreamResponse:
 
 
 async def _submit(request: web.Request) -> web.StreamResponse:
-    store = request.app[keys.STORE]
-    broker = request.app[keys.BROKER]
-    metrics = request.app[keys.METRICS]
-    given = await _read_input(request)
-    if not broker.ready:
-        raise NotReady("the gateway is still connecting to the broker; try again shortly")
-
-    job = ClassifyRequest(new_job_id(), given.model, given.image_name, given.image, time.time())
-    key = _idempotency_key(request)
-    if key is not None:
-        earlier = store.by_idempotency_key(key)
-        if earlier is not None:
-            if (earlier.model, earlier.image_sha256) != (given.model, job.image_sha256):
-                raise IdempotencyKeyReused(
-                    f"Idempotency-Key {key!r} was first used for another model or image"
-                )
-            return _accepted(request, store, earlier, replayed=True)
-
-    queued = JobEvent.for_request(job, JobStatus.QUEUED).advance(
-        JobStatus.QUEUED, idempotency_key=key
-    )
-    if "no-cache" not in request.headers.get("Cache-Control", ""):
-        earlier = store.reusable_result(given.model, job.image_sha256)
-        if earlier is not None:
-            # Same model, same bytes: the answer is already known.  The new job is logged
-            # like any other, so every gateway (and a retry with the same key) sees it.
-            reused = queued.advance(
-                JobStatus.SUCCEEDED,
-                started_at=job.queued_at,
-                finished_at=job.queued_at,
-                replica=earlier.replica,
-                result=earlier.result,
-                reused_from=earlier.job_id,
-            )
-            await broker.publish_event(reused)
-            metrics.accepted(job.job_id)
-            metrics.result_reuse.inc()
-            store.apply(reused)
-            return _accepted(request, store, reused)
-
-    # Recorded before publishing: a fast replica's events can beat the confirm back to us.
-    metrics.accepted(job.job_id)
-    store.apply(queued)
-    try:
-        await broker.submit(job, queued)
-    except Exception:
-        store.discard(job.job_id)
-        raise
-    # The answer describes the job as accepted, even if a replica has already started it.
-    return _accepted(request, store, queued, newest=True)
+    submission = await _read_submission(request)
+    accepted = await request.app[keys.JOBS].accept(submission)
+    return _accepted(request, request.app[keys.STORE], accepted)
 
 
-def _accepted(
-    request: web.Request,
-    store: JobStore,
-    job: JobEvent,
-    *,
-    replayed: bool = False,
-    newest: bool = False,
-) -> web.StreamResponse:
-    location = f"/classifications/{job.job_id}"
+def _accepted(request: web.Request, store: JobStore, accepted: Accepted) -> web.StreamResponse:
+    location = f"/classifications/{accepted.job.job_id}"
     if request.content_type in _FORM_TYPES and "text/html" in request.headers.get("Accept", ""):
         raise web.HTTPSeeOther(location)
     headers = {"Location": location}
-    if replayed:
+    if accepted.replayed:
         headers["Idempotent-Replayed"] = "true"
-    body = job_body(store, job, newest=newest)
+    body = job_body(store, accepted.job, newest=accepted.newest)
     return json_response(body, status=202, headers=headers)
 
 
@@ -275,23 +226,11 @@ async def job_status(request: web.Request) -> web.Response:
 async def delete_job(request: web.Request) -> web.Response:
     """Cancel a queued job; forget a finished one; a started job cannot be stopped."""
     job_id = requested_job_id(request)
+    cancelled = await request.app[keys.JOBS].cancel_or_forget(job_id)
+    if cancelled is None:
+        return web.Response(status=204)
     store = request.app[keys.STORE]
-    broker = request.app[keys.BROKER]
-    job = store.get(job_id)
-    if job.status is JobStatus.QUEUED:
-        cancelled = job.advance(
-            JobStatus.CANCELLED,
-            finished_at=time.time(),
-            error=JobFailure("cancelled", "cancelled by the client before a replica took it"),
-        )
-        await broker.publish_event(cancelled)
-        store.apply(cancelled)
-        return json_response(job_body(store, store.get(job_id)))
-    if job.status is JobStatus.STARTED:
-        raise JobConflict("the job has already started on a replica and cannot be cancelled")
-    await broker.publish_forgotten(job_id)
-    store.forget(job_id)
-    return web.Response(status=204)
+    return json_response(job_body(store, cancelled))
 
 
 def _wait_seconds(raw: str | None, limit: float) -> float:

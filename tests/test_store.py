@@ -134,9 +134,10 @@ def test_positions_follow_acceptance_order() -> None:
 def test_idempotency_key_survives_events_in_any_order() -> None:
     store = JobStore(ttl=60, max_jobs=10)
     job = _queued().advance(JobStatus.QUEUED, idempotency_key="order-42")
-    # A replica's "started" can reach the log before the gateway's "queued" event.
-    store.apply(job.advance(JobStatus.STARTED, idempotency_key=None))
-    store.apply(job)
+    # A replica's "started" can reach the log before the gateway's "queued" event; it carries
+    # the key too, because the key travels in the request the replica built it from.
+    store.apply(job.advance(JobStatus.STARTED))
+    assert not store.apply(job)
     found = store.by_idempotency_key("order-42")
     assert found is not None
     assert found.job_id == job.job_id

@@ -1,0 +1,140 @@
+"""The service's verbs: accept a job, cancel it, forget it.  The HTTP views only translate.
+
+Imports neither aiohttp nor aio_pika: the broker is reached through the small ``Publisher``
+protocol and results through the ``JobStore``, so each rule here (idempotency, result reuse,
+what may be cancelled) is stated once, whatever protocol the request came in by.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from gateway.metrics import GatewayMetrics
+from gateway.store import JobStore
+from shared.errors import IdempotencyKeyReused, JobConflict, NotReady
+from shared.messages import ClassifyRequest, JobEvent, JobFailure, new_job_id
+from shared.states import JobStatus
+
+
+class Publisher(Protocol):
+    """What accepting and cancelling need of the broker (``gateway.broker.GatewayBroker``)."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    async def submit(self, request: ClassifyRequest, queued: JobEvent, content_type: str) -> None:
+        """Return once the broker has confirmed the job; raise ``ImgqError`` if it did not."""
+
+    async def publish_event(self, event: JobEvent) -> None: ...
+
+    async def publish_forgotten(self, job_id: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """A checked request for a classification: a model on offer and image bytes."""
+
+    model: str
+    image_name: str
+    image: bytes
+    content_type: str
+    # Known for gallery images, which are hashed once at start-up; else hashed on accept.
+    image_sha256: str = ""
+    idempotency_key: str | None = None
+    # False when the client asked for a fresh run (Cache-Control: no-cache).
+    reuse: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    job: JobEvent
+    # An earlier job submitted with the same idempotency key, returned again.
+    replayed: bool = False
+    # Queued just now by this gateway: its queue position is cheap to give (the newest).
+    newest: bool = False
+
+
+class Jobs:
+    def __init__(self, store: JobStore, broker: Publisher, metrics: GatewayMetrics) -> None:
+        self._store = store
+        self._broker = broker
+        self._metrics = metrics
+
+    async def accept(self, submission: Submission) -> Accepted:
+        if not self._broker.ready:
+            raise NotReady("the gateway is still connecting to the broker; try again shortly")
+        request = ClassifyRequest(
+            job_id=new_job_id(),
+            model=submission.model,
+            image_name=submission.image_name,
+            image=submission.image,
+            queued_at=time.time(),
+            idempotency_key=submission.idempotency_key,
+            image_sha256=submission.image_sha256,
+        )
+        key = submission.idempotency_key
+        if key is not None:
+            earlier = self._store.by_idempotency_key(key)
+            if earlier is not None:
+                if (earlier.model, earlier.image_sha256) != (request.model, request.image_sha256):
+                    raise IdempotencyKeyReused(
+                        f"Idempotency-Key {key!r} was first used for another model or image"
+                    )
+                return Accepted(earlier, replayed=True)
+
+        queued = JobEvent.for_request(request, JobStatus.QUEUED)
+        if submission.reuse:
+            earlier = self._store.reusable_result(request.model, request.image_sha256)
+            if earlier is not None:
+                return await self._reuse(queued, earlier)
+
+        # Recorded before publishing: a fast replica's events can beat the confirm back to us.
+        self._metrics.accepted(request.job_id)
+        self._store.apply(queued)
+        try:
+            await self._broker.submit(request, queued, submission.content_type)
+        except Exception:
+            self._store.discard(request.job_id)
+            raise
+        # The answer describes the job as accepted, even if a replica has already started it.
+        return Accepted(queued, newest=True)
+
+    async def _reuse(self, queued: JobEvent, earlier: JobEvent) -> Accepted:
+        """Same model, same bytes: the answer is already known.  The new job is logged like
+        any other, so every gateway (and a retry with the same key) sees it."""
+        reused = queued.advance(
+            JobStatus.SUCCEEDED,
+            started_at=queued.queued_at,
+            finished_at=queued.queued_at,
+            replica=earlier.replica,
+            result=earlier.result,
+            reused_from=earlier.job_id,
+        )
+        await self._broker.publish_event(reused)
+        self._metrics.accepted(reused.job_id)
+        self._metrics.result_reuse.inc()
+        self._store.apply(reused)
+        return Accepted(reused)
+
+    async def cancel_or_forget(self, job_id: str) -> JobEvent | None:
+        """Cancel a queued job (returned, now cancelled); forget a finished one (None).
+
+        A started job cannot be stopped: replicas do not interrupt a forward pass.
+        """
+        job = self._store.get(job_id)
+        if job.status is JobStatus.QUEUED:
+            cancelled = job.advance(
+                JobStatus.CANCELLED,
+                finished_at=time.time(),
+                error=JobFailure("cancelled", "cancelled by the client before a replica took it"),
+            )
+            await self._broker.publish_event(cancelled)
+            self._store.apply(cancelled)
+            return self._store.get(job_id)
+        if job.status is JobStatus.STARTED:
+            raise JobConflict("the job has already started on a replica and cannot be cancelled")
+        await self._broker.publish_forgotten(job_id)
+        self._store.forget(job_id)
+        return None
