@@ -4,6 +4,7 @@ docs/asyncapi.yaml against the real messages."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import importlib.util
 import sys
 import time
@@ -15,14 +16,15 @@ import aio_pika
 import orjson
 import pytest
 import yaml
+from aio_pika.abc import AbstractIncomingMessage
 from jsonschema import Draft7Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
+from shared import wire
 from shared.messages import (
     ClassifyRequest,
     JobEvent,
-    JobForgotten,
     ReplicaHeartbeat,
     new_job_id,
 )
@@ -128,6 +130,42 @@ def test_an_unknown_model_gets_a_failed_reply(service: Service) -> None:
     assert _http_job(service.base_url, event.job_id)["error"]["code"] == "unknown_model"
 
 
+@pytest.mark.broker
+def test_a_v1_producer_still_gets_its_answer_in_v1(service: Service) -> None:
+    """A producer written against the version 1 docs: JSON body, image in base64."""
+    request = ClassifyRequest(new_job_id(), MODEL, "coffee.jpg", COFFEE, time.time())
+
+    async def scenario() -> AbstractIncomingMessage:
+        connection = await aio_pika.connect(service.broker_url)
+        async with connection:
+            channel = await connection.channel(publisher_confirms=True)
+            replies = await channel.declare_queue(exclusive=True, auto_delete=True)
+            requests = await channel.get_exchange(REQUESTS_EXCHANGE)
+            message = aio_pika.Message(
+                orjson.dumps(_v1_request(request)),
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=request.job_id,
+                correlation_id=request.job_id,
+                reply_to=replies.name,
+            )
+            await requests.publish(message, REQUEST_ROUTING_KEY, mandatory=True)
+            async with replies.iterator(timeout=120) as incoming:
+                async for reply in incoming:
+                    await reply.ack()
+                    return reply
+        raise AssertionError("no reply")
+
+    reply = asyncio.run(scenario())
+    body = orjson.loads(reply.body)
+    assert body["v"] == 1
+    assert reply.correlation_id == request.job_id
+    assert body["status"] == "succeeded"
+    assert body["result"][0]["label"] == "espresso"
+    assert _errors("JobEvent", reply.body) == []
+    assert _http_job(service.base_url, request.job_id)["status"] == "succeeded"
+
+
 # -- docs/asyncapi.yaml ----------------------------------------------------------------------
 
 
@@ -174,32 +212,73 @@ def test_asyncapi_names_the_real_topology() -> None:
     statuses = [s.value for s in JobStatus]
     assert channels["jobEvents"]["parameters"]["status"]["enum"] == statuses
     assert document["components"]["schemas"]["JobStatus"]["enum"] == statuses
-    # Every $ref points somewhere.
+    # Every $ref points somewhere; the v2 request's payload is the image bytes themselves.
     for message in document["components"]["messages"].values():
-        name = message["payload"]["$ref"].rsplit("/", 1)[-1]
-        assert name in document["components"]["schemas"]
+        for part in ("payload", "headers"):
+            if "$ref" in message.get(part, {}):
+                assert message[part]["$ref"].rsplit("/", 1)[-1] in document["components"]["schemas"]
+    request = document["components"]["messages"]["ClassifyRequest"]
+    assert request["payload"] == {
+        "type": "string",
+        "format": "binary",
+        "description": "The encoded image bytes.",
+    }
+
+
+def _v1_request(request: ClassifyRequest) -> dict[str, Any]:
+    """What a producer written against the version 1 documentation publishes."""
+    return {
+        "v": 1,
+        "job_id": request.job_id,
+        "model": request.model,
+        "image_name": request.image_name,
+        "image_b64": base64.b64encode(request.image).decode(),
+        "queued_at": request.queued_at,
+    }
 
 
 def test_asyncapi_payloads_match_the_messages_field_for_field() -> None:
-    request = ClassifyRequest(new_job_id(), MODEL, "coffee.jpg", COFFEE, time.time())
-    assert _errors("ClassifyRequest", request.to_json()) == []
-    assert _properties("ClassifyRequest") == set(orjson.loads(request.to_json()))
+    request = ClassifyRequest(
+        new_job_id(), MODEL, "coffee.jpg", COFFEE, time.time(), idempotency_key="k-1"
+    )
+    headers = dict(wire.request_message(request).message.headers or {})
+    assert _errors("ClassifyRequestHeaders", headers) == []
+    assert _properties("ClassifyRequestHeaders") == set(headers)
+    v1 = _v1_request(request)
+    assert ClassifyRequest.from_v1_json(orjson.dumps(v1)).image == COFFEE
+    assert _errors("ClassifyRequestV1", v1) == []
+    assert _properties("ClassifyRequestV1") == set(v1)
 
     event = JobEvent.for_request(request, JobStatus.QUEUED)
     assert _errors("JobEvent", event.to_json()) == []
+    assert _errors("JobEvent", event.to_json(version=1)) == []
     assert _properties("JobEvent") == set(orjson.loads(event.to_json()))
 
-    forgotten = JobForgotten(request.job_id, time.time()).to_json()
+    forgotten = wire.forgotten_message(request.job_id).message.body
     assert _errors("JobForgotten", forgotten) == []
     assert _properties("JobForgotten") == set(orjson.loads(forgotten))
 
-    beat = ReplicaHeartbeat("replica-1", (MODEL,), 3, False, 5.0, time.time()).to_json()
-    assert _errors("ReplicaHeartbeat", beat) == []
-    assert _properties("ReplicaHeartbeat") == set(orjson.loads(beat))
+    beat = ReplicaHeartbeat("replica-1", (MODEL,), 3, False, 5.0, time.time())
+    body = wire.heartbeat_message(beat).message.body
+    assert _errors("ReplicaHeartbeat", body) == []
+    assert _properties("ReplicaHeartbeat") == set(orjson.loads(body))
 
 
 def test_asyncapi_schemas_refuse_what_the_parsers_refuse() -> None:
-    good = orjson.loads(ClassifyRequest(new_job_id(), MODEL, "c.jpg", b"\xff\xd8", 1.0).to_json())
+    request = ClassifyRequest(new_job_id(), MODEL, "c.jpg", b"\xff\xd8", 1.0)
+    good = dict(wire.request_message(request).message.headers or {})
+    for change in (
+        {"v": 1},
+        {"model": ""},
+        {"model": "m" * 201},
+        {"queued_at_us": 1.5},
+        {"queued_at_us": "now"},
+    ):
+        assert _errors("ClassifyRequestHeaders", {**good, **change}), change
+    without_model = {k: v for k, v in good.items() if k != "model"}
+    assert _errors("ClassifyRequestHeaders", without_model)
+
+    v1 = _v1_request(request)
     for change in (
         {"v": 2},
         {"job_id": "ABC"},
@@ -208,18 +287,22 @@ def test_asyncapi_schemas_refuse_what_the_parsers_refuse() -> None:
         {"queued_at": None},
         {"queued_at": True},
     ):
-        assert _errors("ClassifyRequest", {**good, **change}), change
-    without_image = {k: v for k, v in good.items() if k != "image_b64"}
-    assert _errors("ClassifyRequest", without_image)
+        assert _errors("ClassifyRequestV1", {**v1, **change}), change
+    without_image = {k: v for k, v in v1.items() if k != "image_b64"}
+    assert _errors("ClassifyRequestV1", without_image)
 
 
 def test_asyncapi_examples_are_valid() -> None:
     messages = _document()["components"]["messages"]
     checked = 0
     for message in messages.values():
-        schema_name = message["payload"]["$ref"].rsplit("/", 1)[-1]
+        schema_name = message["payload"].get("$ref", "").rsplit("/", 1)[-1]
         for example in message.get("examples", []):
-            assert _errors(schema_name, example["payload"]) == [], example["name"]
+            if "headers" in example:
+                headers_schema = message["headers"]["$ref"].rsplit("/", 1)[-1]
+                assert _errors(headers_schema, example["headers"]) == [], example["name"]
+            if "payload" in example:
+                assert _errors(schema_name, example["payload"]) == [], example["name"]
             checked += 1
     assert checked >= 4
 
@@ -243,13 +326,15 @@ def test_asyncapi_accepts_a_real_request_and_a_real_reply(service: Service) -> N
             assert copy.message_id == job_id
             assert copy.reply_to is not None
             assert copy.correlation_id == job_id
-            assert copy.content_type == "application/json"
+            assert copy.content_type == "application/octet-stream"
             assert copy.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
-            return copy.body, reply
+            assert copy.type == "classify.request"
+            assert copy.body == COFFEE  # the file's bytes, unchanged
+            return dict(copy.headers or {}), reply
 
-    request, reply = asyncio.run(scenario())
-    assert _errors("ClassifyRequest", request) == []
-    assert set(orjson.loads(request)) == _properties("ClassifyRequest")
+    headers, reply = asyncio.run(scenario())
+    assert _errors("ClassifyRequestHeaders", headers) == []
+    assert set(headers) <= _properties("ClassifyRequestHeaders")
     assert _errors("JobEvent", reply.body) == []
     assert set(orjson.loads(reply.body)) == _properties("JobEvent")
     assert orjson.loads(reply.body)["status"] == "succeeded"
