@@ -10,6 +10,7 @@ import aio_pika
 import orjson
 import pytest
 
+from shared import wire
 from shared.messages import ClassifyRequest, new_job_id
 from shared.topology import DEAD_LETTER_QUEUE, REQUEST_ROUTING_KEY, REQUESTS_EXCHANGE
 from tests import api
@@ -111,16 +112,15 @@ def test_unknown_path_and_wrong_method_are_problems(service: Service) -> None:
     _problem(api.request(service.base_url, "DELETE", "/info"), 405, "method_not_allowed")
 
 
-async def _publish_raw(broker_url: str, bodies: list[bytes]) -> None:
+async def _publish_raw(broker_url: str, messages: list[bytes | aio_pika.Message]) -> None:
     connection = await aio_pika.connect(broker_url)
     async with connection:
         channel = await connection.channel()
         exchange = await channel.get_exchange(REQUESTS_EXCHANGE)
-        for body in bodies:
-            await exchange.publish(
-                aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                REQUEST_ROUTING_KEY,
-            )
+        for message in messages:
+            if isinstance(message, bytes):
+                message = aio_pika.Message(message, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+            await exchange.publish(message, REQUEST_ROUTING_KEY)
 
 
 async def _dead_letters(broker_url: str) -> int:
@@ -142,11 +142,15 @@ def test_poison_messages_are_dead_lettered_and_do_not_block(service: Service) ->
         image=(api.REPO / "images" / "cat.jpg").read_bytes(),
         queued_at=time.time(),
     )
-    bad = [
+    no_model = wire.request_message(unknown_model).message
+    no_model.message_id = new_job_id()
+    no_model.headers = {k: v for k, v in (no_model.headers or {}).items() if k != "model"}
+    bad: list[bytes | aio_pika.Message] = [
         b"\x00\x01 not json at all",
         b'{"v": 1, "job_id": "x"}',
         orjson.dumps({"v": 99, "job_id": new_job_id()}),
-        unknown_model.to_json(),
+        no_model,  # version 2 without its model header
+        wire.request_message(unknown_model).message,
     ]
     asyncio.run(_publish_raw(service.broker_url, bad))
     # Good jobs published after the poison still flow.
@@ -160,6 +164,10 @@ def test_poison_messages_are_dead_lettered_and_do_not_block(service: Service) ->
     assert job["status"] == "failed"
     assert job["error"]["code"] == "unknown_model"
     assert "alexnet" in job["error"]["message"]
+    # A version 2 request that cannot be read is still reported by its message_id.
+    unreadable = api.wait_final(service.base_url, str(no_model.message_id), timeout=15)
+    assert unreadable["status"] == "failed"
+    assert unreadable["error"]["code"] == "dead_lettered"
 
 
 def test_image_that_fails_to_decode_fails_alone(service: Service, tmp_path: Path) -> None:
