@@ -64,6 +64,8 @@ class Stack:
     broker_url: str
     log_dir: Path
     processes: list[ManagedProcess] = field(default_factory=list)
+    # Every node of a cluster (IMGQ_BROKER_URLS); empty for a single node.
+    broker_urls: tuple[str, ...] = ()
 
     def _spawn(self, name: str, module: str, env: dict[str, str]) -> ManagedProcess:
         log_file = self.log_dir / f"{name}.log"
@@ -71,6 +73,7 @@ class Stack:
             **os.environ,
             "PYTHONUNBUFFERED": "1",
             "IMGQ_BROKER_URL": self.broker_url,
+            **({"IMGQ_BROKER_URLS": ",".join(self.broker_urls)} if self.broker_urls else {}),
             **env,
         }
         with open(log_file, "ab") as out:

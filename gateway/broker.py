@@ -19,6 +19,7 @@ import os
 import socket
 import time
 import uuid
+from functools import partial
 from typing import Any
 
 import aio_pika
@@ -30,6 +31,7 @@ from gateway.replicas import ReplicaRegistry
 from gateway.settings import GatewaySettings
 from gateway.store import JobStore
 from shared import wire
+from shared.connect import NodeRing, node_address, node_answers, safe_url
 from shared.errors import BrokerUnavailable, MessageError, QueueFull
 from shared.messages import ClassifyRequest, JobEvent, JobFailure, JobForgotten, is_job_id
 from shared.states import JobStatus
@@ -57,6 +59,17 @@ _DEAD_REASONS = {
     "expired": "it expired in the queue",
     "maxlen": "the queue overflowed",
 }
+
+
+async def _end_session_on_loss(closed: asyncio.Event, channel: AbstractChannel) -> AbstractChannel:
+    def lost(*_: object) -> None:
+        if not closed.is_set():
+            log.warning("a broker channel closed or a consumer was cancelled; reconnecting")
+        closed.set()
+
+    channel.close_callbacks.add(lost)
+    (await channel.get_underlay_channel()).on_consumer_cancel_callbacks.add(lost)
+    return channel
 
 
 class GatewayBroker:
@@ -87,6 +100,9 @@ class GatewayBroker:
         self._marker: str | None = None
         self._last_offset: int | None = None
         self._supervisor: asyncio.Task[None] | None = None
+        # Any node will do: after losing one, the next session starts with another.
+        self._nodes = NodeRing(settings.broker_urls)
+        self.node_url: str | None = None
         self.replay_seconds: float | None = None
         self._started = time.monotonic()
 
@@ -128,16 +144,19 @@ class GatewayBroker:
 
     async def _session(self) -> None:
         """One connection's life: set everything up, then wait until it closes."""
-        connection = await aio_pika.connect(
-            self._settings.broker_url,
-            timeout=5,
-            client_properties={"connection_name": f"imgq-gateway {self.gateway_id}"},
+        connection, self.node_url = await self._nodes.connect_any(
+            connection_name=f"imgq-gateway {self.gateway_id}"
         )
         closed = asyncio.Event()
         connection.close_callbacks.add(lambda *_: closed.set())
         self._connection = connection
+        # A closed channel or a consumer the broker cancelled (its queue deleted, say) ends
+        # the session too: the next one sets everything up again, on whichever node answers.
+        watch = partial(_end_session_on_loss, closed)
         try:
-            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            channel = await watch(
+                await connection.channel(publisher_confirms=True, on_return_raises=True)
+            )
             declare = self._settings.declare_topology
             if declare:
                 topology = await declare_topology(channel, self._settings.queue_bounds)
@@ -148,7 +167,7 @@ class GatewayBroker:
                 topology = await find_topology(channel)
 
             # The log on a channel of its own, so its prefetch does not apply elsewhere.
-            log_channel = await connection.channel(publisher_confirms=False)
+            log_channel = await watch(await connection.channel(publisher_confirms=False))
             await log_channel.set_qos(prefetch_count=_LOG_PREFETCH)
             log_queue = (
                 await declare_event_log(log_channel, topology.events, self._settings.log_retention)
@@ -162,19 +181,23 @@ class GatewayBroker:
             await beats.bind(topology.events, HEARTBEAT_ROUTING_KEY)
             await beats.consume(self._on_heartbeat, no_ack=True)
 
-            notices_channel = await connection.channel(publisher_confirms=True)
+            notices_channel = await watch(await connection.channel(publisher_confirms=True))
             await notices_channel.set_qos(prefetch_count=10)
             notices = await notices_channel.get_queue(DEAD_LETTER_NOTICES)
             await notices.consume(self._on_dead_letter)
 
-            events_channel = await connection.channel(publisher_confirms=True)
+            events_channel = await watch(await connection.channel(publisher_confirms=True))
             self._events = await events_channel.get_exchange(topology.events.name, ensure=False)
 
             self._channel = channel
             self._topology = topology
             await self._append_marker()
             self._connected.set()
-            log.info("connected to the broker; following the event log from %s", offset)
+            log.info(
+                "connected to the broker at %s; following the event log from %s",
+                safe_url(self.node_url),
+                offset,
+            )
             await closed.wait()
         finally:
             self._connected.clear()
@@ -264,6 +287,15 @@ class GatewayBroker:
         if self._topology is None or not self._connected.is_set():
             raise BrokerUnavailable("not connected to the broker; try again shortly")
         return self._topology
+
+    async def nodes(self) -> list[dict[str, object]]:
+        """Each configured broker node: is it answering, and is it the one we are using."""
+        urls = self._settings.broker_urls
+        answers = await asyncio.gather(*(node_answers(url) for url in urls))
+        return [
+            {"name": node_address(url), "running": up, "connected": url == self.node_url}
+            for url, up in zip(urls, answers, strict=True)
+        ]
 
     async def queue_depth(self) -> int | None:
         """Jobs waiting in the work queue (a passive declare: one round trip)."""

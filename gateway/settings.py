@@ -7,7 +7,7 @@ from pathlib import Path
 
 from shared.catalog import catalog_models
 from shared.errors import SettingsError
-from shared.settings import Environ, broker_url, env_float, env_int, env_list, env_str
+from shared.settings import Environ, broker_urls, env_float, env_int, env_list, env_str
 from shared.topology import LogRetention, QueueBounds, declares_topology
 
 _REPO_IMAGES = Path(__file__).resolve().parent.parent / "images"
@@ -15,7 +15,8 @@ _REPO_IMAGES = Path(__file__).resolve().parent.parent / "images"
 
 @dataclass(frozen=True, slots=True)
 class GatewaySettings:
-    broker_url: str
+    # Every node of the broker (one URL unless it is a cluster): any of them will do.
+    broker_urls: tuple[str, ...]
     host: str
     port: int
     gallery_dir: Path
@@ -43,7 +44,7 @@ class GatewaySettings:
         if not gallery.is_dir():
             raise SettingsError(f"IMGQ_GALLERY_DIR {str(gallery)!r} is not a directory")
         return cls(
-            broker_url=broker_url(env),
+            broker_urls=broker_urls(env),
             host=env_str(env, "IMGQ_HTTP_HOST", "127.0.0.1"),
             port=env_int(env, "IMGQ_HTTP_PORT", 8080),
             gallery_dir=gallery,

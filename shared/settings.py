@@ -61,10 +61,27 @@ def env_list(env: Environ, name: str, default: tuple[str, ...]) -> tuple[str, ..
     return items
 
 
-def broker_url(env: Environ) -> str:
-    """Both services reach the broker through the same variable."""
-    return env_str(env, "IMGQ_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/")
+DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+def broker_urls(env: Environ) -> tuple[str, ...]:
+    """Every node a service may use: ``IMGQ_BROKER_URLS`` (comma-separated, one per node of
+    a cluster), else the single ``IMGQ_BROKER_URL``.  Services connect to a live one and move
+    to another when theirs goes (``shared/connect.py``)."""
+    if env.get("IMGQ_BROKER_URLS", "").strip():
+        urls = env_list(env, "IMGQ_BROKER_URLS", ())
+    else:
+        urls = (env_str(env, "IMGQ_BROKER_URL", DEFAULT_BROKER_URL),)
+    for url in urls:
+        if not url.startswith(("amqp://", "amqps://")):
+            raise SettingsError(f"broker URLs must start with amqp:// or amqps://, got {url!r}")
+    return urls
 
 
 def process_env() -> Environ:
     return os.environ
+
+
+def broker_url(env: Environ) -> str:
+    """The first broker node (for code that has not moved to ``broker_urls`` yet)."""
+    return broker_urls(env)[0]
