@@ -17,7 +17,7 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 
 from shared.errors import SettingsError
-from shared.settings import Environ, env_int
+from shared.settings import Environ, broker_urls, env_int
 
 # Producers (the gateway, or any program) publish requests here.
 REQUESTS_EXCHANGE: Final = "imgq.requests"
@@ -29,6 +29,15 @@ DEAD_LETTER_EXCHANGE: Final = "imgq.dead-letter"
 DEAD_LETTER_QUEUE: Final = "imgq.requests.dead"  # kept for operators to inspect
 # A second copy of each dead letter, consumed by gateways to mark the job failed.
 DEAD_LETTER_NOTICES: Final = "imgq.requests.dead.notices"
+# Dead letters carry their image (up to the upload limit), and nobody may be reading them:
+# bounded in count and bytes, oldest dropped first, and gone after a week either way.
+DEAD_LETTER_ARGUMENTS: Final[dict[str, aio_pika.abc.FieldValue]] = {
+    "x-queue-type": "quorum",
+    "x-max-length": 10_000,
+    "x-max-length-bytes": 256 << 20,
+    "x-overflow": "drop-head",
+    "x-message-ttl": 7 * 24 * 3600 * 1000,
+}
 # Job events (queued, started, succeeded, failed, cancelled, forgotten) and replica
 # heartbeats, topic-routed.
 EVENTS_EXCHANGE: Final = "imgq.events"
@@ -57,18 +66,43 @@ DELIVERY_LIMIT: Final = 3
 
 
 @dataclass(frozen=True)
+class Replication:
+    """On how many nodes of a cluster each queue and stream keeps a copy.
+
+    ``IMGQ_QUEUE_REPLICAS``, by default the number of broker nodes the service was given
+    (``IMGQ_BROKER_URLS``): three nodes, three copies, so any one node can fail and the
+    queues keep a majority.  On a single node nothing is added to the queues' arguments, so
+    a deployment that grows into a cluster keeps its existing queues' declarations.
+    """
+
+    copies: int = 1
+
+    @classmethod
+    def from_env(cls, env: Environ) -> Replication:
+        return cls(env_int(env, "IMGQ_QUEUE_REPLICAS", len(broker_urls(env)), minimum=1))
+
+    def quorum(self) -> dict[str, aio_pika.abc.FieldValue]:
+        return {} if self.copies == 1 else {"x-quorum-initial-group-size": self.copies}
+
+    def stream(self) -> dict[str, aio_pika.abc.FieldValue]:
+        return {} if self.copies == 1 else {"x-initial-cluster-size": self.copies}
+
+
+@dataclass(frozen=True)
 class QueueBounds:
     """The work queue's bound: past it the broker nacks publishes and the gateway answers
     503, rather than letting a backlog grow until the broker's memory alarm stops all."""
 
     max_jobs: int = 10_000
     max_bytes: int = 1 << 30  # jobs carry their image, so bound the bytes too
+    replication: Replication = Replication()
 
     @classmethod
     def from_env(cls, env: Environ) -> QueueBounds:
         return cls(
             max_jobs=env_int(env, "IMGQ_QUEUE_MAX_JOBS", cls.max_jobs, minimum=1),
             max_bytes=env_int(env, "IMGQ_QUEUE_MAX_BYTES", cls.max_bytes, minimum=1024),
+            replication=Replication.from_env(env),
         )
 
     def arguments(self) -> dict[str, aio_pika.abc.FieldValue]:
@@ -82,6 +116,7 @@ class QueueBounds:
             "x-overflow": "reject-publish",
             "x-max-length": self.max_jobs,
             "x-max-length-bytes": self.max_bytes,
+            **self.replication.quorum(),
         }
 
 
@@ -92,6 +127,7 @@ class LogRetention:
     max_age_seconds: int = 24 * 3600
     max_bytes: int = 1 << 30
     segment_bytes: int = 16 << 20
+    replication: Replication = Replication()
 
     @classmethod
     def from_env(cls, env: Environ) -> LogRetention:
@@ -99,6 +135,7 @@ class LogRetention:
             max_age_seconds=env_int(env, "IMGQ_LOG_MAX_AGE", cls.max_age_seconds, minimum=1),
             max_bytes=env_int(env, "IMGQ_LOG_MAX_BYTES", cls.max_bytes, minimum=1024),
             segment_bytes=env_int(env, "IMGQ_LOG_SEGMENT_BYTES", cls.segment_bytes, minimum=1024),
+            replication=Replication.from_env(env),
         )
 
     def arguments(self) -> dict[str, aio_pika.abc.FieldValue]:
@@ -108,6 +145,7 @@ class LogRetention:
             "x-max-length-bytes": self.max_bytes,
             # Retention drops whole segments: small segments keep disk use close to the bound.
             "x-stream-max-segment-size-bytes": self.segment_bytes,
+            **self.replication.stream(),
         }
 
 
@@ -138,11 +176,15 @@ async def declare_topology(channel: AbstractChannel, bounds: QueueBounds) -> Top
     )
     for name in (DEAD_LETTER_QUEUE, DEAD_LETTER_NOTICES):
         dead_queue = await channel.declare_queue(
-            name, durable=True, arguments={"x-queue-type": "quorum"}
+            name,
+            durable=True,
+            arguments={**DEAD_LETTER_ARGUMENTS, **bounds.replication.quorum()},
         )
         await dead_queue.bind(dead)
     cancellations = await channel.declare_queue(
-        CANCELLATIONS, durable=True, arguments=CANCELLATIONS_ARGUMENTS
+        CANCELLATIONS,
+        durable=True,
+        arguments={**CANCELLATIONS_ARGUMENTS, **bounds.replication.stream()},
     )
     await cancellations.bind(events, CANCELLED_ROUTING_KEY)
     queue = await channel.declare_queue(REQUESTS_QUEUE, durable=True, arguments=bounds.arguments())
