@@ -138,7 +138,7 @@ class BrokerNode:
         """Start a stopped or killed node again: same name, ports and data, so a cluster
         member rejoins its cluster by itself."""
         self.process = _spawn(self.base_dir, _env(self.base_dir, self.amqp_port, self.epmd_port))
-        _wait_until_up(self, timeout)
+        _wait_until_up(self, timeout, first_start=False)
 
 
 def node_name(amqp_port: int) -> str:
@@ -213,7 +213,7 @@ def _spawn(base: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
         )
 
 
-def _wait_until_up(node: BrokerNode, timeout: float) -> None:
+def _wait_until_up(node: BrokerNode, timeout: float, *, first_start: bool = True) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if amqp_answers(node.amqp_port):
@@ -222,7 +222,10 @@ def _wait_until_up(node: BrokerNode, timeout: float) -> None:
             break
         time.sleep(0.25)
     tail = node.log_file.read_text(errors="replace")[-3000:] if node.log_file.exists() else ""
-    node.stop()
+    if first_start:
+        node.stop()
+    else:
+        node._terminate(10)  # keep the data: it is what a restart is for
     raise BrokerError(f"RabbitMQ did not start on port {node.amqp_port}; log tail:\n{tail}")
 
 

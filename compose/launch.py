@@ -1,7 +1,9 @@
 """Bring the whole system up locally: ``python -m compose.launch``.
 
-A private RabbitMQ node, the gateway and classifier replicas (two by default),
-then the page's URL.  Ctrl-C (or SIGTERM) stops everything this started.
+A private RabbitMQ node (or ``--broker-nodes 3``: a cluster of three), the gateway and
+classifier replicas (two by default), then the page's URL.  While it runs it supervises
+them like compose's ``restart: unless-stopped`` (compose/supervise.py): whatever dies is
+started again.  Only Ctrl-C (or SIGTERM) stops everything this started.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from compose.broker import BrokerError, start_node
+from compose.broker import BrokerCluster, BrokerError, start_cluster, start_node
 from compose.stack import Stack, threads_per_replica, wait_http_ok, wait_replicas_online
+from compose.supervise import Supervisor
 
 log = logging.getLogger("imgq.launch")
 
@@ -27,7 +30,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8080, help="gateway HTTP port (default 8080)")
     parser.add_argument("--host", default="127.0.0.1", help="gateway bind address")
     parser.add_argument("--management", action="store_true", help="enable RabbitMQ's management UI")
+    parser.add_argument(
+        "--broker-nodes",
+        type=int,
+        default=1,
+        help="RabbitMQ nodes, clustered when more than 1 (default 1; 3 tolerates one failure)",
+    )
     args = parser.parse_args(argv)
+    if args.broker_nodes < 1:
+        parser.error("--broker-nodes must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [launch] %(message)s")
 
     stop = threading.Event()
@@ -39,15 +50,26 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
 
     try:
-        node = start_node(management=args.management)
+        if args.broker_nodes > 1:
+            brokers = start_cluster(args.broker_nodes, management=args.management)
+        else:
+            brokers = BrokerCluster([start_node(management=args.management)])
     except BrokerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    node = brokers.nodes[0]
     log_dir = Path(tempfile.mkdtemp(prefix="imgq-logs-"))
-    stack = Stack(node.url, log_dir)
+    urls = tuple(brokers.urls) if len(brokers.nodes) > 1 else ()
+    stack = Stack(node.url, log_dir, broker_urls=urls)
+    supervisor = Supervisor(stack, brokers.nodes)
     try:
         threads = threads_per_replica(args.replicas)
-        log.info("broker %s; %d replica(s) x %d torch thread(s)", node.url, args.replicas, threads)
+        log.info(
+            "broker %s; %d replica(s) x %d torch thread(s)",
+            ", ".join(brokers.urls),
+            args.replicas,
+            threads,
+        )
         for i in range(args.replicas):
             stack.start_replica(f"replica-{i + 1}", threads=threads)
         gateway, base_url = stack.start_gateway(port=args.port, host=args.host)
@@ -58,18 +80,15 @@ def main(argv: list[str] | None = None) -> int:
         log.info("logs in %s", log_dir)
         print(f"\nimgq is up: open http://{args.host}:{args.port}/  (Ctrl-C stops everything)\n")
         sys.stdout.flush()
-        while not stop.wait(1.0):
-            for proc in stack.processes:
-                if not proc.alive():
-                    log.error("%s exited (code %s); stopping", proc.name, proc.process.returncode)
-                    stop.set()
+        while not stop.wait(0.5):
+            supervisor.check()
     except (TimeoutError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
         log.info("stopping")
         stack.stop()
-        node.stop()
+        brokers.stop()
     return 0
 
 

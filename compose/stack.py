@@ -28,6 +28,9 @@ class ManagedProcess:
     name: str
     process: subprocess.Popen[bytes]
     log_file: Path
+    # What it was started as, so a supervisor can start it again the same way.
+    module: str = ""
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def pid(self) -> int:
@@ -67,6 +70,12 @@ class Stack:
     # Every node of a cluster (IMGQ_BROKER_URLS); empty for a single node.
     broker_urls: tuple[str, ...] = ()
 
+    def respawn(self, dead: ManagedProcess, **extra_env: str) -> ManagedProcess:
+        """Start a process that exited again, as it was started (same name, port, env)."""
+        if dead in self.processes:
+            self.processes.remove(dead)
+        return self._spawn(dead.name, dead.module, {**dead.env, **extra_env})
+
     def _spawn(self, name: str, module: str, env: dict[str, str]) -> ManagedProcess:
         log_file = self.log_dir / f"{name}.log"
         full_env = {
@@ -84,7 +93,7 @@ class Stack:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        managed = ManagedProcess(name, process, log_file)
+        managed = ManagedProcess(name, process, log_file, module, env)
         self.processes.append(managed)
         return managed
 

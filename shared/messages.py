@@ -327,6 +327,8 @@ class ReplicaHeartbeat:
     # Per served model, what a gateway needs to offer it without knowing it beforehand (the
     # torchvision models a replica found weights for).  Older replicas send none.
     model_info: dict[str, AnnouncedModel] = field(default_factory=dict)
+    # How often a supervisor (the local launcher) restarted this replica; 0 elsewhere.
+    restarts: int = 0
 
     def to_json(self) -> bytes:
         return orjson.dumps(
@@ -342,6 +344,7 @@ class ReplicaHeartbeat:
                     name: {"title": info.title, "input_size": info.input_size}
                     for name, info in self.model_info.items()
                 },
+                "restarts": self.restarts,
             }
         )
 
@@ -364,7 +367,16 @@ class ReplicaHeartbeat:
             interval=interval,
             at=at,
             model_info=_model_info(data.get("model_info")),
+            restarts=_count(data.get("restarts")),
         )
+
+
+def _count(raw: object) -> int:
+    if raw is None:
+        return 0
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
+        raise MessageError("'restarts' must be a non-negative integer")
+    return raw
 
 
 def _model_info(raw: object) -> dict[str, AnnouncedModel]:
