@@ -7,19 +7,17 @@ import logging
 import signal
 
 from classifier_service.metrics import ReplicaMetrics, start_server
-from classifier_service.models import load
+from classifier_service.models import load_models
 from classifier_service.settings import ClassifierSettings
-from classifier_service.torchvision_models import load_available
 from classifier_service.worker import Replica
-from shared.catalog import CATALOG
 from shared.settings import process_env
 
 
 async def serve(settings: ClassifierSettings) -> None:
-    # Models load before the first connection, once per process, never per job.
-    models = {name: load(CATALOG[name]) for name in settings.models}
-    # Only those whose weights file is present; the others are logged as unavailable.
-    models |= load_available(settings.torchvision_models, settings.weights_dir)
+    # Models load before the first connection, once per process, never per job; under ONNX
+    # Runtime (the default) a model missing from the model cache is exported first, in a
+    # subprocess, so this process never imports torch.
+    models = load_models(settings)
     metrics = ReplicaMetrics()
     replica = Replica(settings, models, metrics)
     await replica.warm_up()

@@ -1,13 +1,18 @@
-"""Run a batch of images through one model.  Synchronous: called on the inference thread."""
+"""Run a batch of images through one model.  Synchronous: called on the inference thread.
+
+numpy only: whichever runtime holds the model (``LoadedModel.forward``), this module and
+everything it imports stay free of torch.
+"""
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 
-import torch
+import numpy as np
 
-from classifier_service.models import CATEGORIES, LoadedModel
+from classifier_service.models import LoadedModel
 from classifier_service.preprocess import preprocess
 from shared.errors import ImageDecodeError
 from shared.messages import Label
@@ -16,8 +21,21 @@ TOP_K = 5
 
 
 def configure_threads(threads: int) -> None:
-    """Pin torch's pools on the thread that runs inference (OpenMP settings are per thread)."""
-    torch.set_num_threads(threads)
+    """Pin torch's pools on the thread that runs inference (OpenMP settings are per thread).
+
+    Only the torch runtime needs it: an ONNX Runtime session gets its thread count when it is
+    created (``onnx_runtime.py``), and importing torch here just to configure it would load
+    torch into a replica that never uses it.
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    result: np.ndarray = shifted / shifted.sum(axis=1, keepdims=True)
+    return result
 
 
 def classify_batch(
@@ -25,24 +43,28 @@ def classify_batch(
 ) -> list[tuple[Label, ...] | ImageDecodeError]:
     """Top-5 labels for each image; an image that fails to decode fails alone."""
     results: list[tuple[Label, ...] | ImageDecodeError] = []
-    tensors: list[torch.Tensor] = []
+    size = model.spec.input_size
+    # Each image is written straight into its row of the batch: no per-image copies.
+    batch = np.empty((len(images), 3, size, size), dtype=np.float32)
     slots: list[int] = []
     for data in images:
         try:
-            tensors.append(preprocess(data, model.spec))
-            slots.append(len(results))
-            results.append(())
+            preprocess(data, model.spec, out=batch[len(slots)])
         except ImageDecodeError as exc:
             results.append(exc)
-    if tensors:
-        with torch.inference_mode():
-            probabilities = model.module(torch.stack(tensors)).softmax(dim=1)
-            scores, indices = probabilities.topk(TOP_K, dim=1)
+            continue
+        slots.append(len(results))
+        results.append(())
+    if slots:
+        probabilities = softmax(model.forward(batch[: len(slots)]))
+        # Highest first; a stable sort breaks (vanishingly rare) ties by class index.
+        indices = np.argsort(-probabilities, axis=1, kind="stable")[:, :TOP_K]
+        scores = np.take_along_axis(probabilities, indices, axis=1)
         for slot, row_scores, row_indices in zip(
             slots, scores.tolist(), indices.tolist(), strict=True
         ):
             results[slot] = tuple(
-                Label(CATEGORIES[i], i, round(s, 6))
+                Label(model.labels[i], i, round(s, 6))
                 for s, i in zip(row_scores, row_indices, strict=True)
             )
     if delay:
@@ -50,8 +72,9 @@ def classify_batch(
     return results
 
 
-# A frozen graph specialises on its first calls at each input shape (TorchScript's profiling
-# executor): two passes per shape leave it optimised before real jobs arrive.
+# A frozen TorchScript graph specialises on its first calls at each input shape (its profiling
+# executor), and ONNX Runtime plans its memory on the first run at a shape: two passes per
+# shape leave either ready before real jobs arrive.
 _WARM_UP_PASSES = 2
 
 
@@ -59,7 +82,6 @@ def warm_up(model: LoadedModel, batch_size: int = 1) -> None:
     """Run every batch shape up to ``batch_size`` at start-up, so no job pays for the first
     pass at a shape (lazy initialisation, graph specialisation): about 50-150 ms each."""
     size = model.spec.input_size
-    with torch.inference_mode():
-        for n in range(1, batch_size + 1):
-            for _ in range(_WARM_UP_PASSES):
-                model.module(torch.zeros(n, 3, size, size))
+    for n in range(1, batch_size + 1):
+        for _ in range(_WARM_UP_PASSES):
+            model.forward(np.zeros((n, 3, size, size), dtype=np.float32))

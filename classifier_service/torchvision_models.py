@@ -2,9 +2,13 @@
 
 Each model's weights file is the one torchvision itself would download (the basename of
 ``get_model_weights(name).DEFAULT.url``), looked up in ``IMGQ_WEIGHTS_DIR`` (torch's hub
-cache by default).  Nothing is ever downloaded at start-up: a model whose file is missing is
-logged as unavailable and not served, so no replica announces it and no gateway offers it.
+cache by default).  Nothing is ever downloaded at start-up: a model whose file is missing
+(and, under ONNX Runtime, not exported into the model cache either) is logged as unavailable
+and not served, so no replica announces it and no gateway offers it.
 ``python -m classifier_service.prepare_models`` fetches the files where the network allows.
+
+This module imports torch: the exporter and the torch runtime use it, a replica under ONNX
+Runtime never does.
 
 Preprocessing follows the weights' own transforms (resize, crop, mean, std); the labels are
 the 1000 ImageNet categories every replica reports, so a model with any other head is
@@ -24,8 +28,10 @@ import torch
 import torchvision
 from torchvision.models import WeightsEnum
 
-from classifier_service.models import CATEGORIES, LoadedModel
+from classifier_service.models import LoadedModel
+from classifier_service.torch_runtime import CATEGORIES, TorchForward
 from shared.catalog import ModelSpec
+from shared.errors import SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -69,32 +75,57 @@ def spec_for(name: str, weights: WeightsEnum | None = None) -> ModelSpec:
     )
 
 
-def load(name: str, weights_dir: Path) -> LoadedModel | None:
-    """The model with the weights file found in ``weights_dir``, or None (logged) if absent."""
-    weights = default_weights(name)
+def known_names() -> set[str]:
+    """torchvision's classifiers (not its detection, segmentation or video models)."""
+    return set(torchvision.models.list_models(module=torchvision.models))
+
+
+def check_names(names: Iterable[str]) -> None:
+    """Raise SettingsError naming every one of ``names`` that is not a torchvision classifier."""
+    known = known_names()
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise SettingsError(
+            f"IMGQ_TORCHVISION_MODELS names unknown torchvision classifiers {unknown}; "
+            "known: see torchvision.models.list_models(module=torchvision.models)"
+        )
+
+
+def unavailable_reason(name: str, weights_dir: Path) -> str | None:
+    """Why the model cannot be served from ``weights_dir``, or None when it can."""
     path = weights_dir / weights_file_name(name)
     if not path.is_file():
-        log.warning(
-            "model %s unavailable: weights file %s not found in %s; "
-            "run `python -m classifier_service.prepare_models`",
-            name,
-            path.name,
-            weights_dir,
+        return (
+            f"weights file {path.name} not found in {weights_dir}; "
+            "run `python -m classifier_service.prepare_models`"
         )
-        return None
-    if tuple(weights.meta.get("categories") or ()) != CATEGORIES:
-        log.error(
-            "model %s refused: its weights do not classify into the 1000 ImageNet categories "
-            "the service reports",
-            name,
+    if tuple(default_weights(name).meta.get("categories") or ()) != CATEGORIES:
+        return (
+            "refused: its weights do not classify into the 1000 ImageNet categories "
+            "the service reports"
         )
+    return None
+
+
+def build(name: str, weights_dir: Path) -> torch.nn.Module:
+    """The eager module with the weights file from ``weights_dir`` (check it is there first)."""
+    module: torch.nn.Module = torchvision.models.get_model(name, weights=None)
+    path = weights_dir / weights_file_name(name)
+    module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return module.eval()
+
+
+def load(name: str, weights_dir: Path) -> LoadedModel | None:
+    """The model with the weights file found in ``weights_dir``, or None (logged) if absent."""
+    reason = unavailable_reason(name, weights_dir)
+    if reason is not None:
+        log.warning("model %s unavailable: %s", name, reason)
         return None
     started = time.perf_counter()
-    module = torchvision.models.get_model(name, weights=None)
-    module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    module.eval()
-    log.info("loaded %s from %s in %.1f s", name, path, time.perf_counter() - started)
-    return LoadedModel(spec=spec_for(name, weights), module=module)
+    module = build(name, weights_dir)
+    log.info("loaded %s from %s in %.1f s", name, weights_dir, time.perf_counter() - started)
+    runtime = f"torch {torch.__version__}, eager"
+    return LoadedModel(spec_for(name), TorchForward(module), CATEGORIES, runtime)
 
 
 def load_available(names: Iterable[str], weights_dir: Path) -> dict[str, LoadedModel]:

@@ -120,6 +120,13 @@ class ImageDecodeError(ImgqError):
     code = "image_decode_failed"
 
 
+class ModelExportFailed(ImgqError):
+    """A replica could not get a model it must serve into its model cache (classifier start-up
+    only: never sent to a client)."""
+
+    code = "model_export_failed"
+
+
 class Unauthorized(ImgqError):
     """The API needs a bearer token (IMGQ_API_TOKENS is set) and none of them was sent."""
 

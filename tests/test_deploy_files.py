@@ -486,8 +486,68 @@ def test_gateway_image_never_installs_torch() -> None:
 
 
 def test_classifier_image_installs_the_classifier_extra() -> None:
-    runs = instructions_named("Dockerfile.classifier", "RUN")
+    runs = [args for kw, args in final_stage("Dockerfile.classifier") if kw == "RUN"]
     assert any(re.search(r"pip install\b[^;&|]*['\"]?\.\[classifier\]", run) for run in runs)
+
+
+def stages(dockerfile: str) -> list[list[tuple[str, str]]]:
+    """The instructions of each build stage, in order (each stage starts at a FROM)."""
+    found: list[list[tuple[str, str]]] = []
+    for keyword, args in parse_dockerfile(dockerfile):
+        if keyword == "FROM":
+            found.append([])
+        assert found, f"{dockerfile}: {keyword} before the first FROM"
+        found[-1].append((keyword, args))
+    return found
+
+
+def final_stage(dockerfile: str) -> list[tuple[str, str]]:
+    return stages(dockerfile)[-1]
+
+
+def test_classifier_image_never_installs_torch() -> None:
+    """Replicas serve exported ONNX models: only the export stage has torch."""
+    for keyword, args in final_stage("Dockerfile.classifier"):
+        # The package, not IMGQ_TORCH_THREADS (the thread setting's older name).
+        assert not re.search(r"\btorch", args.lower()), f"Dockerfile.classifier: {keyword} {args}"
+        if keyword == "RUN":
+            assert "export" not in args, f"the image installs or runs the exporter: {args}"
+    extras = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["project"][
+        "optional-dependencies"
+    ]
+    assert not [dep for dep in extras["classifier"] if dep.lower().startswith("torch")]
+    assert any(dep.startswith("onnxruntime") for dep in extras["classifier"])
+    assert any(dep.startswith("torch==") for dep in extras["export"])
+
+
+def test_classifier_image_serves_the_models_its_export_stage_wrote() -> None:
+    *builders, final = stages("Dockerfile.classifier")
+    # The export stage runs the exporter into a folder...
+    exported_to = {}
+    for stage in builders:
+        name = stage[0][1].split()[-1] if " as " in stage[0][1].lower() else None
+        for keyword, args in stage:
+            found = re.search(r"python -m classifier_service\.export\b.*--cache[ =](\S+)", args)
+            if keyword == "RUN" and found and name:
+                exported_to[name] = found.group(1)
+    assert exported_to, "no stage runs python -m classifier_service.export --cache DIR"
+    # ...which the image copies, and where IMGQ_MODEL_CACHE points.
+    copied = []
+    for keyword, args in final:
+        tokens = shlex.split(args)
+        source_stage = next((t.split("=", 1)[1] for t in tokens if t.startswith("--from=")), None)
+        paths = [t for t in tokens if not t.startswith("--")]
+        if keyword == "COPY" and source_stage in exported_to:
+            assert paths[0].rstrip("/") == exported_to[source_stage].rstrip("/")
+            copied.append(paths[-1].rstrip("/"))
+    assert copied, "the image does not copy the exported models"
+    env = dict(
+        token.split("=", 1)
+        for args in (a for kw, a in final if kw == "ENV")
+        for token in shlex.split(args)
+        if "=" in token
+    )
+    assert env.get("IMGQ_MODEL_CACHE", "").rstrip("/") in copied
 
 
 def test_classifier_index_is_an_empty_build_arg() -> None:

@@ -1,27 +1,35 @@
-"""The model and its preprocessing, in-process: real weights, real images."""
+"""The model and its preprocessing, in-process: real weights, real images, the replica's runtime."""
 
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from classifier_service import torch_runtime
 from classifier_service.efficientnet_lite import EfficientNetLite
 from classifier_service.inference import classify_batch
-from classifier_service.models import CATEGORIES, LoadedModel, load
+from classifier_service.models import LoadedModel
 from classifier_service.preprocess import decode, preprocess
+from classifier_service.torch_runtime import CATEGORIES
 from shared.catalog import CATALOG
 from shared.errors import ImageDecodeError
+from tests import exported
 from tests.api import REPO
 
 LITE0 = CATALOG["efficientnet_lite0"]
+GALLERY = sorted((REPO / "images").glob("*.jpg"))
 
 
 @pytest.fixture(scope="module")
-def lite0() -> LoadedModel:
-    return load(LITE0)
+def lite0(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    """Lite0 as a replica runs it by default: exported to ONNX, under ONNX Runtime."""
+    return exported.load_onnx(tmp_path_factory, [LITE0.name])[LITE0.name]
 
 
 def _jpeg(size: tuple[int, int], mode: str = "RGB") -> bytes:
@@ -30,10 +38,12 @@ def _jpeg(size: tuple[int, int], mode: str = "RGB") -> bytes:
     return out.getvalue()
 
 
-def test_categories_are_the_imagenet_list() -> None:
+def test_categories_are_the_imagenet_list(lite0: LoadedModel) -> None:
     assert len(CATEGORIES) == 1000
     assert CATEGORIES[281] == "tabby"
     assert CATEGORIES[967] == "espresso"
+    # The exported folder's labels.txt, which the replica reads instead of torchvision.
+    assert lite0.labels == CATEGORIES
 
 
 @pytest.mark.parametrize(
@@ -47,10 +57,11 @@ def test_architecture_matches_the_published_layout(name: str, blocks: int) -> No
 
 
 def test_preprocessing_matches_the_training_setup() -> None:
-    tensor = preprocess(_jpeg((640, 480)), LITE0)
-    assert tensor.shape == (3, 224, 224)
+    array = preprocess(_jpeg((640, 480)), LITE0)
+    assert array.shape == (3, 224, 224)
+    assert array.dtype == np.float32
     # Mid-grey maps to about 0 with mean = std = 0.5, the normalisation these weights expect.
-    assert tensor.abs().max() < 0.02
+    assert np.abs(array).max() < 0.02
 
 
 def test_large_jpegs_decode_at_reduced_scale() -> None:
@@ -82,6 +93,9 @@ def test_batch_classifies_each_image_and_fails_only_the_broken_one(lite0: Loaded
     assert first[0].label == "espresso"
     assert third[0].label in {"Egyptian cat", "tiger cat", "tabby"}
     assert len(first) == 5
+    assert [label.score for label in first] == sorted(
+        (label.score for label in first), reverse=True
+    )
     assert 0.0 < sum(label.score for label in first) <= 1.0
 
 
@@ -95,3 +109,31 @@ def test_batched_and_single_inference_agree(lite0: LoadedModel) -> None:
         assert not isinstance(many, ImageDecodeError)
         assert [x.class_index for x in one] == [x.class_index for x in many]
         assert [x.score for x in one] == pytest.approx([x.score for x in many], abs=1e-4)
+
+
+def test_both_runtimes_give_the_same_top5(lite0: LoadedModel) -> None:
+    frozen = torch_runtime.load(LITE0)
+    images = [path.read_bytes() for path in GALLERY]
+    for ours, reference in zip(
+        classify_batch(lite0, images), classify_batch(frozen, images), strict=True
+    ):
+        assert not isinstance(ours, ImageDecodeError)
+        assert not isinstance(reference, ImageDecodeError)
+        assert [x.class_index for x in ours] == [x.class_index for x in reference]
+        assert [x.score for x in ours] == pytest.approx([x.score for x in reference], abs=1e-4)
+
+
+def test_everything_the_worker_imports_leaves_torch_out() -> None:
+    """The serving path must not load torch: memory, and no fork with torch loaded."""
+    code = (
+        "import sys\n"
+        "import classifier_service.__main__, classifier_service.worker\n"
+        "from classifier_service.inference import configure_threads\n"
+        "configure_threads(1)\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'torchvision'})\n"
+        "print(loaded)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]", result.stdout

@@ -10,23 +10,28 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
 
-from classifier_service import torchvision_models
+from classifier_service import model_folders, torchvision_models
 from classifier_service.inference import classify_batch
+from classifier_service.models import load_models
 from classifier_service.prepare_models import prepare
+from classifier_service.preprocess import preprocess
 from classifier_service.settings import ClassifierSettings, default_weights_dir
+from classifier_service.torch_runtime import CATEGORIES
 from shared.catalog import CATALOG
 from shared.errors import SettingsError
-from tests import api
+from tests import api, exported
 from tests.api import REPO
 from tests.cluster import MODEL, Cluster
 
 SMALL = "mobilenet_v3_small"
 MISSING = "resnet18"
 IMAGE = "coffee.jpg"
+GALLERY = sorted((REPO / "images").glob("*.jpg"))
 
 
 def write_weights(folder: Path, name: str = SMALL) -> Path:
@@ -58,16 +63,22 @@ def test_spec_comes_from_the_weights_transforms() -> None:
     assert CATALOG["efficientnet_lite2"].resize_size == 292
 
 
-def test_settings_validate_torchvision_names(tmp_path: Path) -> None:
+def test_torchvision_names_are_checked(tmp_path: Path) -> None:
     settings = ClassifierSettings.from_env(
         {"IMGQ_TORCHVISION_MODELS": f"{SMALL}, {MISSING}", "IMGQ_WEIGHTS_DIR": str(tmp_path)}
     )
     assert settings.torchvision_models == (SMALL, MISSING)
     assert settings.weights_dir == tmp_path
     assert ClassifierSettings.from_env({}).torchvision_models == ()
+    # What torchvision knows is checked where torchvision is imported (the exporter, the torch
+    # runtime): a replica under ONNX Runtime never imports it, not even for this.
+    torchvision_models.check_names([SMALL, MISSING])
     for bad in ("resnet_18", "fasterrcnn_resnet50_fpn"):  # a typo; a detection model
         with pytest.raises(SettingsError, match=bad):
-            ClassifierSettings.from_env({"IMGQ_TORCHVISION_MODELS": f"{SMALL},{bad}"})
+            torchvision_models.check_names([SMALL, bad])
+    # A value that cannot be a model name at all fails with the settings.
+    with pytest.raises(SettingsError, match="Resnet-18"):
+        ClassifierSettings.from_env({"IMGQ_TORCHVISION_MODELS": f"{SMALL},Resnet-18"})
 
 
 def test_default_weights_dir_is_torchs_hub_cache(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -88,6 +99,41 @@ def test_missing_weights_are_not_loaded(tmp_path: Path, caplog: pytest.LogCaptur
     assert "prepare_models" in caplog.text
 
 
+def test_a_model_with_weights_is_exported_and_gives_the_eager_answers(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_weights(tmp_path)
+    settings = exported.settings(
+        exported.cache_dir(tmp_path_factory),
+        [MODEL],
+        IMGQ_TORCHVISION_MODELS=f"{SMALL},{MISSING}",
+        IMGQ_WEIGHTS_DIR=str(tmp_path),
+        IMGQ_RUNTIME="onnxruntime",
+    )
+    models = load_models(settings)
+    assert list(models) == [MODEL, SMALL]
+    assert f"model {MISSING} unavailable: weights file" in caplog.text
+    small = models[SMALL]
+    assert small.spec == torchvision_models.spec_for(SMALL)
+    assert small.labels == CATEGORIES
+    spec = small.spec
+    batch = np.stack([preprocess(path.read_bytes(), spec) for path in GALLERY])
+    eager = torchvision_models.build(SMALL, tmp_path)
+    with torch.inference_mode():
+        expected = eager(torch.from_numpy(batch)).numpy()
+    got = small.forward(batch)
+    assert np.abs(got - expected).max() <= 1e-3
+    assert got.argmax(axis=1).tolist() == expected.argmax(axis=1).tolist()
+
+    # Unknown to torchvision: the replica stops at start-up, naming it.
+    with pytest.raises(SettingsError, match="resnet_18"):
+        model_folders.resolve(
+            exported.settings(
+                exported.cache_dir(tmp_path_factory), [MODEL], IMGQ_TORCHVISION_MODELS="resnet_18"
+            )
+        )
+
+
 def test_prepare_skips_present_files(tmp_path: Path) -> None:
     write_weights(tmp_path)
     assert prepare((SMALL,), tmp_path) == []
@@ -102,13 +148,15 @@ def offered(base_url: str) -> dict[str, dict[str, object]]:
 
 @pytest.mark.broker
 def test_a_model_with_weights_is_offered_and_one_without_is_not(
-    cluster: Cluster, tmp_path: Path
+    cluster: Cluster, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     write_weights(tmp_path)
     replica = cluster.start_replica(
         IMGQ_MODELS=MODEL,
         IMGQ_TORCHVISION_MODELS=f"{SMALL},{MISSING}",
         IMGQ_WEIGHTS_DIR=str(tmp_path),
+        # The session's exports (Lite0 is there already; mobilenet is exported on start).
+        IMGQ_MODEL_CACHE=str(exported.cache_dir(tmp_path_factory)),
     )
     _, url = cluster.start_gateway(IMGQ_MODELS=MODEL)
     cluster.wait_replicas(1)
