@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from shared.catalog import catalog_models
 from shared.errors import SettingsError
-from shared.settings import Environ, broker_url, env_float, env_int, env_list, env_str
+from shared.settings import Environ, broker_urls, env_float, env_int, env_list, env_str
 from shared.topology import QueueBounds, declares_topology
 
 _Choice = TypeVar("_Choice", bound=StrEnum)
@@ -37,7 +37,8 @@ class Device(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class ClassifierSettings:
-    broker_url: str
+    # Every node of the broker (one URL unless it is a cluster): any of them will do.
+    broker_urls: tuple[str, ...]
     models: tuple[str, ...]
     replica_id: str
     # Inference threads (torch's intra-op pool, or ONNX Runtime's): IMGQ_INFERENCE_THREADS, or
@@ -72,6 +73,8 @@ class ClassifierSettings:
     # Exported ONNX models, one folder per model and weights hash (classifier_service/
     # model_cache.py): a replica exports a model once, then starts from the folder.
     model_cache: Path = field(default_factory=lambda: default_model_cache(os.environ))
+    # Set by a supervisor that restarted this replica (the local launcher); shown on /status.
+    restart_count: int = 0
 
     @property
     def prefetch(self) -> int:
@@ -84,7 +87,8 @@ class ClassifierSettings:
         return cls(
             torchvision_models=_torchvision_models(env),
             weights_dir=Path(env_str(env, "IMGQ_WEIGHTS_DIR", str(default_weights_dir(env)))),
-            broker_url=broker_url(env),
+            broker_urls=broker_urls(env),
+            restart_count=env_int(env, "IMGQ_RESTART_COUNT", 0),
             models=models,
             replica_id=env_str(env, "IMGQ_REPLICA_ID", f"{socket.gethostname()}-{os.getpid()}"),
             torch_threads=_threads(env),

@@ -20,14 +20,14 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import aio_pika
 from aio_pika.abc import (
     AbstractChannel,
+    AbstractConnection,
     AbstractExchange,
     AbstractIncomingMessage,
-    AbstractRobustConnection,
+    AbstractQueue,
 )
-from aio_pika.exceptions import ChannelNotFoundEntity
+from aio_pika.exceptions import ChannelInvalidStateError, ChannelNotFoundEntity
 
 from classifier_service.acks import AckBook
 from classifier_service.inference import classify_batch, configure_threads, warm_up
@@ -35,12 +35,15 @@ from classifier_service.metrics import ReplicaMetrics
 from classifier_service.models import LoadedModel
 from classifier_service.settings import ClassifierSettings
 from shared import wire
+from shared.connect import NodeRing, safe_url, watch_channel
 from shared.errors import ImageDecodeError, MessageError, UnknownModel
 from shared.messages import AnnouncedModel, ClassifyRequest, JobEvent, JobFailure, ReplicaHeartbeat
 from shared.states import JobStatus
 from shared.topology import CANCELLATIONS, Topology, declare_topology, find_topology
 
 log = logging.getLogger(__name__)
+
+_RECONNECT_DELAYS = (0.2, 0.5, 1.0, 2.0)
 
 
 class Replica:
@@ -70,6 +73,10 @@ class Replica:
         self._busy = False
         # Deliveries not yet settled, so a batch can be acked with one frame when it can.
         self._acks = AckBook()
+        # Any node of the cluster will do (IMGQ_BROKER_URLS).
+        self._nodes = NodeRing(settings.broker_urls)
+        self._consumer: tuple[AbstractQueue, str] | None = None
+        self._cancel_offset: int | None = None
         self.jobs_done = 0
         # Jobs cancelled while queued, so a replica that receives one skips it.  Bounded:
         # a cancellation only matters until the job reaches the head of the queue.
@@ -87,53 +94,101 @@ class Replica:
             await loop.run_in_executor(self._executor, warm_up, model, self.settings.batch_size)
 
     async def run(self) -> None:
-        # Robust: after a lost connection aio-pika reconnects (every second here), reopens the
-        # channels and resumes both consumers.  Jobs in hand at that moment were requeued by
-        # the broker and come back; results are idempotent by job ID.
-        connection: AbstractRobustConnection = await aio_pika.connect_robust(
-            self.settings.broker_url,
-            reconnect_interval=1,
-            client_properties={"connection_name": self.settings.replica_id},
-        )
-        async with connection:
-            channel, topology = await self._open_topology(connection)
-            # Every cancellation still in the stream's retention, then new ones as they come.
-            cancel_channel = await connection.channel(publisher_confirms=False)
-            await cancel_channel.set_qos(prefetch_count=1000)
-            cancellations = await cancel_channel.get_queue(CANCELLATIONS)
-            await cancellations.consume(self._on_cancelled, arguments={"x-stream-offset": "first"})
-            self._events = topology.events
-            self._default = channel.default_exchange
-            queue = topology.requests_queue
-            consumer_tag = await queue.consume(self._on_message)
-            log.info(
-                "replica %s consuming %s: models %s, %d torch thread(s), batch %d",
-                self.settings.replica_id,
-                queue.name,
-                ",".join(self.models),
-                self.settings.torch_threads,
-                self.settings.batch_size,
-            )
-            tasks = [
-                asyncio.create_task(self._batch_loop(), name="batches"),
-                asyncio.create_task(self._heartbeat_loop(), name="heartbeats"),
-            ]
-            await self._stopping.wait()
-            await queue.cancel(consumer_tag)
-            await self._drain()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await self._requeue_inbox()
+        batches = asyncio.create_task(self._batch_loop(), name="batches")
+        beats = asyncio.create_task(self._heartbeat_loop(), name="heartbeats")
+        sessions = asyncio.create_task(self._sessions(), name="broker-sessions")
+        await self._stopping.wait()
+        await self._stop_consuming()
+        await self._drain()
+        for task in (batches, beats):
+            task.cancel()
+        await asyncio.gather(batches, beats, return_exceptions=True)
+        await self._requeue_inbox()
+        sessions.cancel()
+        await asyncio.gather(sessions, return_exceptions=True)
         self._executor.shutdown(wait=False, cancel_futures=True)
         Path(self.settings.health_file).unlink(missing_ok=True)  # noqa: ASYNC240 (tiny, at exit)
         log.info("replica %s stopped after %d jobs", self.settings.replica_id, self.jobs_done)
 
+    async def _sessions(self) -> None:
+        """Connect to any live broker node; when the connection (or a channel, or a consumer)
+        is lost, connect again, to another node if that one is gone.  Jobs in hand at that
+        moment are requeued by the broker and come back; results are idempotent by job ID.
+        Our own loop rather than aio-pika's robust connection, which only ever returns to the
+        one URL it was given."""
+        attempt = 0
+        while not self._stopping.is_set():
+            try:
+                await self._session()
+                attempt = 0
+            except Exception as exc:  # any failure to connect or set up: try again
+                log.warning("broker session ended: %r", exc)
+            await asyncio.sleep(_RECONNECT_DELAYS[min(attempt, len(_RECONNECT_DELAYS) - 1)])
+            attempt += 1
+
+    async def _session(self) -> None:
+        connection, url = await self._nodes.connect_any(connection_name=self.settings.replica_id)
+        lost = asyncio.Event()
+        connection.close_callbacks.add(lambda *_: lost.set())
+        try:
+            channel, topology = await self._open_topology(connection, lost)
+            # Every cancellation still in the stream's retention, then new ones as they come;
+            # after a reconnect, from where the last session stopped reading.
+            cancel_channel = await watch_channel(
+                lost, await connection.channel(publisher_confirms=False)
+            )
+            await cancel_channel.set_qos(prefetch_count=1000)
+            cancellations = await cancel_channel.get_queue(CANCELLATIONS)
+            offset: int | str = "first" if self._cancel_offset is None else self._cancel_offset + 1
+            await cancellations.consume(self._on_cancelled, arguments={"x-stream-offset": offset})
+            self._events = topology.events
+            self._default = channel.default_exchange
+            queue = topology.requests_queue
+            tag = await queue.consume(self._on_message)
+            self._consumer = (queue, tag)
+            log.info(
+                "replica %s consuming %s on %s: models %s, %d thread(s), batch %d",
+                self.settings.replica_id,
+                queue.name,
+                safe_url(url),
+                ",".join(self.models),
+                self.settings.torch_threads,
+                self.settings.batch_size,
+            )
+            await lost.wait()
+        finally:
+            self._consumer = None
+            self._events = None
+            self._default = None
+            # What this connection delivered and we have not settled is the broker's again.
+            self._drop_inbox_of_closed_channels()
+            if not connection.is_closed:
+                with contextlib.suppress(Exception):
+                    await connection.close()
+
+    async def _stop_consuming(self) -> None:
+        if self._consumer is not None:
+            queue, tag = self._consumer
+            self._consumer = None
+            with contextlib.suppress(Exception):
+                await queue.cancel(tag)
+
+    def _drop_inbox_of_closed_channels(self) -> None:
+        kept: list[AbstractIncomingMessage] = []
+        while not self._inbox.empty():
+            message = self._inbox.get_nowait()
+            if _channel_open(message):
+                kept.append(message)
+            else:
+                self._acks.settled(message)
+        for message in kept:
+            self._inbox.put_nowait(message)
+
     async def _open_topology(
-        self, connection: AbstractRobustConnection
+        self, connection: AbstractConnection, lost: asyncio.Event
     ) -> tuple[AbstractChannel, Topology]:
         while True:
-            channel = await connection.channel(publisher_confirms=True)
+            channel = await watch_channel(lost, await connection.channel(publisher_confirms=True))
             await channel.set_qos(prefetch_count=self.settings.prefetch)
             if self.settings.declare_topology:
                 return channel, await declare_topology(channel, self.settings.queue_bounds)
@@ -142,8 +197,6 @@ class Replica:
             except ChannelNotFoundEntity:
                 # Least privilege: the setup step has not declared the topology yet.
                 log.info("waiting for the broker topology (IMGQ_DECLARE_TOPOLOGY=false)")
-                with contextlib.suppress(Exception):
-                    await channel.close()
                 await asyncio.sleep(1)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
@@ -151,6 +204,9 @@ class Replica:
         await self._inbox.put(message)
 
     async def _on_cancelled(self, message: AbstractIncomingMessage) -> None:
+        offset = (message.headers or {}).get("x-stream-offset")
+        if isinstance(offset, int):
+            self._cancel_offset = max(offset, self._cancel_offset or 0)
         if message.message_id:
             self._cancelled[message.message_id] = None
             while len(self._cancelled) > 100_000:
@@ -167,7 +223,7 @@ class Replica:
         while not self._inbox.empty():
             message = self._inbox.get_nowait()
             self._acks.settled(message)
-            await message.nack(requeue=True)
+            await _nack_quietly(message)
 
     async def _batch_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -199,6 +255,10 @@ class Replica:
     async def _process(self, batch: Sequence[AbstractIncomingMessage]) -> None:
         by_model: dict[str, list[tuple[AbstractIncomingMessage, ClassifyRequest]]] = {}
         for message in batch:
+            if not _channel_open(message):
+                # Its connection is gone, and with it the delivery: the broker requeued it.
+                self._acks.settled(message)
+                continue
             request = await self._accept(message)
             if request is not None:
                 by_model.setdefault(request.model, []).append((message, request))
@@ -310,8 +370,8 @@ class Replica:
         """Send ``event`` to the events exchange and, for a final event whose producer asked,
         to its ``reply_to`` queue.  Returns the confirms to wait for; the frames are written
         in call order, so events of one job reach the log in the order they were sent."""
-        assert self._events is not None
-        assert self._default is not None
+        if self._events is None or self._default is None:
+            raise ConnectionError("not connected to the broker")
         out = wire.event_message(event)
         # mandatory=False: no gateway may be listening right now, which is not an error.
         sends: list[asyncio.Future[object]] = [
@@ -329,7 +389,6 @@ class Replica:
         return sends
 
     async def _heartbeat_loop(self) -> None:
-        assert self._events is not None
         health = Path(self.settings.health_file)
         while True:
             beat = ReplicaHeartbeat(
@@ -343,15 +402,27 @@ class Replica:
                     name: AnnouncedModel(model.spec.title, model.spec.input_size)
                     for name, model in self.models.items()
                 },
+                restarts=self.settings.restart_count,
             )
             out = wire.heartbeat_message(beat)
             try:
+                if self._events is None or self._consumer is None:
+                    raise ConnectionError("not connected to the broker, or not consuming")
                 await self._events.publish(out.message, out.routing_key, mandatory=False)
-                # Only a replica that can still reach the broker reports itself healthy.
+                # Only a replica that reaches the broker and is consuming reports itself
+                # healthy: the health check reads this file's age.
                 health.touch()  # noqa: ASYNC240 (one tiny metadata write every few seconds)
             except Exception as exc:
                 log.warning("heartbeat not published: %r", exc)
             await asyncio.sleep(self.settings.heartbeat_interval)
+
+
+def _channel_open(message: AbstractIncomingMessage) -> bool:
+    try:
+        message.channel  # noqa: B018 (raises once the delivery's channel is closed)
+    except ChannelInvalidStateError:
+        return False
+    return True
 
 
 async def _confirmed(confirms: Sequence[asyncio.Future[object]]) -> None:

@@ -31,7 +31,7 @@ from gateway.replicas import ReplicaRegistry
 from gateway.settings import GatewaySettings
 from gateway.store import JobStore
 from shared import wire
-from shared.connect import NodeRing, node_address, node_answers, safe_url
+from shared.connect import NodeRing, node_address, node_answers, safe_url, watch_channel
 from shared.errors import BrokerUnavailable, MessageError, QueueFull
 from shared.messages import ClassifyRequest, JobEvent, JobFailure, JobForgotten, is_job_id
 from shared.states import JobStatus
@@ -59,17 +59,6 @@ _DEAD_REASONS = {
     "expired": "it expired in the queue",
     "maxlen": "the queue overflowed",
 }
-
-
-async def _end_session_on_loss(closed: asyncio.Event, channel: AbstractChannel) -> AbstractChannel:
-    def lost(*_: object) -> None:
-        if not closed.is_set():
-            log.warning("a broker channel closed or a consumer was cancelled; reconnecting")
-        closed.set()
-
-    channel.close_callbacks.add(lost)
-    (await channel.get_underlay_channel()).on_consumer_cancel_callbacks.add(lost)
-    return channel
 
 
 class GatewayBroker:
@@ -152,7 +141,7 @@ class GatewayBroker:
         self._connection = connection
         # A closed channel or a consumer the broker cancelled (its queue deleted, say) ends
         # the session too: the next one sets everything up again, on whichever node answers.
-        watch = partial(_end_session_on_loss, closed)
+        watch = partial(watch_channel, closed)
         try:
             channel = await watch(
                 await connection.channel(publisher_confirms=True, on_return_raises=True)

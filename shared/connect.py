@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
-from aio_pika.abc import AbstractConnection
+from aio_pika.abc import AbstractChannel, AbstractConnection
 
 log = logging.getLogger(__name__)
 
@@ -96,3 +96,17 @@ class NodeRing:
             self._next = (index + 1) % len(self.urls)
             return connection, url
         raise NoBrokerNode("no broker node answered: " + "; ".join(errors))
+
+
+async def watch_channel(lost: asyncio.Event, channel: AbstractChannel) -> AbstractChannel:
+    """Set ``lost`` when the channel closes or the broker cancels one of its consumers (its
+    queue deleted, say): the session then starts over and sets everything up again."""
+
+    def on_loss(*_: object) -> None:
+        if not lost.is_set():
+            log.warning("a broker channel closed or a consumer was cancelled; reconnecting")
+        lost.set()
+
+    channel.close_callbacks.add(on_loss)
+    (await channel.get_underlay_channel()).on_consumer_cancel_callbacks.add(on_loss)
+    return channel

@@ -80,8 +80,3 @@ def broker_urls(env: Environ) -> tuple[str, ...]:
 
 def process_env() -> Environ:
     return os.environ
-
-
-def broker_url(env: Environ) -> str:
-    """The first broker node (for code that has not moved to ``broker_urls`` yet)."""
-    return broker_urls(env)[0]
