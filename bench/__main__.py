@@ -78,6 +78,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="first wait up to this long for other work on the machine to stop",
     )
     parser.add_argument(
+        "--no-cluster", action="store_true", help="skip the three-node cluster phase"
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="fewer jobs, shorter runs and 1,000 long-polls: a smoke test, not figures to keep",
@@ -113,6 +116,13 @@ def options_from(args: argparse.Namespace) -> suite.Options:
         batch_size=args.batch_size,
         batch_wait_ms=args.batch_wait_ms,
     )
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def wait_quiet(patience: float) -> float:
@@ -156,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stack.stop()
         node.stop()
+    if not args.no_cluster:
+        try:
+            suite.measure_cluster(options, log_dir, m)
+        except (BrokerError, RuntimeError, TimeoutError) as exc:
+            m.notes.append(f"three-node cluster phase failed: {exc}")
 
     reference = options.images == DEFAULT_IMAGES.resolve()
     rows = summary.rows(options, m, reference)
@@ -170,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         command=command,
         date=datetime.datetime.now().astimezone().isoformat(timespec="minutes"),
         cores=suite.cores(),
-        torch_version=metadata.version("torch"),
+        torch_version=_version("torch"),
+        runtime=f"{m.bare_runtime} (onnxruntime {_version('onnxruntime')})",
         python_version=platform.python_version(),
         duration_s=time.monotonic() - started,
         load_average=f"{load_before} / {machine.load_average()}",

@@ -99,9 +99,22 @@ class RunInfo:
     cores: int
     torch_version: str
     python_version: str
+    # What the replicas ran the models with.
+    runtime: str
     duration_s: float
     # What else was using the machine: the figures are only as quiet as it was.
     load_average: str
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
 
 
 def document(info: RunInfo, rows: Sequence[Row], notes: Sequence[str], plot: str | None) -> str:
@@ -114,8 +127,8 @@ def document(info: RunInfo, rows: Sequence[Row], notes: Sequence[str], plot: str
         "which were measured side by side, more than the absolute figures.\n",
         f"- command: `{info.command}`",
         f"- date: {info.date}; {info.duration_s / 60:.1f} min",
-        f"- machine: {info.cores} cores, no GPU; torch {info.torch_version}, "
-        f"Python {info.python_version}",
+        f"- machine: {info.cores} cores, {_cpu_model()}, no GPU; torch {info.torch_version}, "
+        f"Python {info.python_version}; replicas' runtime: {info.runtime}",
         f"- load average before / after the run: {info.load_average}",
         f"- targets met: {sum(m is True for m in met)} of {len(met)}\n",
         results_table(rows),

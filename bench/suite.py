@@ -1,10 +1,13 @@
 """The benchmark's phases, in order, each on a machine left as quiet as the phase allows.
 
-1. The bare model in subprocesses (nothing else running): the reference ceiling.
+1. The bare model in subprocesses (nothing else running): the reference ceiling, with the
+   runtime the replicas use (ONNX Runtime where installed) and with frozen TorchScript beside
+   it, and decoding + preprocessing alone.
 2. A private broker, a gateway whose gallery is the photo folder, one replica using every
-   core, then N replicas: throughput and latency over HTTP and over AMQP, latency at low
-   load, and the accuracy of every model.
+   core, then N replicas: throughput and latency over HTTP and over AMQP, the CPU each part
+   spends per job, latency at low load, the replicas' memory, and the accuracy of every model.
 3. Without replicas: a fresh gateway's submission rate and its long-polls.
+4. A three-node cluster with the same replicas: end-to-end HTTP throughput, beside phase 2's.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from bench.gateway_load import LongPollResult, SubmitResult
 from bench.load import LoadResult
 from bench.machine import CpuMeter, ForeignLoad
 from bench.photos import image_files, read_labels
-from compose.broker import BrokerNode
+from compose.broker import BrokerNode, start_cluster
 from compose.stack import (
     ManagedProcess,
     Stack,
@@ -42,6 +45,9 @@ SUBMIT_IMAGE = "cat.jpg"
 REPLICA_START_TIMEOUT = 240.0
 BARE_PHASE = "bare model"
 GATEWAY_PHASE = "gateway alone"
+CLUSTER_PHASE = "three-node cluster"
+# The runtime the frozen-TorchScript reference rows run (IMGQ_RUNTIME=torch).
+TORCH = "torch"
 
 
 def service_phase(replicas: int) -> str:
@@ -80,8 +86,17 @@ class Options:
 @dataclass
 class Measurements:
     bare_naive: float | None = None
-    # Throughput of the bare model laid out as the replicas are: {replicas: images/s}.
+    # Throughput of the bare model laid out as the replicas are: {replicas: images/s}, with
+    # the runtime the replicas run (bare_runtime) and with frozen TorchScript.
     bare: dict[int, float] = field(default_factory=dict)
+    bare_runtime: str = ""
+    bare_torch: dict[int, float] = field(default_factory=dict)
+    # Decoding and preprocessing alone, one thread: milliseconds per image.
+    preprocess_ms: float | None = None
+    # VmRSS of each replica (all catalogue models loaded), after the throughput runs.
+    replica_rss_mb: list[float] = field(default_factory=list)
+    # End to end over HTTP on a three-node cluster, N replicas.
+    http_cluster: LoadResult | None = None
     bare_per_image_ms: dict[str, float] = field(default_factory=dict)
     http: dict[int, LoadResult] = field(default_factory=dict)
     amqp: dict[int, LoadResult] = field(default_factory=dict)
@@ -122,14 +137,28 @@ def _measure_bare(options: Options, log_dir: Path, m: Measurements) -> None:
         specs = [WorkerSpec(MODEL, threads=threads, batch=batch)] * replicas
         result = bare.run_together(specs, options.images, log_dir, seconds=options.bare_seconds)
         m.bare[replicas] = result.images_per_s
+        m.bare_runtime = result.runtime or "auto"
+        torch_specs = [WorkerSpec(MODEL, threads=threads, batch=batch, runtime=TORCH)] * replicas
+        m.bare_torch[replicas] = bare.run_together(
+            torch_specs, options.images, log_dir, seconds=options.bare_seconds
+        ).images_per_s
         log.info(
-            "bare model, %d x %s: %.1f images/s", replicas, specs[0].describe(), result.images_per_s
+            "bare model, %d x %s: %.1f images/s (%s); frozen TorchScript %.1f",
+            replicas,
+            specs[0].describe(),
+            result.images_per_s,
+            m.bare_runtime,
+            m.bare_torch[replicas],
         )
-    naive = WorkerSpec(MODEL, threads=0, batch=1, eager=True)
+    naive = WorkerSpec(MODEL, threads=0, batch=1, eager=True, runtime=TORCH)
     m.bare_naive = bare.run_together(
         [naive], options.images, log_dir, seconds=options.bare_seconds
     ).images_per_s
     log.info("bare model, naive (%s): %.1f images/s", naive.describe(), m.bare_naive)
+    prep = WorkerSpec(MODEL, threads=1, batch=1, preprocess_only=True)
+    per_s = bare.run_together([prep], options.images, log_dir, seconds=options.bare_seconds)
+    m.preprocess_ms = 1000 / per_s.images_per_s if per_s.images_per_s else None
+    log.info("decode + preprocess alone: %s ms per image", m.preprocess_ms)
 
 
 def _start_replicas(
@@ -175,6 +204,8 @@ def measure_service(options: Options, node: BrokerNode, stack: Stack, m: Measure
             }
             try:
                 _measure_replicas(options, node.url, base_url, m, count, groups, stack.log_dir)
+                if count == options.replicas:
+                    m.replica_rss_mb = [gateway_load.rss_mb(r.pid) for r in replicas]
             finally:
                 for replica in replicas:
                     replica.terminate()
@@ -282,6 +313,42 @@ def _measure_gateway(options: Options, node: BrokerNode, stack: Stack, m: Measur
         gateway.terminate()
         purged = asyncio.run(amqp_load.purge_requests(node.url))
         log.info("purged %d queued jobs", purged)
+
+
+def measure_cluster(options: Options, log_dir: Path, m: Measurements) -> None:
+    """The same HTTP run as phase 2's, on a three-node cluster (queues with three copies)."""
+    with m.phase(CLUSTER_PHASE):
+        brokers = start_cluster(3)
+        stack = Stack(brokers.url, log_dir / "cluster", broker_urls=tuple(brokers.urls))
+        (log_dir / "cluster").mkdir(exist_ok=True)
+        try:
+            gateway, base_url = stack.start_gateway(env={"IMGQ_GALLERY_DIR": str(options.images)})
+            wait_http_ok(f"{base_url}/readyz", 60, gateway)
+            _start_replicas(stack, options, options.replicas, base_url, "cluster-replica")
+            names = [p.name for p in image_files(options.images)]
+            asyncio.run(
+                http_load.run(
+                    base_url,
+                    MODEL,
+                    names,
+                    jobs=2 * options.concurrency,
+                    concurrency=options.concurrency,
+                )
+            )
+            m.http_cluster = asyncio.run(
+                http_load.run(
+                    base_url,
+                    MODEL,
+                    names,
+                    jobs=options.jobs,
+                    concurrency=options.concurrency,
+                    max_seconds=options.max_seconds,
+                )
+            )
+            log.info("HTTP on a three-node cluster: %.1f jobs/s", m.http_cluster.throughput)
+        finally:
+            stack.stop()
+            brokers.stop()
 
 
 def cores() -> int:

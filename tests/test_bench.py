@@ -183,3 +183,22 @@ def test_the_benchmark_parent_never_imports_torch() -> None:
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "False"
+
+
+def test_plumbing_is_service_cpu_per_job_less_the_model() -> None:
+    from bench import summary
+    from bench.suite import Measurements
+
+    m = Measurements()
+    m.bare[2] = 100.0  # 2 processes x 1 thread (on 2 cores): 20 core-ms per image
+    m.cpu_per_job["HTTP, 2"] = {
+        "replicas": 22.0,
+        "gateway": 1.5,
+        "broker": 1.0,
+        "load generator": 3.0,
+    }
+    expected_model = 1000 * 2 * summary.threads_per_replica(2) / 100.0
+    assert summary.model_core_ms(m, 2) == expected_model
+    plumbing = summary.plumbing_ms(m, "HTTP, 2", 2)
+    assert plumbing == pytest.approx(24.5 - expected_model)
+    assert summary.plumbing_ms(m, "AMQP, 2", 2) is None
