@@ -37,8 +37,10 @@ class JobStore:
         self._ttl = ttl
         self._observers = tuple(observers)
         self._max_jobs = max_jobs
-        # Insertion order is arrival order, so the oldest jobs are at the front for eviction.
-        self._jobs: OrderedDict[str, JobEvent] = OrderedDict()
+        self._jobs: dict[str, JobEvent] = {}
+        # Final jobs in the order they became final: expiry and eviction look only here, so a
+        # queued or running job is never evicted, however many finished ones arrive.
+        self._finished: OrderedDict[str, None] = OrderedDict()
         self._tombstones: OrderedDict[str, str] = OrderedDict()
         # Jobs still queued, in acceptance order: a job's position is its index here.
         self._queued: OrderedDict[str, None] = OrderedDict()
@@ -83,6 +85,8 @@ class JobStore:
                 image_sha256=event.image_sha256 or current.image_sha256,
             )
         self._jobs[event.job_id] = event
+        if event.status.is_final:
+            self._finished[event.job_id] = None
         self._index(event)
         self._wake(event.job_id)
         for observer in self._observers:
@@ -96,6 +100,7 @@ class JobStore:
 
     def discard(self, job_id: str) -> None:
         """The job was never accepted (its publish failed): drop it without a trace."""
+        self._finished.pop(job_id, None)
         event = self._jobs.pop(job_id, None)
         if event is not None:
             self._unindex(event)
@@ -206,7 +211,13 @@ class JobStore:
         for observer in self._observers:
             observer.job_removed(job_id)
 
+    @property
+    def live(self) -> int:
+        """Jobs not yet final (queued or running): never evicted."""
+        return len(self._jobs) - len(self._finished)
+
     def _bury(self, job_id: str, reason: str) -> None:
+        self._finished.pop(job_id, None)
         event = self._jobs.pop(job_id, None)
         if event is not None:
             self._unindex(event)
@@ -218,13 +229,14 @@ class JobStore:
         self._wake(job_id)
 
     def _evict(self) -> None:
-        # Amortised O(1): only the oldest entries are looked at.  A long-running job at the
-        # front holds back the expiry of later ones until it finishes (get() still answers
-        # 410 for those); max_jobs bounds memory meanwhile.
+        # Amortised O(1): only the earliest-finished jobs are looked at.  Beyond max_jobs the
+        # oldest finished results go first; a live job is never evicted (the work queue's own
+        # bound limits how many there can be), so one client's flood of finished jobs cannot
+        # take another client's queued or running job away.
         now = time.time()
-        while self._jobs:
-            job_id, oldest = next(iter(self._jobs.items()))
-            expired = self._expired(oldest, now)
+        while self._finished:
+            job_id = next(iter(self._finished))
+            expired = self._expired(self._jobs[job_id], now)
             if len(self._jobs) <= self._max_jobs and not expired:
                 break
             self._bury(job_id, "expired" if expired else "evicted to stay within IMGQ_MAX_JOBS")

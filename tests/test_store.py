@@ -86,15 +86,33 @@ def test_long_poll_times_out_and_release_all_answers_at_once() -> None:
     assert released < 1.0
 
 
-def test_unknown_jobs_and_bounded_size() -> None:
+def test_bounded_size_evicts_finished_jobs_oldest_first() -> None:
     store = JobStore(ttl=60, max_jobs=3)
     jobs = [_queued() for _ in range(5)]
     for job in jobs:
-        store.apply(job)
+        store.apply(job.advance(JobStatus.SUCCEEDED, finished_at=time.time()))
     assert len(store) == 3
     with pytest.raises(JobGone, match="evicted"):
         store.get(jobs[0].job_id)
-    assert store.get(jobs[-1].job_id).status is JobStatus.QUEUED
+    assert store.get(jobs[-1].job_id).status is JobStatus.SUCCEEDED
+
+
+def test_live_jobs_are_never_evicted() -> None:
+    store = JobStore(ttl=60, max_jobs=3)
+    queued, running = _queued(), _queued()
+    store.apply(queued)
+    store.apply(running.advance(JobStatus.STARTED))
+    # Another client floods the store with finished jobs (result reuse costs no queue space).
+    flood = [_queued() for _ in range(50)]
+    for job in flood:
+        store.apply(job.advance(JobStatus.SUCCEEDED, finished_at=time.time()))
+    assert store.get(queued.job_id).status is JobStatus.QUEUED
+    assert store.get(running.job_id).status is JobStatus.STARTED
+    assert store.live == 2
+    assert len(store) == 3
+    with pytest.raises(JobGone, match="evicted"):
+        store.get(flood[-2].job_id)
+    assert store.get(flood[-1].job_id).status is JobStatus.SUCCEEDED
 
 
 def test_finished_jobs_expire_after_the_ttl() -> None:
