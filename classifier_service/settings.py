@@ -75,6 +75,10 @@ class ClassifierSettings:
     model_cache: Path = field(default_factory=lambda: default_model_cache(os.environ))
     # Set by a supervisor that restarted this replica (the local launcher); shown on /status.
     restart_count: int = 0
+    # A batch whose decoding and inference take longer fails its jobs (time_limit_exceeded)
+    # and the replica goes on with a fresh inference thread: a picture that takes minutes to
+    # decode must not stop a replica.
+    job_time_limit: float = 60.0
 
     @property
     def prefetch(self) -> int:
@@ -97,6 +101,7 @@ class ClassifierSettings:
             heartbeat_interval=env_float(env, "IMGQ_HEARTBEAT_INTERVAL", 5.0, minimum=0.1),
             health_file=env_str(env, "IMGQ_HEALTH_FILE", "/tmp/imgq-classifier.alive"),
             drain_timeout=env_float(env, "IMGQ_DRAIN_TIMEOUT", 20.0),
+            job_time_limit=env_float(env, "IMGQ_JOB_TIME_LIMIT", 60.0, minimum=0.1),
             queue_bounds=QueueBounds.from_env(env),
             declare_topology=declares_topology(env),
             debug_delay=env_float(env, "IMGQ_DEBUG_DELAY", 0.0),

@@ -36,8 +36,15 @@ from classifier_service.models import LoadedModel
 from classifier_service.settings import ClassifierSettings
 from shared import wire
 from shared.connect import NodeRing, safe_url, watch_channel
-from shared.errors import ImageDecodeError, MessageError, UnknownModel
-from shared.messages import AnnouncedModel, ClassifyRequest, JobEvent, JobFailure, ReplicaHeartbeat
+from shared.errors import ImgqError, JobTimedOut, MessageError, UnknownModel
+from shared.messages import (
+    AnnouncedModel,
+    ClassifyRequest,
+    JobEvent,
+    JobFailure,
+    Label,
+    ReplicaHeartbeat,
+)
 from shared.states import JobStatus
 from shared.topology import CANCELLATIONS, Topology, declare_topology, find_topology
 
@@ -57,14 +64,7 @@ class Replica:
         self.models = models
         self.metrics = metrics if metrics is not None else ReplicaMetrics()
         self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
-        # One inference thread: torch parallelises inside it with its own pool, and a second
-        # thread would only oversubscribe the cores.
-        self._executor = ThreadPoolExecutor(
-            max_workers=1,
-            thread_name_prefix="inference",
-            initializer=configure_threads,
-            initargs=(settings.torch_threads,),
-        )
+        self._executor = self._new_executor()
         self._stopping = asyncio.Event()
         # Set while the batch loop waits on an empty inbox: nothing is in flight.
         self._idle = asyncio.Event()
@@ -324,14 +324,18 @@ class Replica:
         # events go out on the same channel later, so the log still has them in order.
         confirms = [c for event in started for c in self._publish(event)]
         inference_started = time.perf_counter()
+        outcomes: Sequence[tuple[Label, ...] | ImgqError]
         try:
-            outcomes = await asyncio.get_running_loop().run_in_executor(
-                self._executor,
-                classify_batch,
-                model,
-                [request.image for _, request in jobs],
-                self.settings.debug_delay,
-            )
+            async with asyncio.timeout(self.settings.job_time_limit):
+                outcomes = await asyncio.get_running_loop().run_in_executor(
+                    self._executor,
+                    classify_batch,
+                    model,
+                    [request.image for _, request in jobs],
+                    self.settings.debug_delay,
+                )
+        except TimeoutError:
+            outcomes = [self._abandon_inference(len(jobs))] * len(jobs)
         except BaseException:
             await asyncio.gather(*confirms, return_exceptions=True)  # settle them, then fail
             raise
@@ -340,7 +344,7 @@ class Replica:
         self.metrics.batch_done(model_name, len(jobs), time.perf_counter() - inference_started)
         finals = []
         for event, outcome in zip(started, outcomes, strict=True):
-            if isinstance(outcome, ImageDecodeError):
+            if isinstance(outcome, ImgqError):
                 finals.append(
                     event.advance(
                         JobStatus.FAILED,
@@ -360,6 +364,27 @@ class Replica:
         self.jobs_done += len(jobs)
         for final in finals:
             self.metrics.jobs.inc(model=model_name, status=final.status.value)
+
+    def _abandon_inference(self, jobs: int) -> JobTimedOut:
+        """The inference thread is stuck past the time limit (a picture that takes minutes to
+        decode, say).  A thread cannot be stopped: leave it to finish on its own and carry on
+        with a fresh one, failing this batch's jobs clearly."""
+        limit = self.settings.job_time_limit
+        log.error("a batch of %d job(s) ran past %.0f s; its thread is abandoned", jobs, limit)
+        stuck = self._executor
+        self._executor = self._new_executor()
+        stuck.shutdown(wait=False, cancel_futures=True)
+        return JobTimedOut(f"decoding and classifying took longer than the {limit:g} s limit")
+
+    def _new_executor(self) -> ThreadPoolExecutor:
+        # One inference thread: the runtime parallelises inside it with its own pool, and a
+        # second thread would only oversubscribe the cores.
+        return ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="inference",
+            initializer=configure_threads,
+            initargs=(self.settings.torch_threads,),
+        )
 
     def _publish(
         self,

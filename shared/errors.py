@@ -120,6 +120,12 @@ class ImageDecodeError(ImgqError):
     code = "image_decode_failed"
 
 
+class JobTimedOut(ImgqError):
+    """A job's decode and inference ran past the replica's time limit (IMGQ_JOB_TIME_LIMIT)."""
+
+    code = "time_limit_exceeded"
+
+
 class ModelExportFailed(ImgqError):
     """A replica could not get a model it must serve into its model cache (classifier start-up
     only: never sent to a client)."""
@@ -143,6 +149,18 @@ class UnsupportedMediaType(ImgqError):
     """The uploaded bytes are not in one of the image formats the service accepts."""
 
     code = "unsupported_media_type"
+
+
+class UnsupportedContentType(ImgqError):
+    """The request body's Content-Type is not one the operation reads (e.g. text/plain)."""
+
+    code = "unsupported_content_type"
+
+    def __init__(self, given: str, allowed: Iterable[str]) -> None:
+        self.allowed = list(allowed)
+        super().__init__(
+            f"a body of type {given!r} is not accepted; send one of: {', '.join(self.allowed)}"
+        )
 
 
 class ImageTooLarge(ImgqError):

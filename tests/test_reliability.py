@@ -7,6 +7,7 @@ with exactly one visible final state, whichever gateway is asked.
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 import shutil
@@ -144,6 +145,35 @@ def test_sigterm_during_inference_finishes_the_job(cluster: Cluster, figure: Fig
     starts = [e for e in read_log(cluster.node.url) if e.status is JobStatus.STARTED]
     assert len(starts) == 1, "the job must not have been requeued"
     figure(f"SIGTERM mid-inference: job completed and acked, replica exited 0 in {drained:.1f} s")
+
+
+def test_a_job_past_the_time_limit_fails_and_the_replica_goes_on(
+    cluster: Cluster, figure: Figure
+) -> None:
+    # Every inference takes 2 s here and the limit is 0.5 s: each job fails clearly, on time,
+    # and the replica takes the next one instead of waiting for its stuck thread.
+    replica = cluster.start_replica(IMGQ_DEBUG_DELAY="2", IMGQ_JOB_TIME_LIMIT="0.5")
+    _, url = cluster.start_gateway()
+    cluster.wait_replicas(1)
+    t0 = time.monotonic()
+    jobs = [api.submit(url, MODEL, image)["job_id"] for image in IMGQ_IMAGES_TWICE]
+    finals = [api.wait_final(url, job_id, 30) for job_id in jobs]
+    took = time.monotonic() - t0
+    for final in finals:
+        assert final["status"] == "failed", final
+        assert final["error"]["code"] == "time_limit_exceeded"
+        assert "0.5 s" in final["error"]["message"]
+        # Failed at the limit, not after the 2 s its inference would have taken.
+        assert final["finished_at"] - final["started_at"] < 2.0, final
+    # Each next job started before the previous job's stuck thread could have finished.
+    starts = sorted(final["started_at"] for final in finals)
+    assert all(b - a < 2.0 for a, b in itertools.pairwise(starts)), starts
+    assert replica.alive()
+    assert queue_depths(cluster.node.url) == {REQUESTS_QUEUE: 0, DEAD_LETTER_QUEUE: 0}
+    figure(f"time limit 0.5 s, 2 s inferences: 4 jobs failed clearly in {took:.1f} s")
+
+
+IMGQ_IMAGES_TWICE = ["cat.jpg", "coffee.jpg", "cat.jpg", "coffee.jpg"]
 
 
 def test_poison_job_is_dead_lettered_and_others_flow(
