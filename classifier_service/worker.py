@@ -405,6 +405,13 @@ class Replica:
             )
         ]
         if message is not None and request is not None and message.reply_to:
+            if not wire.reply_allowed(message.reply_to):
+                log.warning(
+                    "job %s: not replying to %r (only server-named or direct reply-to queues)",
+                    event.job_id,
+                    message.reply_to,
+                )
+                return sends
             reply = wire.reply_message(event, message, request.version)
             sends.append(
                 asyncio.ensure_future(

@@ -24,6 +24,8 @@ from shared.topology import (
 
 GATEWAY_USER = "imgq-gateway"
 CLASSIFIER_USER = "imgq-classifier"
+# For programs that submit jobs straight over AMQP (docs/amqp.md, examples/amqp_producer.py).
+PRODUCER_USER = "imgq-producer"
 # Server-named queues (a gateway's private heartbeat queue) are called amq.gen-...
 _PRIVATE_QUEUES = r"amq\.gen-.*"
 
@@ -54,5 +56,12 @@ GRANTS: dict[str, Grant] = {
         # Publish events, and replies to reply_to queues through the default exchange.
         write=_one_of(EVENTS_EXCHANGE, "amq.default"),
         read=_one_of(REQUESTS_QUEUE, CANCELLATIONS),
+    ),
+    PRODUCER_USER: Grant(
+        # Declare its own server-named reply queue, publish jobs, read its replies: nothing
+        # else (it cannot read the event log, other jobs, or the work queue).
+        configure=f"^{_PRIVATE_QUEUES}$",
+        write=_one_of(REQUESTS_EXCHANGE),
+        read=f"^{_PRIVATE_QUEUES}$",
     ),
 }

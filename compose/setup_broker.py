@@ -8,8 +8,8 @@ on every deployment.
 
 Environment: ``IMGQ_ADMIN_URL`` (AMQP URL of the operator account),
 ``IMGQ_MANAGEMENT_URL`` (``http://user:password@host:15672``),
-``IMGQ_GATEWAY_PASSWORD``, ``IMGQ_CLASSIFIER_PASSWORD``, and the queue/log bounds the
-services also read (``IMGQ_QUEUE_MAX_*``, ``IMGQ_LOG_*``).
+``IMGQ_GATEWAY_PASSWORD``, ``IMGQ_CLASSIFIER_PASSWORD``, ``IMGQ_PRODUCER_PASSWORD``, and the
+queue/log bounds the services also read (``IMGQ_QUEUE_MAX_*``, ``IMGQ_LOG_*``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import urllib.request
 
 import aio_pika
 
-from compose.permissions import CLASSIFIER_USER, GATEWAY_USER, GRANTS
+from compose.permissions import CLASSIFIER_USER, GATEWAY_USER, GRANTS, PRODUCER_USER
 from shared.settings import Environ, env_str, process_env
 from shared.topology import LogRetention, QueueBounds, declare_event_log, declare_topology
 
@@ -89,6 +89,7 @@ def setup(env: Environ) -> None:
     passwords = {
         GATEWAY_USER: env_str(env, "IMGQ_GATEWAY_PASSWORD", ""),
         CLASSIFIER_USER: env_str(env, "IMGQ_CLASSIFIER_PASSWORD", ""),
+        PRODUCER_USER: env_str(env, "IMGQ_PRODUCER_PASSWORD", ""),
     }
     create_users(
         env_str(env, "IMGQ_MANAGEMENT_URL", "http://guest:guest@127.0.0.1:15672"), vhost, passwords

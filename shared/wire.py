@@ -187,9 +187,20 @@ def event_message(event: JobEvent) -> Outgoing:
     return Outgoing(message, job_routing_key(event.status.value))
 
 
+# Replies go only to a producer's own server-named queue or to RabbitMQ's direct reply-to:
+# a reply_to naming any other queue (the work queue, the event log stream) would let a
+# producer make a replica write into the service's own queues.
+REPLY_QUEUE_PREFIXES: Final = ("amq.gen-", "amq.rabbitmq.reply-to")
+
+
+def reply_allowed(reply_to: str | None) -> bool:
+    return bool(reply_to) and str(reply_to).startswith(REPLY_QUEUE_PREFIXES)
+
+
 def reply_message(event: JobEvent, request: AbstractIncomingMessage, version: int) -> Outgoing:
     """The final event for the producer's ``reply_to`` queue, in the version it wrote."""
-    assert request.reply_to, "only for requests that asked for a reply"
+    assert reply_allowed(request.reply_to), "check reply_allowed() first"
+    assert request.reply_to is not None
     message = aio_pika.Message(
         event.to_json(version),
         content_type=JSON,

@@ -11,16 +11,21 @@ import pytest
 from aiormq.exceptions import ChannelAccessRefused
 
 from compose.broker import BrokerNode, start_node
-from compose.permissions import CLASSIFIER_USER, GATEWAY_USER
+from compose.permissions import CLASSIFIER_USER, GATEWAY_USER, PRODUCER_USER
 from compose.setup_broker import setup
 from compose.stack import Stack
+from imgq_cli.amqp import Producer
+from shared.messages import JobEvent
+from shared.states import JobStatus
 from shared.topology import EVENT_LOG, REQUEST_ROUTING_KEY, REQUESTS_EXCHANGE, REQUESTS_QUEUE
 from tests import api
 from tests.cluster import MODEL, Cluster
 
+COFFEE = (api.REPO / "images" / "coffee.jpg").read_bytes()
+
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(300)]
 
-PASSWORDS = {GATEWAY_USER: "gw-secret", CLASSIFIER_USER: "cl-secret"}
+PASSWORDS = {GATEWAY_USER: "gw-secret", CLASSIFIER_USER: "cl-secret", PRODUCER_USER: "pr-secret"}
 
 
 @pytest.fixture
@@ -65,6 +70,7 @@ def test_services_work_as_least_privilege_users(managed_node: tuple[BrokerNode, 
             "IMGQ_MANAGEMENT_URL": f"http://guest:guest@127.0.0.1:{node.management_port}",
             "IMGQ_GATEWAY_PASSWORD": PASSWORDS[GATEWAY_USER],
             "IMGQ_CLASSIFIER_PASSWORD": PASSWORDS[CLASSIFIER_USER],
+            "IMGQ_PRODUCER_PASSWORD": PASSWORDS[PRODUCER_USER],
         }
     )
     _, url = cluster.start_gateway(IMGQ_BROKER_URL=_url(node, GATEWAY_USER))
@@ -106,10 +112,39 @@ def test_services_work_as_least_privilege_users(managed_node: tuple[BrokerNode, 
             channel = await connection.channel()
             await channel.queue_delete(REQUESTS_QUEUE)
 
+    async def producer_reads_the_log() -> None:
+        connection = await aio_pika.connect(_url(node, PRODUCER_USER))
+        async with connection:
+            channel = await connection.channel()
+            await channel.set_qos(prefetch_count=10)
+            queue = await channel.get_queue(EVENT_LOG)
+            await queue.consume(_ignore, arguments={"x-stream-offset": "first"})
+
+    async def producer_takes_jobs() -> None:
+        connection = await aio_pika.connect(_url(node, PRODUCER_USER))
+        async with connection:
+            channel = await connection.channel()
+            queue = await channel.get_queue(REQUESTS_QUEUE)
+            await queue.consume(_ignore)
+
     for attempt in (
         gateway_takes_jobs,
         classifier_submits_jobs,
         classifier_reads_the_log,
         gateway_deletes_the_queue,
+        producer_reads_the_log,
+        producer_takes_jobs,
     ):
         assert _refused(attempt), f"{attempt.__name__} should be refused"
+
+    # The producer user can do what it is for: submit a job and read its own reply.
+    async def producer_classifies() -> JobEvent:
+        async with Producer(_url(node, PRODUCER_USER)) as producer:
+            job_id = await producer.submit(MODEL, "coffee.jpg", COFFEE, "image/jpeg")
+            async with asyncio.timeout(60):
+                return (await producer.reply(job_id)).event
+
+    reply = asyncio.run(producer_classifies())
+    assert reply.status is JobStatus.SUCCEEDED
+    assert reply.result is not None
+    assert reply.result[0].label == "espresso"

@@ -218,3 +218,19 @@ def test_later_deliveries_do_not_stop_a_multiple_ack() -> None:
     asyncio.run(book.ack_batch(batch))
     assert channel.acks == [(2, True)]  # tag 3 is above the batch: untouched
     assert len(book) == 1
+
+
+@pytest.mark.parametrize(
+    ("reply_to", "allowed"),
+    [
+        ("amq.gen-JzTY20BRgKO-HjmUJj0wLg", True),
+        ("amq.rabbitmq.reply-to", True),
+        ("amq.rabbitmq.reply-to.g1h2AA", True),
+        ("imgq.requests", False),
+        ("imgq.events.log", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_replies_go_only_to_a_producers_own_queue(reply_to: str | None, allowed: bool) -> None:
+    assert wire.reply_allowed(reply_to) is allowed
