@@ -4,10 +4,15 @@ Reads the replica's settings (``IMGQ_TORCHVISION_MODELS``, ``IMGQ_WEIGHTS_DIR``)
 each model whose weights file is not yet in the weights folder, downloads the file torchvision
 would (``torchvision.models.get_model_weights(name).DEFAULT.url``), checking the hash prefix
 in its name.  Run it once wherever the network allows, before starting replicas; a replica
-never downloads anything itself.  With compose::
+never downloads anything itself.  It needs torch (the ``export`` extra), as does exporting the
+models afterwards; the classifier image has neither, but its ``export`` build stage has both,
+and can fill a weights volume and a model-cache volume that replicas mount at ``/models``::
 
-    docker compose -f compose/compose.yaml run --rm --user root classifier \
-        python -m classifier_service.prepare_models
+    docker build -f Dockerfile.classifier --target export -t imgq-export .
+    docker run --rm -v model-weights:/weights -v model-cache:/models \
+        -e IMGQ_WEIGHTS_DIR=/weights -e IMGQ_TORCHVISION_MODELS=resnet18 imgq-export sh -c \
+        "python -m classifier_service.prepare_models && python -m classifier_service.export \
+        --cache /models"
 
 Where there is no network, fetch the URLs it prints elsewhere and copy the files into the
 weights folder by hand.  Exit status: 0 when every file is present, 1 when any is missing.
