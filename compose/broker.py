@@ -31,6 +31,7 @@ _WRAPPER = Path("/usr/sbin/rabbitmq-server")
 _SCRIPT = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 _CTL = Path("/usr/lib/rabbitmq/bin/rabbitmqctl")
 _AMQP_HEADER = b"AMQP\x00\x00\x09\x01"
+MAX_MESSAGE_BYTES = 16 << 20
 INSTALL_HINT = "install Debian's RabbitMQ: sudo apt-get install -y rabbitmq-server"
 
 
@@ -248,6 +249,9 @@ def _prepare_node(*, management: bool, epmd_port: int, cookie: str | None) -> Br
         # Small private node: do not refuse publishes over the default 50 MB disk limit on
         # a nearly full /tmp, but keep a floor so a full disk still stops it cleanly.
         "disk_free_limit.absolute = 20MB",
+        # Uploads are capped at 10 MiB by the gateway, but AMQP producers reach the broker
+        # directly: refuse anything over 16 MiB (headroom for headers) at the broker itself.
+        f"max_message_size = {MAX_MESSAGE_BYTES}",
     ]
     if management_port:
         lines += [f"management.tcp.port = {management_port}", "management.tcp.ip = 127.0.0.1"]

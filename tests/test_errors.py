@@ -188,3 +188,15 @@ def test_image_that_fails_to_decode_fails_alone(service: Service, tmp_path: Path
     assert "cannot decode image" in failed["error"]["message"]
     assert failed["result"] is None
     assert api.wait_final(base_url, fine["job_id"])["status"] == "succeeded"
+
+
+def test_the_broker_refuses_a_message_over_16_mib(service: Service) -> None:
+    async def publish_huge() -> None:
+        connection = await aio_pika.connect(service.broker_url)
+        async with connection:
+            channel = await connection.channel(publisher_confirms=True)
+            exchange = await channel.get_exchange(REQUESTS_EXCHANGE)
+            await exchange.publish(aio_pika.Message(b"\0" * (17 << 20)), REQUEST_ROUTING_KEY)
+
+    with pytest.raises(aio_pika.exceptions.AMQPError, match="larger than configured max size 16777216"):
+        asyncio.run(publish_huge())
