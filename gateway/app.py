@@ -75,7 +75,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.on_shutdown.append(_release_long_polls)
 
     app.router.add_get("/", views.index)
-    app.router.add_static("/static", views.STATIC_DIR)
+    app.router.add_get("/static/{file}", views.static_asset)
     app.router.add_get("/info", views.info)
     app.router.add_post("/classifications", views.submit)
     app.router.add_get("/classifications/{job_id}", views.job_status)

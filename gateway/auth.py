@@ -19,7 +19,7 @@ from shared.errors import Unauthorized
 
 # Canonical route paths (as registered in app.py) that stay open with tokens set.
 OPEN_ROUTES: Final = frozenset(
-    {"/", "/static", "/images/{name}", "/healthz", "/readyz", "/openapi.json"}
+    {"/", "/static/{file}", "/images/{name}", "/healthz", "/readyz", "/openapi.json"}
 )
 
 

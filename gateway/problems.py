@@ -114,7 +114,11 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             exc.status, "http_error"
         )
         detail = exc.text if exc.status not in (404, 405) else f"{exc.reason}: {request.path}"
-        return problem(exc.status, code, detail or exc.reason)
+        headers = None
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            # RFC 9110 requires it on a 405: the methods this path does take.
+            headers = {"Allow": ", ".join(sorted(exc.allowed_methods))}
+        return problem(exc.status, code, detail or exc.reason, headers)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return problem(500, "internal_error", "an unexpected error occurred; it has been logged")

@@ -280,5 +280,19 @@ async def openapi(request: web.Request) -> web.FileResponse:
     return web.FileResponse(OPENAPI_FILE, headers={"Content-Type": "application/json"})
 
 
+async def static_asset(request: web.Request) -> web.FileResponse:
+    """A file of the page: only one directly in gateway/static/; anything else is a 404 problem
+    (aiohttp's own static route answers a missing file with an empty 404)."""
+    name = request.match_info["file"]
+    try:
+        path = (STATIC_DIR / name).resolve()
+        found = path.parent == STATIC_DIR and path.is_file()
+    except (OSError, ValueError):  # e.g. a NUL byte in the name
+        found = False
+    if not found:
+        raise NotFound(f"no page asset named {name!r}")
+    return web.FileResponse(path)
+
+
 async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC_DIR / "index.html")
