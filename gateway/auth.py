@@ -35,7 +35,9 @@ def token_matches(header: str | None, tokens: tuple[bytes, ...]) -> bool:
     scheme, _, given = header.strip().partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
         return False
-    candidate = given.strip().encode()
+    # The parser hands over bytes that are not UTF-8 as surrogates: compare exactly the bytes
+    # sent (such a header matches no token) instead of failing to encode them.
+    candidate = given.strip().encode("utf-8", "surrogateescape")
     # Every token is compared (no early exit), so timing says nothing about which came close.
     matches = [hmac.compare_digest(candidate, token) for token in tokens]
     return any(matches)
