@@ -26,6 +26,7 @@ from shared.errors import (
     Unauthorized,
     UnknownImage,
     UnknownModel,
+    UnsupportedContentType,
     UnsupportedMediaType,
 )
 
@@ -45,6 +46,7 @@ _STATUS: dict[type[ImgqError], int] = {
     PayloadTooLarge: 413,
     ImageTooLarge: 413,
     UnsupportedMediaType: 415,
+    UnsupportedContentType: 415,
     UnknownModel: 422,
     ImageUnreadable: 422,
     UnknownImage: 422,
@@ -87,7 +89,7 @@ def problem(
 def from_error(error: ImgqError) -> web.Response:
     status = next((s for cls, s in _STATUS.items() if isinstance(error, cls)), 500)
     extra: dict[str, Any] = {}
-    if isinstance(error, UnknownModel | UnknownImage):
+    if isinstance(error, UnknownModel | UnknownImage | UnsupportedContentType):
         extra["allowed"] = error.allowed
     headers: dict[str, str] | None = None
     if status == 503:

@@ -37,6 +37,8 @@ from shared.errors import (
 )
 
 _CHUNK = 64 * 1024
+# The text parts of a form; the other one is the 'file'.
+_TEXT_FIELDS = ("model", "image")
 # Where a name has no usable characters left after sanitising.
 _UNNAMED = "image"
 _FORMAT_NAMES = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WebP"}
@@ -92,10 +94,15 @@ async def read_form(request: web.Request) -> Form:
                     if upload is not None:
                         raise MalformedRequest("send one 'file' per job")
                     upload = Upload(display_name(part.filename), data)
-            elif part.name:
+            elif part.name in _TEXT_FIELDS:
                 fields[part.name] = await _read_field(part, budget)
             else:
-                await _read_field(part, budget)
+                # As openapi.json says: only our parts.  A misnamed file part (say 'upload')
+                # gets this answer rather than a puzzling "field 'image' is required".
+                raise MalformedRequest(
+                    f"unknown form field {part.name!r}; a form has 'model' and either "
+                    "'image' or 'file'"
+                )
     except (ValueError, HttpProcessingError) as exc:  # a broken body or part header
         raise MalformedRequest(f"the multipart body cannot be read: {exc}") from None
     raise MalformedRequest(f"a form has at most {MAX_FORM_PARTS} parts")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 from aiohttp import web
@@ -23,15 +25,24 @@ from shared.errors import (
     NotReady,
     PayloadTooLarge,
     UnknownModel,
+    UnsupportedContentType,
 )
 from shared.messages import JobEvent, is_job_id
 from shared.states import JobStatus
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 OPENAPI_FILE = Path(__file__).resolve().parent / "openapi.json"
-_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+_JSON = "application/json"
+_URLENCODED = "application/x-www-form-urlencoded"
+_MULTIPART = "multipart/form-data"
+_FORM_TYPES = (_URLENCODED, _MULTIPART)
+# What POST /classifications reads; any other body (text/plain, none declared) is a 415.
+_SUBMISSION_TYPES = (_JSON, *_FORM_TYPES)
 # Long enough for a UUID or a client's own request ID, short enough to index cheaply.
 MAX_IDEMPOTENCY_KEY = 255
+# Visible ASCII, spaces only inside (as openapi.json's pattern says): other bytes do not reach
+# us as sent (they are decoded as UTF-8 at best), and the HTTP parser trims the ends.
+_IDEMPOTENCY_KEY = re.compile(r"[!-~](?:[ -~]*[!-~])?")
 
 
 def json_response(
@@ -87,19 +98,21 @@ async def _read_submission(request: web.Request) -> Submission:
     """One path for every body: JSON, a form naming a gallery image, or an upload."""
     settings = request.app[keys.SETTINGS]
     upload: Upload | None = None
-    if request.content_type == "multipart/form-data":
+    if request.content_type not in _SUBMISSION_TYPES:
+        raise UnsupportedContentType(request.content_type, _SUBMISSION_TYPES)
+    if request.content_type == _MULTIPART:
         form = await read_form(request)
         model: object = form.fields.get("model")
         image_name: object = form.fields.get("image")
         upload = form.upload
     else:
-        _refuse_long_body(request)
-        if request.content_type == "application/x-www-form-urlencoded":
-            post = await request.post()
-            model, image_name = post.get("model"), post.get("image")
+        raw = await _read_small_body(request)
+        if request.content_type == _URLENCODED:
+            fields = _urlencoded_fields(raw)
+            model, image_name = fields.get("model"), fields.get("image")
         else:
             try:
-                body = orjson.loads(await request.read())
+                body = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
                 raise MalformedRequest(f"body is not valid JSON: {exc}") from None
             if not isinstance(body, dict):
@@ -114,7 +127,7 @@ async def _read_submission(request: web.Request) -> Submission:
     if upload is None and not isinstance(image_name, str):
         raise MalformedRequest(
             "field 'image' is required and must be a string"
-            + (" (or upload a 'file')" if request.content_type == "multipart/form-data" else "")
+            + (" (or upload a 'file')" if request.content_type == _MULTIPART else "")
         )
     if model not in settings.models:
         allowed = offered(request)
@@ -146,14 +159,37 @@ async def _read_submission(request: web.Request) -> Submission:
     )
 
 
-def _refuse_long_body(request: web.Request) -> None:
+async def _read_small_body(request: web.Request) -> bytes:
+    """A JSON or urlencoded body, refused past MAX_SMALL_BODY_BYTES: from its declared length
+    before anything is read, or, sent chunked, as soon as it grows past the limit."""
     length = request.content_length
     if length is not None and length > MAX_SMALL_BODY_BYTES:
-        raise PayloadTooLarge(
-            f"the request body is {length} bytes; a JSON or urlencoded submission may have "
-            f"{MAX_SMALL_BODY_BYTES} (to upload an image, send multipart/form-data with a "
-            f"'file' of up to {MAX_UPLOAD_TEXT})"
-        )
+        raise PayloadTooLarge(_small_body_refusal(f"{length} bytes"))
+    body = bytearray()
+    while chunk := await request.content.readany():
+        body += chunk
+        if len(body) > MAX_SMALL_BODY_BYTES:
+            raise PayloadTooLarge(_small_body_refusal(f"over {MAX_SMALL_BODY_BYTES} bytes"))
+    return bytes(body)
+
+
+def _small_body_refusal(size: str) -> str:
+    return (
+        f"the request body is {size}; a JSON or urlencoded submission may have "
+        f"{MAX_SMALL_BODY_BYTES} (to upload an image, send multipart/form-data with a "
+        f"'file' of up to {MAX_UPLOAD_TEXT})"
+    )
+
+
+def _urlencoded_fields(body: bytes) -> dict[str, str]:
+    try:
+        text = body.decode()
+    except UnicodeDecodeError:
+        raise MalformedRequest("an urlencoded body must be UTF-8 text") from None
+    fields: dict[str, str] = {}
+    for name, value in parse_qsl(text, keep_blank_values=True):
+        fields.setdefault(name, value)  # a repeated name counts once, first value first
+    return fields
 
 
 async def submit(request: web.Request) -> web.StreamResponse:
@@ -185,9 +221,10 @@ def _idempotency_key(request: web.Request) -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
-    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not key.isprintable():
+    if len(key) > MAX_IDEMPOTENCY_KEY or not _IDEMPOTENCY_KEY.fullmatch(key):
         raise MalformedRequest(
-            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters"
+            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters "
+            "(spaces only between them)"
         )
     return key
 
