@@ -14,6 +14,7 @@ from gateway.activity import Activity
 from gateway.auth import token_middleware
 from gateway.broker import GatewayBroker
 from gateway.gallery import Gallery
+from gateway.headers import add_security_headers
 from gateway.limits import MAX_CONCURRENT_CHECKS, MAX_REQUEST_BYTES
 from gateway.metrics import GatewayMetrics
 from gateway.problems import problem_middleware
@@ -73,6 +74,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.cleanup_ctx.append(_broker_ctx)
     app.on_cleanup.append(_stop_image_checks)
     app.on_shutdown.append(_release_long_polls)
+    app.on_response_prepare.append(add_security_headers)
 
     app.router.add_get("/", views.index)
     app.router.add_get("/static/{file}", views.static_asset)

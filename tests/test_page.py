@@ -54,7 +54,7 @@ def test_classify_coffee_shows_top5_chart(page: Page) -> None:
     expect(page.locator('input[name="image"][value="coffee.jpg"]')).to_be_checked()
     preview = page.locator("#preview-image")
     expect(preview).to_have_attribute("src", re.compile(r"/images/coffee\.jpg$"))
-    page.wait_for_function("document.querySelector('#preview-image').naturalWidth > 0")
+    page.wait_for_function("() => document.querySelector('#preview-image').naturalWidth > 0")
 
     with page.expect_response(is_post_to_classifications) as posted:
         page.click("#submit-button")

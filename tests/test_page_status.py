@@ -60,7 +60,7 @@ def test_status_page_shows_replicas_and_updates_by_itself(page: Page, service: A
     # A job done elsewhere shows up without reloading: jobs done goes up, the job is listed.
     job = api.submit(service.base_url, "efficientnet_lite0", "rocket.jpg")
     assert api.wait_final(service.base_url, job["job_id"])["status"] == "succeeded"
-    page.wait_for_function(f"({JOBS_DONE_JS})() > {before}", timeout=30_000)
+    page.wait_for_function(f"() => ({JOBS_DONE_JS})() > {before}", timeout=30_000)
     first = page.locator("#recent-rows tr").first
     expect(first).to_contain_text("efficientnet_lite0")
     expect(page.locator("#recent-rows tr")).not_to_have_count(0)

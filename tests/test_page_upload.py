@@ -63,7 +63,7 @@ def test_dropped_png_is_previewed_uploaded_and_classified(page: Page) -> None:
     # The preview shows the file itself (an object URL), and no gallery image is chosen.
     preview = page.locator("#preview-image")
     expect(preview).to_have_attribute("src", re.compile(r"^blob:"))
-    page.wait_for_function("document.querySelector('#preview-image').naturalWidth > 0")
+    page.wait_for_function("() => document.querySelector('#preview-image').naturalWidth > 0")
     expect(page.locator("#preview-caption")).to_contain_text("my coffee.png")
     expect(page.locator('#gallery input[name="image"]:checked')).to_have_count(0)
     expect(page.locator("#upload-error")).to_be_hidden()
