@@ -35,7 +35,7 @@ from classifier_service.metrics import ReplicaMetrics
 from classifier_service.models import LoadedModel
 from classifier_service.settings import ClassifierSettings
 from shared import wire
-from shared.connect import NodeRing, safe_url, watch_channel
+from shared.connect import NodeRing, broker_user, safe_url, watch_channel
 from shared.errors import ImgqError, JobTimedOut, MessageError, UnknownModel
 from shared.messages import (
     AnnouncedModel,
@@ -77,6 +77,8 @@ class Replica:
         self._nodes = NodeRing(settings.broker_urls)
         self._consumer: tuple[AbstractQueue, str] | None = None
         self._cancel_offset: int | None = None
+        # The broker user we are connected as: every message we publish says so (user_id).
+        self._user: str | None = None
         self.jobs_done = 0
         # Jobs cancelled while queued, so a replica that receives one skips it.  Bounded:
         # a cancellation only matters until the job reaches the head of the queue.
@@ -128,6 +130,7 @@ class Replica:
 
     async def _session(self) -> None:
         connection, url = await self._nodes.connect_any(connection_name=self.settings.replica_id)
+        self._user = broker_user(url)
         lost = asyncio.Event()
         connection.close_callbacks.add(lambda *_: lost.set())
         try:
@@ -397,7 +400,7 @@ class Replica:
         in call order, so events of one job reach the log in the order they were sent."""
         if self._events is None or self._default is None:
             raise ConnectionError("not connected to the broker")
-        out = wire.event_message(event)
+        out = wire.event_message(event, user_id=self._user)
         # mandatory=False: no gateway may be listening right now, which is not an error.
         sends: list[asyncio.Future[object]] = [
             asyncio.ensure_future(
@@ -412,7 +415,7 @@ class Replica:
                     message.reply_to,
                 )
                 return sends
-            reply = wire.reply_message(event, message, request.version)
+            reply = wire.reply_message(event, message, request.version, user_id=self._user)
             sends.append(
                 asyncio.ensure_future(
                     self._default.publish(reply.message, reply.routing_key, mandatory=False)
@@ -436,7 +439,7 @@ class Replica:
                 },
                 restarts=self.settings.restart_count,
             )
-            out = wire.heartbeat_message(beat)
+            out = wire.heartbeat_message(beat, user_id=self._user)
             try:
                 if self._events is None or self._consumer is None:
                     raise ConnectionError("not connected to the broker, or not consuming")

@@ -31,7 +31,14 @@ from gateway.replicas import ReplicaRegistry
 from gateway.settings import GatewaySettings
 from gateway.store import JobStore
 from shared import wire
-from shared.connect import NodeRing, node_address, node_answers, safe_url, watch_channel
+from shared.connect import (
+    NodeRing,
+    broker_user,
+    node_address,
+    node_answers,
+    safe_url,
+    watch_channel,
+)
 from shared.errors import BrokerUnavailable, MessageError, QueueFull
 from shared.messages import ClassifyRequest, JobEvent, JobFailure, JobForgotten, is_job_id
 from shared.states import JobStatus
@@ -92,6 +99,9 @@ class GatewayBroker:
         # Any node will do: after losing one, the next session starts with another.
         self._nodes = NodeRing(settings.broker_urls)
         self.node_url: str | None = None
+        # Set as user_id on everything we publish (RabbitMQ checks it), so readers know the
+        # sender; whoever reads the log checks it against IMGQ_*_USERS (gateway/senders.py).
+        self._user: str | None = None
         self.replay_seconds: float | None = None
         self._started = time.monotonic()
 
@@ -136,6 +146,7 @@ class GatewayBroker:
         connection, self.node_url = await self._nodes.connect_any(
             connection_name=f"imgq-gateway {self.gateway_id}"
         )
+        self._user = broker_user(self.node_url)
         closed = asyncio.Event()
         connection.close_callbacks.add(lambda *_: closed.set())
         self._connection = connection
@@ -199,7 +210,7 @@ class GatewayBroker:
     async def _append_marker(self) -> None:
         assert self._topology is not None
         self._marker = uuid.uuid4().hex
-        out = wire.marker_message(self._marker)
+        out = wire.marker_message(self._marker, user_id=self._user)
         await self._topology.events.publish(out.message, out.routing_key, mandatory=False)
 
     # -- publishing ------------------------------------------------------------------------
@@ -213,7 +224,7 @@ class GatewayBroker:
         and if the job itself is refused, a "forgotten" event withdraws the logged one.
         """
         topology = self._require()
-        out = wire.request_message(request, content_type=content_type)
+        out = wire.request_message(request, content_type=content_type, user_id=self._user)
         logged = self._in_background(
             self.publish_event(queued), f"queued event of {request.job_id}"
         )
@@ -252,10 +263,10 @@ class GatewayBroker:
         return task
 
     async def publish_event(self, event: JobEvent) -> None:
-        await self._publish(wire.event_message(event))
+        await self._publish(wire.event_message(event, user_id=self._user))
 
     async def publish_forgotten(self, job_id: str) -> None:
-        await self._publish(wire.forgotten_message(job_id))
+        await self._publish(wire.forgotten_message(job_id, user_id=self._user))
 
     async def _publish(self, out: wire.Outgoing) -> None:
         self._require()
@@ -303,10 +314,14 @@ class GatewayBroker:
     async def _on_log(self, message: AbstractIncomingMessage) -> None:
         offset = (message.headers or {}).get("x-stream-offset")
         try:
-            entry = wire.parse_log_entry(message)
+            entry: wire.LogEntry | None = wire.parse_log_entry(message)
         except MessageError as exc:
             log.warning("ignoring malformed event %s: %s", message.routing_key, exc)
-        else:
+            entry = None
+        refusal = None if entry is None else self._settings.senders.refuses(entry, message.user_id)
+        if refusal is not None:
+            log.warning("ignoring event %s: %s", message.routing_key, refusal)
+        elif entry is not None:
             if isinstance(entry, wire.Marker):
                 if entry.value == self._marker and not self.replayed:
                     self.replay_seconds = time.monotonic() - self._started

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.senders import Senders
 from shared.catalog import catalog_models
 from shared.errors import SettingsError
 from shared.settings import Environ, broker_urls, env_float, env_int, env_list, env_str
@@ -36,6 +37,8 @@ class GatewaySettings:
     # Bearer tokens for the JSON API; empty = the API is open.  Kept out of repr() so a
     # logged settings object never leaks them.
     api_tokens: tuple[str, ...] = field(default=(), repr=False)
+    # Which broker users may publish which job events (gateway/senders.py); empty = any.
+    senders: Senders = field(default_factory=Senders)
 
     @classmethod
     def from_env(cls, env: Environ) -> GatewaySettings:
@@ -57,4 +60,5 @@ class GatewaySettings:
             declare_topology=declares_topology(env),
             log_retention=LogRetention.from_env(env),
             api_tokens=env_list(env, "IMGQ_API_TOKENS", ()),
+            senders=Senders.from_env(env),
         )

@@ -13,6 +13,7 @@ tell "known but gone" (410) from "never seen" (404).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -21,6 +22,20 @@ from typing import Protocol
 from shared.errors import JobGone, JobNotFound
 from shared.messages import JobEvent
 from shared.states import JobStatus
+
+log = logging.getLogger(__name__)
+
+
+def _disagreement(current: JobEvent, event: JobEvent) -> str | None:
+    """What a later event says about the job's input that its earlier one does not: a replica
+    must report on the job it was given, not another model or image under the same ID."""
+    if event.error is not None and event.error.code == "dead_lettered":
+        return None  # may know nothing but the job ID
+    if event.model != current.model:
+        return f"model {event.model!r}, but the job is for {current.model!r}"
+    if event.image_sha256 and current.image_sha256 and event.image_sha256 != current.image_sha256:
+        return "another image than the job's"
+    return None
 
 
 class JobObserver(Protocol):
@@ -76,6 +91,10 @@ class JobStore:
             # Events are full snapshots built from the request (idempotency key included), so
             # an event that arrives too late to advance the job has nothing to add.
             if not current.status.may_become(event.status):
+                return False
+            mismatch = _disagreement(current, event)
+            if mismatch:
+                log.warning("ignoring %s event of job %s: %s", event.status, event.job_id, mismatch)
                 return False
             # Except a dead letter that could not be read, which knows only the job ID.
             event = event.advance(

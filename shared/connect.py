@@ -61,6 +61,11 @@ async def node_answers(url: str, wait: float = 1.0) -> bool:
         return False
 
 
+def broker_user(url: str) -> str:
+    """The user a connection to ``url`` authenticates as (AMQP URLs default to guest)."""
+    return urlsplit(url).username or "guest"
+
+
 class NoBrokerNode(ConnectionError):
     """No node in the list accepted a connection."""
 

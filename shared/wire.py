@@ -73,8 +73,13 @@ def request_message(
     content_type: str = OCTET_STREAM,
     reply_to: str | None = None,
     correlation_id: str | None = None,
+    user_id: str | None = None,
 ) -> Outgoing:
-    """A version 2 request: persistent (the work queue is durable), image bytes as the body."""
+    """A version 2 request: persistent (the work queue is durable), image bytes as the body.
+
+    ``user_id`` (here and in every builder) is the broker user the sender is connected as:
+    RabbitMQ refuses a message whose user_id is not the connection's user, so a reader can
+    tell who sent it (``gateway/senders.py``)."""
     headers: HeadersType = {
         H_VERSION: SCHEMA_VERSION,
         H_MODEL: request.model,
@@ -93,6 +98,7 @@ def request_message(
         headers=headers,
         reply_to=reply_to,
         correlation_id=correlation_id,
+        user_id=user_id,
     )
     return Outgoing(message, REQUEST_ROUTING_KEY)
 
@@ -174,7 +180,7 @@ def parse_request(message: AbstractIncomingMessage) -> ClassifyRequest:
 # -- events --------------------------------------------------------------------------------
 
 
-def event_message(event: JobEvent) -> Outgoing:
+def event_message(event: JobEvent, *, user_id: str | None = None) -> Outgoing:
     """A job event for the events exchange (and so the event log): persistent JSON."""
     message = aio_pika.Message(
         event.to_json(),
@@ -183,6 +189,7 @@ def event_message(event: JobEvent) -> Outgoing:
         message_id=event.job_id,
         timestamp=time.time(),
         type=job_routing_key(event.status.value),
+        user_id=user_id,
     )
     return Outgoing(message, job_routing_key(event.status.value))
 
@@ -197,7 +204,9 @@ def reply_allowed(reply_to: str | None) -> bool:
     return bool(reply_to) and str(reply_to).startswith(REPLY_QUEUE_PREFIXES)
 
 
-def reply_message(event: JobEvent, request: AbstractIncomingMessage, version: int) -> Outgoing:
+def reply_message(
+    event: JobEvent, request: AbstractIncomingMessage, version: int, *, user_id: str | None = None
+) -> Outgoing:
     """The final event for the producer's ``reply_to`` queue, in the version it wrote."""
     assert reply_allowed(request.reply_to), "check reply_allowed() first"
     assert request.reply_to is not None
@@ -207,22 +216,26 @@ def reply_message(event: JobEvent, request: AbstractIncomingMessage, version: in
         correlation_id=request.correlation_id or event.job_id,
         message_id=event.job_id,
         type=job_routing_key(event.status.value),
+        user_id=user_id,
     )
     return Outgoing(message, request.reply_to)
 
 
-def forgotten_message(job_id: str) -> Outgoing:
+def forgotten_message(job_id: str, *, user_id: str | None = None) -> Outgoing:
     message = aio_pika.Message(
         JobForgotten(job_id, time.time()).to_json(),
         content_type=JSON,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         message_id=job_id,
+        user_id=user_id,
     )
     return Outgoing(message, FORGOTTEN_ROUTING_KEY)
 
 
-def heartbeat_message(beat: ReplicaHeartbeat) -> Outgoing:
-    message = aio_pika.Message(beat.to_json(), content_type=JSON, expiration=HEARTBEAT_TTL_SECONDS)
+def heartbeat_message(beat: ReplicaHeartbeat, *, user_id: str | None = None) -> Outgoing:
+    message = aio_pika.Message(
+        beat.to_json(), content_type=JSON, expiration=HEARTBEAT_TTL_SECONDS, user_id=user_id
+    )
     return Outgoing(message, HEARTBEAT_ROUTING_KEY)
 
 
@@ -230,10 +243,11 @@ def parse_heartbeat(message: AbstractIncomingMessage) -> ReplicaHeartbeat:
     return ReplicaHeartbeat.from_json(message.body)
 
 
-def marker_message(marker: str) -> Outgoing:
+def marker_message(marker: str, *, user_id: str | None = None) -> Outgoing:
     """A gateway's marker in the event log: reading it back means the replay caught up."""
     return Outgoing(
-        aio_pika.Message(marker.encode(), content_type="text/plain"), marker_routing_key(marker)
+        aio_pika.Message(marker.encode(), content_type="text/plain", user_id=user_id),
+        marker_routing_key(marker),
     )
 
 

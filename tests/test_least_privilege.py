@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -15,9 +16,16 @@ from compose.permissions import CLASSIFIER_USER, GATEWAY_USER, PRODUCER_USER
 from compose.setup_broker import setup
 from compose.stack import Stack
 from imgq_cli.amqp import Producer
-from shared.messages import JobEvent
+from shared import wire
+from shared.messages import ClassifyRequest, JobEvent, new_job_id
 from shared.states import JobStatus
-from shared.topology import EVENT_LOG, REQUEST_ROUTING_KEY, REQUESTS_EXCHANGE, REQUESTS_QUEUE
+from shared.topology import (
+    EVENT_LOG,
+    EVENTS_EXCHANGE,
+    REQUEST_ROUTING_KEY,
+    REQUESTS_EXCHANGE,
+    REQUESTS_QUEUE,
+)
 from tests import api
 from tests.cluster import MODEL, Cluster
 
@@ -73,7 +81,12 @@ def test_services_work_as_least_privilege_users(managed_node: tuple[BrokerNode, 
             "IMGQ_PRODUCER_PASSWORD": PASSWORDS[PRODUCER_USER],
         }
     )
-    _, url = cluster.start_gateway(IMGQ_BROKER_URL=_url(node, GATEWAY_USER))
+    # The gateway trusts each kind of event only from the user that may send it.
+    gateway, url = cluster.start_gateway(
+        IMGQ_BROKER_URL=_url(node, GATEWAY_USER),
+        IMGQ_GATEWAY_USERS=GATEWAY_USER,
+        IMGQ_CLASSIFIER_USERS=CLASSIFIER_USER,
+    )
     cluster.wait_replicas(1)
     job = api.submit(url, MODEL, "coffee.jpg")
     assert api.wait_final(url, job["job_id"])["result"][0]["label"] == "espresso"
@@ -148,3 +161,38 @@ def test_services_work_as_least_privilege_users(managed_node: tuple[BrokerNode, 
     assert reply.status is JobStatus.SUCCEEDED
     assert reply.result is not None
     assert reply.result[0].label == "espresso"
+
+    # RabbitMQ checks user_id: nobody can claim to be another user.
+    async def classifier_claims_to_be_the_gateway() -> None:
+        connection = await aio_pika.connect(_url(node, CLASSIFIER_USER))
+        async with connection:
+            channel = await connection.channel(publisher_confirms=True)
+            exchange = await channel.get_exchange(EVENTS_EXCHANGE)
+            forged = JobEvent.for_request(
+                ClassifyRequest(new_job_id(), MODEL, "x.jpg", b"x", time.time()), JobStatus.QUEUED
+            )
+            out = wire.event_message(forged, user_id=GATEWAY_USER)
+            await exchange.publish(out.message, out.routing_key)
+
+    with pytest.raises(aio_pika.exceptions.AMQPError, match="user_id"):
+        asyncio.run(classifier_claims_to_be_the_gateway())
+
+    # A classifier may publish events, but not cancel a job: the gateway ignores it.
+    queued = api.submit(url, MODEL, "cat.jpg")
+
+    async def classifier_cancels(job: dict[str, object]) -> None:
+        connection = await aio_pika.connect(_url(node, CLASSIFIER_USER))
+        async with connection:
+            channel = await connection.channel(publisher_confirms=True)
+            exchange = await channel.get_exchange(EVENTS_EXCHANGE)
+            event = JobEvent(str(job["job_id"]), JobStatus.CANCELLED, MODEL, "cat.jpg")
+            out = wire.event_message(event, user_id=CLASSIFIER_USER)
+            await exchange.publish(out.message, out.routing_key)
+
+    asyncio.run(classifier_cancels(queued))
+    assert api.wait_final(url, queued["job_id"])["status"] == "succeeded"
+    deadline = time.monotonic() + 10
+    refused = f"cancelled sent by {CLASSIFIER_USER}, who may not send it"
+    while refused not in gateway.log_tail(100_000):
+        assert time.monotonic() < deadline, gateway.log_tail()
+        time.sleep(0.2)

@@ -175,3 +175,13 @@ def test_reusable_results_are_only_successes_on_the_same_input() -> None:
     assert store.reusable_result("efficientnet_lite2", job.image_sha256) is None
     store.forget(job.job_id)
     assert store.reusable_result(job.model, job.image_sha256) is None
+
+
+def test_an_event_about_another_model_or_image_is_ignored() -> None:
+    store = JobStore(ttl=60, max_jobs=10)
+    job = _queued()
+    store.apply(job)
+    assert not store.apply(job.advance(JobStatus.STARTED, model="efficientnet_lite2"))
+    assert not store.apply(job.advance(JobStatus.SUCCEEDED, image_sha256="0" * 64))
+    assert store.get(job.job_id).status is JobStatus.QUEUED
+    assert store.apply(job.advance(JobStatus.STARTED))

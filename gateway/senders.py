@@ -1,0 +1,66 @@
+"""Who may say what in the event log: job events are trusted by the broker user that sent them.
+
+Every service sets the AMQP ``user_id`` property to the user it is connected as, and
+RabbitMQ refuses a message whose ``user_id`` is not the connection's own user, so the
+property cannot be forged.  With ``IMGQ_GATEWAY_USERS`` and ``IMGQ_CLASSIFIER_USERS`` set
+(the least-privilege deployment: compose, Kubernetes), a gateway accepts from the log:
+
+- markers, ``queued``, ``cancelled`` and ``forgotten`` only from a gateway user;
+- ``started`` only from a classifier user;
+- ``succeeded`` and ``failed`` from a classifier user, or from a gateway user only for what a
+  gateway itself decides: a reused result (``reused_from``) or a dead-lettered job.
+
+Unset (the local launcher and the tests run every service as one user), nothing is checked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.messages import JobEvent, JobForgotten
+from shared.settings import Environ, env_list
+from shared.states import JobStatus
+from shared.wire import LogEntry, Marker
+
+_GATEWAY_ONLY = frozenset({JobStatus.QUEUED, JobStatus.CANCELLED})
+
+
+@dataclass(frozen=True, slots=True)
+class Senders:
+    gateways: frozenset[str] = frozenset()
+    classifiers: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_env(cls, env: Environ) -> Senders:
+        return cls(
+            gateways=frozenset(env_list(env, "IMGQ_GATEWAY_USERS", ())),
+            classifiers=frozenset(env_list(env, "IMGQ_CLASSIFIER_USERS", ())),
+        )
+
+    @property
+    def enforced(self) -> bool:
+        return bool(self.gateways or self.classifiers)
+
+    def refuses(self, entry: LogEntry, user_id: str | None) -> str | None:
+        """Why ``entry``, sent as ``user_id``, must be ignored; None when it is acceptable."""
+        if not self.enforced:
+            return None
+        sender = user_id or "(no user_id)"
+        from_gateway = user_id in self.gateways
+        from_classifier = user_id in self.classifiers
+        if isinstance(entry, Marker | JobForgotten) or entry.status in _GATEWAY_ONLY:
+            allowed = from_gateway
+        elif entry.status is JobStatus.STARTED:
+            allowed = from_classifier
+        else:
+            allowed = from_classifier or (from_gateway and _decided_by_a_gateway(entry))
+        if allowed:
+            return None
+        what = type(entry).__name__ if not isinstance(entry, JobEvent) else entry.status.value
+        return f"{what} sent by {sender}, who may not send it"
+
+
+def _decided_by_a_gateway(event: JobEvent) -> bool:
+    if event.status is JobStatus.SUCCEEDED:
+        return event.reused_from is not None
+    return event.error is not None and event.error.code == "dead_lettered"
