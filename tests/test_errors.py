@@ -198,5 +198,7 @@ def test_the_broker_refuses_a_message_over_16_mib(service: Service) -> None:
             exchange = await channel.get_exchange(REQUESTS_EXCHANGE)
             await exchange.publish(aio_pika.Message(b"\0" * (17 << 20)), REQUEST_ROUTING_KEY)
 
-    with pytest.raises(aio_pika.exceptions.AMQPError, match="larger than configured max size 16777216"):
+    with pytest.raises(
+        aio_pika.exceptions.AMQPError, match="larger than configured max size 16777216"
+    ):
         asyncio.run(publish_huge())
