@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -313,8 +314,25 @@ async def readyz(request: web.Request) -> web.Response:
     return json_response({"status": "ready"})
 
 
-async def openapi(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(OPENAPI_FILE, headers={"Content-Type": "application/json"})
+async def openapi(request: web.Request) -> web.Response:
+    tokens_required = bool(request.app[keys.SETTINGS].api_tokens)
+    return web.Response(body=served_openapi(tokens_required), content_type="application/json")
+
+
+@functools.cache
+def served_openapi(tokens_required: bool) -> bytes:
+    """openapi.json as this gateway serves it.  Each protected operation allows a bearer token
+    or nothing (the empty requirement ``{}``); with IMGQ_API_TOKENS set only the token is true
+    of this gateway, so the empty alternative is dropped."""
+    text = OPENAPI_FILE.read_bytes()
+    if not tokens_required:
+        return text
+    document = orjson.loads(text)
+    for item in document["paths"].values():
+        for operation in item.values():
+            if isinstance(operation, dict) and "security" in operation:
+                operation["security"] = [need for need in operation["security"] if need]
+    return orjson.dumps(document)
 
 
 async def static_asset(request: web.Request) -> web.FileResponse:

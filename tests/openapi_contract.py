@@ -8,7 +8,8 @@ Usage::
 
 ``body`` is the parsed JSON for JSON media types; for other media types pass ``bytes`` or
 ``str`` (a media type declared without a schema, such as ``image/jpeg``, only has its content
-type checked).
+type checked).  A ``text/event-stream`` body is split into its events, and the schema checks
+each one (as Schemathesis reads it, and as OpenAPI 3.2's ``itemSchema`` says outright).
 """
 
 from __future__ import annotations
@@ -62,6 +63,47 @@ def _media_type(content_type: str) -> str:
 
 def _is_json(media_type: str) -> bool:
     return media_type == "application/json" or media_type.endswith("+json")
+
+
+EVENT_STREAM = "text/event-stream"
+
+
+def parse_event_stream(text: str) -> list[dict[str, str]]:
+    """The events of a ``text/event-stream`` body, each as ``{field: value}``; comments (such as
+    ``: keep-alive``) are not events.  Fails if the stream stops in the middle of an event."""
+    events: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+        if not line:
+            if current:
+                events.append(current)
+                current = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            current[name] = f"{current[name]}\n{value}" if name in current else value
+    if current:
+        raise AssertionError(f"the event stream ends in the middle of an event: {current!r}")
+    return events
+
+
+def _content_errors(schema: dict[str, Any], event: dict[str, str]) -> list[str]:
+    """What JSON Schema leaves to the application: a field declared with
+    ``contentMediaType: application/json`` and a ``contentSchema`` must parse and match it."""
+    errors: list[str] = []
+    for name, declared in schema.get("properties", {}).items():
+        content_schema = declared.get("contentSchema")
+        if name not in event or content_schema is None:
+            continue
+        if not _is_json(str(declared.get("contentMediaType", ""))):
+            continue
+        try:
+            payload = json.loads(event[name])
+        except ValueError as exc:
+            errors.append(f"at $.{name}: not valid JSON ({exc})")
+            continue
+        errors += [f"in $.{name}: {e}" for e in validate_against_schema(content_schema, payload)]
+    return errors
 
 
 def _find_media(content: dict[str, Any], media_type: str) -> dict[str, Any] | None:
@@ -193,7 +235,16 @@ def assert_response_matches(
             raise AssertionError(
                 f"{name}: body is not valid JSON ({exc}): {instance[:200]!r}"
             ) from exc
-    messages = validate_against_schema(schema, instance)
+    if media_type == EVENT_STREAM:
+        if not isinstance(instance, str):
+            raise AssertionError(f"{name}: pass the raw event stream as bytes or str")
+        messages = []
+        resolved = _resolved(spec, schema)
+        for i, event in enumerate(parse_event_stream(instance)):
+            errors = validate_against_schema(schema, event) + _content_errors(resolved, event)
+            messages += [f"event #{i}: {error}" for error in errors]
+    else:
+        messages = validate_against_schema(schema, instance)
     if messages:
         shown = "\n  ".join(messages[:10])
         more = f"\n  ... and {len(messages) - 10} more" if len(messages) > 10 else ""
@@ -201,6 +252,12 @@ def assert_response_matches(
             f"{name} ({media_type}): body does not match the OpenAPI schema:\n  {shown}{more}\n"
             f"body: {_preview(body)}"
         )
+
+
+def _resolved(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in schema:
+        schema = resolve_pointer(spec, schema["$ref"])
+    return schema
 
 
 def _preview(body: object, limit: int = 600) -> str:

@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
+from gateway.views import _IDEMPOTENCY_KEY, served_openapi
 from tests.openapi_contract import (
+    EVENT_STREAM,
     SPEC_PATH,
     assert_response_matches,
     load_spec,
@@ -216,6 +218,9 @@ def test_media_examples_match_their_schemas() -> None:
                     samples = [media["example"]] if "example" in media else []
                     samples += [e["value"] for e in media.get("examples", {}).values()]
                     for sample in samples:
+                        if media_type == EVENT_STREAM:  # the schema describes one event
+                            assert_response_matches(path, method, int(status), media_type, sample)
+                            continue
                         errors = validate_against_schema(media["schema"], sample)
                         assert not errors, f"{method} {path} {status} {media_type}: {errors}"
 
@@ -311,12 +316,18 @@ def test_image_media_types() -> None:
     assert set(_response("/", "get", "200")["content"]) == {"text/html"}
 
 
+# Fields the cluster work added to GET /status: optional, so the document is true of gateways
+# from before it too.
+OPTIONAL_FIELDS = {"Status": {"broker"}, "ReplicaStatus": {"restarts"}}
+
+
 def test_strict_schemas() -> None:
     schemas = load_spec()["components"]["schemas"]
     strict = ("Job", "Label", "JobError", "Info", "ModelInfo", "ImageInfo")
     for name in (*strict, "Status", "ReplicaStatus", "RecentJob"):
         assert schemas[name]["additionalProperties"] is False, name
-        assert set(schemas[name]["required"]) == set(schemas[name]["properties"]), name
+        optional = OPTIONAL_FIELDS.get(name, set())
+        assert set(schemas[name]["required"]) == set(schemas[name]["properties"]) - optional, name
     assert schemas["JobStatus"]["enum"] == ["queued", "started", "succeeded", "failed", "cancelled"]
     assert set(schemas["Problem"]["required"]) == {"type", "title", "status", "detail", "code"}
 
@@ -508,12 +519,24 @@ def test_bearer_security_on_exactly_the_protected_operations() -> None:
             if method not in HTTP_METHODS:
                 continue
             if (path, method) in PROTECTED:
-                assert op["security"] == [{"bearerAuth": []}], (method, path)
+                # A token, or nothing: a gateway without IMGQ_API_TOKENS is open.
+                assert op["security"] == [{"bearerAuth": []}, {}], (method, path)
                 assert "401" in op["responses"], (method, path)
             else:
                 assert "security" not in op, (method, path)
     www = _response("/status", "get", "401")["headers"]["WWW-Authenticate"]
     assert www["required"]
+
+
+def test_a_gateway_serves_the_security_that_is_true_of_it() -> None:
+    # Open: the file as it is.
+    assert served_openapi(False) == SPEC_PATH.read_bytes()
+    # With tokens: the token alone, on exactly the protected operations; nothing else changes.
+    served = json.loads(served_openapi(True))
+    expected = copy.deepcopy(load_spec())
+    for path, method in PROTECTED:
+        expected["paths"][path][method]["security"] = [{"bearerAuth": []}]
+    assert served == expected
 
 
 def test_upload_problems() -> None:
@@ -584,3 +607,118 @@ def test_events_status_and_metrics_media_types() -> None:
     leaky["recent"][0]["job_id"] = JOB_ID
     with pytest.raises(AssertionError, match="does not match"):
         assert_response_matches("/status", "get", 200, "application/json", leaky)
+
+
+# --- what Schemathesis (tests/test_schemathesis.py) relies on --------------------------------
+
+
+def test_links_lead_from_a_new_job_to_the_operations_on_it() -> None:
+    spec = load_spec()
+    operation_ids = {
+        op["operationId"]
+        for item in spec["paths"].values()
+        for method, op in item.items()
+        if method in HTTP_METHODS
+    }
+    links = _response("/classifications", "post", "202")["links"]
+    assert {link["operationId"] for link in links.values()} == {
+        "getClassification",
+        "deleteClassification",
+        "streamClassificationEvents",
+    }
+    for link in [
+        *links.values(),
+        *_response("/classifications/{job_id}", "delete", "200")["links"].values(),
+    ]:
+        assert link["operationId"] in operation_ids
+        assert link["parameters"] == {"job_id": "$response.body#/job_id"}
+
+
+def _events(*jobs: dict[str, Any], keepalive: bool = True) -> str:
+    text = ": keep-alive\n\n" if keepalive else ""
+    for job in jobs:
+        text += f"event: job\nid: {job['status']}\ndata: {json.dumps(job)}\n\n"
+    return text
+
+
+def test_event_stream_schema_describes_each_event_and_its_job() -> None:
+    media = _response("/classifications/{job_id}/events", "get", "200")["content"][EVENT_STREAM]
+    data = media["schema"]["properties"]["data"]
+    assert data["contentMediaType"] == "application/json"
+    assert data["contentSchema"] == {"$ref": "#/components/schemas/Job"}
+    good = _events(queued_job(), succeeded_job())
+    assert_response_matches("/classifications/{job_id}/events", "get", 200, EVENT_STREAM, good)
+
+
+BAD_STREAMS = {
+    "job_not_matching_its_schema": _events(_mutated(succeeded_job(), result=_labels(4))),
+    "id_not_a_status": _events(queued_job()).replace("id: queued", "id: 7"),
+    "another_event_name": _events(queued_job()).replace("event: job", "event: update"),
+    "data_not_json": "event: job\nid: queued\ndata: {not json\n\n",
+    "no_data": "event: job\nid: queued\n\n",
+    "cut_mid_event": _events(queued_job()).rstrip("\n"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_STREAMS))
+def test_helper_rejects_bad_event_streams(name: str) -> None:
+    with pytest.raises(AssertionError, match="event"):
+        assert_response_matches(
+            "/classifications/{job_id}/events", "get", 200, EVENT_STREAM, BAD_STREAMS[name]
+        )
+
+
+def test_415_says_which_content_types_are_allowed() -> None:
+    allowed = ["application/json", "application/x-www-form-urlencoded", "multipart/form-data"]
+    assert_response_matches(
+        "/classifications",
+        "post",
+        415,
+        "application/problem+json",
+        problem(415, "unsupported_content_type", allowed=allowed),
+    )
+    with pytest.raises(AssertionError, match="does not match"):
+        assert_response_matches(
+            "/classifications",
+            "post",
+            415,
+            "application/problem+json",
+            problem(415, "unsupported_content_type"),
+        )
+    body = load_spec()["paths"]["/classifications"]["post"]["requestBody"]["content"]
+    assert sorted(body) == allowed
+
+
+def test_multipart_form_has_only_its_own_parts() -> None:
+    body = load_spec()["paths"]["/classifications"]["post"]["requestBody"]["content"]
+    multipart = body["multipart/form-data"]["schema"]
+    assert multipart["additionalProperties"] is False
+    assert validate_against_schema(multipart, {"model": "m", "image": "a", "extra": "x"})
+
+
+@pytest.mark.parametrize(
+    ("key", "valid"),
+    [
+        ("order-42", True),
+        ("3f2b8c1e-9a7d-4c6b-8e0f-1a2b3c4d5e6f", True),
+        ("a b", True),
+        ("~!", True),
+        ("x" * 255, True),
+        ("", False),
+        (" a", False),
+        ("a ", False),
+        ("a\tb", False),
+        ("caf\u00e9", False),
+        ("a\x7f", False),
+        ("x" * 256, False),
+    ],
+)
+def test_idempotency_key_rule_is_the_servers(key: str, valid: bool) -> None:
+    (param,) = (
+        p
+        for p in load_spec()["paths"]["/classifications"]["post"]["parameters"]
+        if p["name"] == "Idempotency-Key"
+    )
+    in_document = not validate_against_schema(param["schema"], key)
+    on_the_server = len(key) <= 255 and _IDEMPOTENCY_KEY.fullmatch(key) is not None
+    assert in_document == on_the_server == valid
