@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from classifier_service.models import LoadedModel
+from classifier_service.models import LoadedModel, Logits
 from classifier_service.preprocess import preprocess
 from shared.errors import ImageDecodeError
 from shared.messages import Label
@@ -32,9 +32,9 @@ def configure_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
+def softmax(logits: Logits) -> Logits:
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    result: np.ndarray = shifted / shifted.sum(axis=1, keepdims=True)
+    result: Logits = shifted / shifted.sum(axis=1, keepdims=True)
     return result
 
 
