@@ -22,10 +22,13 @@ async def status(request: web.Request) -> web.Response:
                     "jobs_done": beat.jobs_done,
                     "busy": beat.busy,
                     "last_seen": beat.at,
+                    "restarts": beat.restarts,
                 }
                 for beat in replicas
             ],
             "queue_depth": await request.app[keys.BROKER].queue_depth(),
+            # The broker's nodes (one unless it is a cluster), each probed now.
+            "broker": {"nodes": await request.app[keys.BROKER].nodes()},
             "jobs_per_second": round(activity.jobs_per_second(), 4),
             "recent": activity.recent(),
         }

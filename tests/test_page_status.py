@@ -53,6 +53,13 @@ def test_status_page_shows_replicas_and_updates_by_itself(page: Page, service: A
             expect(row.locator('[data-field="models"]')).to_contain_text(model)
         expect(row.locator('[data-field="state"]')).to_have_text(re.compile(r"^(busy|idle)$"))
         expect(row.locator('[data-field="last_seen"]')).to_have_text(re.compile(r"(ago|now)$"))
+        expect(row.locator('[data-field="restarts"]')).to_have_text("0")
+    # The broker's node, probed by the gateway, and marked as the one it uses.
+    [node] = status["broker"]["nodes"]
+    node_row = page.locator(f'#broker-rows tr[data-node="{node["name"]}"]')
+    expect(node_row.locator('[data-field="running"]')).to_have_text("running")
+    expect(node_row.locator('[data-field="connected"]')).to_have_text("this gateway")
+    expect(page.locator("#broker-count")).to_have_text("1 / 1")
     expect(page.locator("#live-state")).to_have_text("Live")
     expect(page.locator("#queue-depth")).to_have_text(re.compile(r"^(\d+|\?)$"))
     before = page.evaluate(JOBS_DONE_JS)

@@ -12,6 +12,8 @@ const replicaCount = el("replica-count");
 const queueDepth = el("queue-depth");
 const jobsPerSecond = el("jobs-per-second");
 const replicaRows = el("replica-rows");
+const brokerRows = el("broker-rows");
+const brokerCount = el("broker-count");
 const replicasEmpty = el("replicas-empty");
 const recentRows = el("recent-rows");
 const recentEmpty = el("recent-empty");
@@ -77,12 +79,33 @@ function renderReplicas(replicas) {
     const seen = cell(ago(replica.last_seen), "num", "Last seen");
     seen.dataset.field = "last_seen";
     if (Number.isFinite(replica.last_seen)) seen.title = new Date(replica.last_seen * 1000).toLocaleString();
-    tr.append(name, models, done, state, seen);
+    const restarts = cell(String(Number(replica.restarts) || 0), "num", "Restarts");
+    restarts.dataset.field = "restarts";
+    tr.append(name, models, done, state, seen, restarts);
     return tr;
   });
   replicaRows.replaceChildren(...rows);
   replicasEmpty.hidden = rows.length > 0;
   replicaCount.textContent = String(rows.length);
+}
+
+function renderBroker(nodes) {
+  const rows = nodes.map((node) => {
+    const tr = document.createElement("tr");
+    tr.dataset.node = node.name;
+    const name = cell(node.name, "mono");
+    name.dataset.field = "name";
+    const state = document.createElement("td");
+    state.dataset.field = "running";
+    state.append(pill(node.running ? "running" : "down"));
+    const used = cell(node.connected ? "this gateway" : "", "", "Connection");
+    used.dataset.field = "connected";
+    tr.append(name, state, used);
+    return tr;
+  });
+  brokerRows.replaceChildren(...rows);
+  const running = nodes.filter((node) => node.running).length;
+  brokerCount.textContent = nodes.length ? `${running} / ${nodes.length}` : "—";
 }
 
 function renderRecent(recent) {
@@ -106,6 +129,7 @@ function renderRecent(recent) {
 
 function render(status) {
   renderReplicas(Array.isArray(status.replicas) ? status.replicas : []);
+  renderBroker(status.broker && Array.isArray(status.broker.nodes) ? status.broker.nodes : []);
   renderRecent(Array.isArray(status.recent) ? status.recent : []);
   if (Number.isFinite(status.queue_depth)) {
     queueDepth.textContent = String(status.queue_depth);
