@@ -587,9 +587,11 @@ def test_events_status_and_metrics_media_types() -> None:
                 "jobs_done": 3,
                 "busy": False,
                 "last_seen": 1764072000.0,
+                "restarts": 0,
             }
         ],
         "queue_depth": None,
+        "broker": {"nodes": [{"name": "127.0.0.1:5672", "running": True, "connected": True}]},
         "jobs_per_second": 0.05,
         "recent": [
             {
