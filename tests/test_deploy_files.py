@@ -486,8 +486,11 @@ def test_gateway_image_never_installs_torch() -> None:
 
 
 def test_classifier_image_installs_the_classifier_extra() -> None:
+    # Through its lock file, which tests/test_lockfiles.py holds to the classifier extra.
     runs = [args for kw, args in final_stage("Dockerfile.classifier") if kw == "RUN"]
-    assert any(re.search(r"pip install\b[^;&|]*['\"]?\.\[classifier\]", run) for run in runs)
+    assert any(
+        re.search(r"pip install\b[^;&|]*-r\s+requirements/classifier\.lock\b", run) for run in runs
+    )
 
 
 def stages(dockerfile: str) -> list[list[tuple[str, str]]]:
