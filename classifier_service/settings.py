@@ -12,7 +12,17 @@ from typing import TypeVar
 
 from shared.catalog import catalog_models
 from shared.errors import SettingsError
-from shared.settings import Environ, broker_urls, env_float, env_int, env_list, env_str
+from shared.settings import (
+    CLASSIFIER,
+    Environ,
+    Variable,
+    broker_urls,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+    variable,
+)
 from shared.topology import QueueBounds, declares_topology
 
 _Choice = TypeVar("_Choice", bound=StrEnum)
@@ -33,6 +43,115 @@ class Device(StrEnum):
     AUTO = "auto"
     CPU = "cpu"
     CUDA = "cuda"
+
+
+_REPLICA_ID = variable(
+    "IMGQ_REPLICA_ID",
+    None,
+    CLASSIFIER,
+    "the replica's name in results, heartbeats and `/status`",
+    shown="host-pid",
+)
+_INFERENCE_THREADS = variable(
+    "IMGQ_INFERENCE_THREADS",
+    1,
+    CLASSIFIER,
+    "inference threads; replicas × threads must not exceed the cores",
+)
+_TORCH_THREADS = variable(
+    "IMGQ_TORCH_THREADS",
+    None,
+    CLASSIFIER,
+    "the older name of `IMGQ_INFERENCE_THREADS`",
+    shown="unset",
+)
+_BATCH_SIZE = variable(
+    "IMGQ_BATCH_SIZE", 1, CLASSIFIER, "most jobs for one model run as one forward pass"
+)
+_BATCH_WAIT_MS = variable(
+    "IMGQ_BATCH_WAIT_MS",
+    0.0,
+    CLASSIFIER,
+    "milliseconds a batch waits to fill once its first job is in hand",
+)
+_HEARTBEAT_INTERVAL = variable(
+    "IMGQ_HEARTBEAT_INTERVAL",
+    5.0,
+    CLASSIFIER,
+    "seconds between heartbeats (and touches of the health file)",
+)
+_HEALTH_FILE = variable(
+    "IMGQ_HEALTH_FILE",
+    "/tmp/imgq-classifier.alive",
+    CLASSIFIER,
+    "touched after each heartbeat the broker took; the container health check reads it",
+)
+_DRAIN_TIMEOUT = variable(
+    "IMGQ_DRAIN_TIMEOUT",
+    20.0,
+    CLASSIFIER,
+    "seconds to finish in-flight work on SIGTERM before it is requeued",
+)
+_JOB_TIME_LIMIT = variable(
+    "IMGQ_JOB_TIME_LIMIT",
+    60.0,
+    CLASSIFIER,
+    "seconds a batch may take to decode and classify before its jobs fail",
+)
+_METRICS_HOST = variable(
+    "IMGQ_METRICS_HOST", "127.0.0.1", CLASSIFIER, "address of the replica's `/metrics`"
+)
+_METRICS_PORT = variable(
+    "IMGQ_METRICS_PORT", 9100, CLASSIFIER, "port of the replica's `/metrics`; `0` = off"
+)
+_RUNTIME = variable(
+    "IMGQ_RUNTIME",
+    Runtime.AUTO.value,
+    CLASSIFIER,
+    "`onnxruntime`, `torch`, or `auto`: ONNX Runtime where installed",
+)
+_DEVICE = variable(
+    "IMGQ_DEVICE",
+    Device.AUTO.value,
+    CLASSIFIER,
+    "`cpu`, `cuda` (needs `onnxruntime-gpu`), or `auto`: CUDA where available",
+)
+_MODEL_CACHE = variable(
+    "IMGQ_MODEL_CACHE",
+    None,
+    CLASSIFIER,
+    "exported ONNX models, one folder per model and weights (`/models` in the image)",
+    shown="`$XDG_CACHE_HOME/imgq/models` (else `~/.cache/imgq/models`)",
+)
+_TORCHVISION_MODELS: Variable[tuple[str, ...]] = variable(
+    "IMGQ_TORCHVISION_MODELS",
+    (),
+    CLASSIFIER,
+    "torchvision classifiers to serve besides the catalogue, comma-separated",
+)
+_WEIGHTS_DIR = variable(
+    "IMGQ_WEIGHTS_DIR",
+    None,
+    CLASSIFIER,
+    "where the torchvision models' weights files are (a replica never downloads them)",
+    shown="torch's cache: `$TORCH_HOME/hub/checkpoints`",
+)
+_RESTART_COUNT = variable(
+    "IMGQ_RESTART_COUNT",
+    0,
+    CLASSIFIER,
+    "set by the supervisor that restarted the replica (the local launcher); shown on `/status`",
+)
+_DEBUG_DELAY = variable(
+    "IMGQ_DEBUG_DELAY", 0.0, CLASSIFIER, "test hook: seconds added to every inference"
+)
+_DEBUG_CRASH_IMAGE = variable(
+    "IMGQ_DEBUG_CRASH_IMAGE",
+    None,
+    CLASSIFIER,
+    "test hook: an image name whose job kills the replica, as a segfault would",
+    shown="unset",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +181,8 @@ class ClassifierSettings:
     debug_delay: float
     debug_crash_image: str | None
     # GET /metrics (Prometheus) on this address; port 0 turns the listener off.
-    metrics_host: str = "127.0.0.1"
-    metrics_port: int = 9100
+    metrics_host: str = _METRICS_HOST.default
+    metrics_port: int = _METRICS_PORT.default
     # torchvision classifiers to serve besides the catalogue, each only if its weights file
     # is in weights_dir (see classifier_service/torchvision_models.py).
     torchvision_models: tuple[str, ...] = ()
@@ -78,7 +197,7 @@ class ClassifierSettings:
     # A batch whose decoding and inference take longer fails its jobs (time_limit_exceeded)
     # and the replica goes on with a fresh inference thread: a picture that takes minutes to
     # decode must not stop a replica.
-    job_time_limit: float = 60.0
+    job_time_limit: float = _JOB_TIME_LIMIT.default
 
     @property
     def prefetch(self) -> int:
@@ -90,27 +209,31 @@ class ClassifierSettings:
         models = catalog_models(env)
         return cls(
             torchvision_models=_torchvision_models(env),
-            weights_dir=Path(env_str(env, "IMGQ_WEIGHTS_DIR", str(default_weights_dir(env)))),
+            weights_dir=Path(env_str(env, _WEIGHTS_DIR.name, str(default_weights_dir(env)))),
             broker_urls=broker_urls(env),
-            restart_count=env_int(env, "IMGQ_RESTART_COUNT", 0),
+            restart_count=env_int(env, _RESTART_COUNT.name, _RESTART_COUNT.default),
             models=models,
-            replica_id=env_str(env, "IMGQ_REPLICA_ID", f"{socket.gethostname()}-{os.getpid()}"),
+            replica_id=env_str(env, _REPLICA_ID.name, f"{socket.gethostname()}-{os.getpid()}"),
             torch_threads=_threads(env),
-            batch_size=env_int(env, "IMGQ_BATCH_SIZE", 1, minimum=1),
-            batch_wait=env_float(env, "IMGQ_BATCH_WAIT_MS", 0.0) / 1000,
-            heartbeat_interval=env_float(env, "IMGQ_HEARTBEAT_INTERVAL", 5.0, minimum=0.1),
-            health_file=env_str(env, "IMGQ_HEALTH_FILE", "/tmp/imgq-classifier.alive"),
-            drain_timeout=env_float(env, "IMGQ_DRAIN_TIMEOUT", 20.0),
-            job_time_limit=env_float(env, "IMGQ_JOB_TIME_LIMIT", 60.0, minimum=0.1),
+            batch_size=env_int(env, _BATCH_SIZE.name, _BATCH_SIZE.default, minimum=1),
+            batch_wait=env_float(env, _BATCH_WAIT_MS.name, _BATCH_WAIT_MS.default) / 1000,
+            heartbeat_interval=env_float(
+                env, _HEARTBEAT_INTERVAL.name, _HEARTBEAT_INTERVAL.default, minimum=0.1
+            ),
+            health_file=env_str(env, _HEALTH_FILE.name, _HEALTH_FILE.default),
+            drain_timeout=env_float(env, _DRAIN_TIMEOUT.name, _DRAIN_TIMEOUT.default),
+            job_time_limit=env_float(
+                env, _JOB_TIME_LIMIT.name, _JOB_TIME_LIMIT.default, minimum=0.1
+            ),
             queue_bounds=QueueBounds.from_env(env),
             declare_topology=declares_topology(env),
-            debug_delay=env_float(env, "IMGQ_DEBUG_DELAY", 0.0),
-            debug_crash_image=env.get("IMGQ_DEBUG_CRASH_IMAGE") or None,
-            metrics_host=env_str(env, "IMGQ_METRICS_HOST", "127.0.0.1"),
-            metrics_port=env_int(env, "IMGQ_METRICS_PORT", 9100, maximum=65535),
-            runtime=_choice(env, "IMGQ_RUNTIME", Runtime),
-            device=_choice(env, "IMGQ_DEVICE", Device),
-            model_cache=Path(env_str(env, "IMGQ_MODEL_CACHE", str(default_model_cache(env)))),
+            debug_delay=env_float(env, _DEBUG_DELAY.name, _DEBUG_DELAY.default),
+            debug_crash_image=env.get(_DEBUG_CRASH_IMAGE.name) or None,
+            metrics_host=env_str(env, _METRICS_HOST.name, _METRICS_HOST.default),
+            metrics_port=env_int(env, _METRICS_PORT.name, _METRICS_PORT.default, maximum=65535),
+            runtime=_choice(env, _RUNTIME, Runtime),
+            device=_choice(env, _DEVICE, Device),
+            model_cache=Path(env_str(env, _MODEL_CACHE.name, str(default_model_cache(env)))),
         )
 
 
@@ -129,23 +252,24 @@ def default_model_cache(env: Environ) -> Path:
 
 
 def _threads(env: Environ) -> int:
-    new = env_int(env, "IMGQ_INFERENCE_THREADS", 0, minimum=1)
-    old = env_int(env, "IMGQ_TORCH_THREADS", 0, minimum=1)
+    # 0 stands for "unset" here: the variables themselves must be at least 1.
+    new = env_int(env, _INFERENCE_THREADS.name, 0, minimum=1)
+    old = env_int(env, _TORCH_THREADS.name, 0, minimum=1)
     if new and old and new != old:
         raise SettingsError(
             f"IMGQ_INFERENCE_THREADS={new} and IMGQ_TORCH_THREADS={old} disagree; "
             "set one (IMGQ_TORCH_THREADS is the older name of the same setting)"
         )
-    return new or old or 1
+    return new or old or _INFERENCE_THREADS.default
 
 
-def _choice(env: Environ, name: str, kind: type[_Choice]) -> _Choice:
-    raw = env_str(env, name, "auto").lower()
+def _choice(env: Environ, setting: Variable[str], kind: type[_Choice]) -> _Choice:
+    raw = env_str(env, setting.name, setting.default).lower()
     try:
         return kind(raw)
     except ValueError:
         allowed = ", ".join(member.value for member in kind)
-        raise SettingsError(f"{name} must be one of {allowed}, got {raw!r}") from None
+        raise SettingsError(f"{setting.name} must be one of {allowed}, got {raw!r}") from None
 
 
 # torchvision's model names (resnet50, mobilenet_v3_small, ...).  Whether a name is one of
@@ -155,7 +279,7 @@ _TORCHVISION_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
 def _torchvision_models(env: Environ) -> tuple[str, ...]:
-    names = env_list(env, "IMGQ_TORCHVISION_MODELS", ())
+    names = env_list(env, _TORCHVISION_MODELS.name, _TORCHVISION_MODELS.default)
     malformed = [name for name in names if not _TORCHVISION_NAME.fullmatch(name)]
     if malformed:
         raise SettingsError(

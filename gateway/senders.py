@@ -18,11 +18,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shared.messages import JobEvent, JobForgotten
-from shared.settings import Environ, env_list
+from shared.settings import GATEWAY, Environ, Variable, env_list, variable
 from shared.states import JobStatus
 from shared.wire import LogEntry, Marker
 
 _GATEWAY_ONLY = frozenset({JobStatus.QUEUED, JobStatus.CANCELLED})
+
+_GATEWAY_USERS: Variable[tuple[str, ...]] = variable(
+    "IMGQ_GATEWAY_USERS",
+    (),
+    GATEWAY,
+    "the gateways' broker users, comma-separated: with `IMGQ_CLASSIFIER_USERS`, a gateway "
+    "trusts each job event in the log only from the kind of service that may send it; "
+    "unset = any",
+)
+_CLASSIFIER_USERS: Variable[tuple[str, ...]] = variable(
+    "IMGQ_CLASSIFIER_USERS",
+    (),
+    GATEWAY,
+    "the classifiers' broker users, comma-separated (see `IMGQ_GATEWAY_USERS`)",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,8 +48,8 @@ class Senders:
     @classmethod
     def from_env(cls, env: Environ) -> Senders:
         return cls(
-            gateways=frozenset(env_list(env, "IMGQ_GATEWAY_USERS", ())),
-            classifiers=frozenset(env_list(env, "IMGQ_CLASSIFIER_USERS", ())),
+            gateways=frozenset(env_list(env, _GATEWAY_USERS.name, _GATEWAY_USERS.default)),
+            classifiers=frozenset(env_list(env, _CLASSIFIER_USERS.name, _CLASSIFIER_USERS.default)),
         )
 
     @property

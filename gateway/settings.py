@@ -8,10 +8,49 @@ from pathlib import Path
 from gateway.senders import Senders
 from shared.catalog import catalog_models
 from shared.errors import SettingsError
-from shared.settings import Environ, broker_urls, env_float, env_int, env_list, env_str
+from shared.settings import (
+    GATEWAY,
+    Environ,
+    Variable,
+    broker_urls,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+    variable,
+)
 from shared.topology import LogRetention, QueueBounds, declares_topology
 
 _REPO_IMAGES = Path(__file__).resolve().parent.parent / "images"
+
+_HTTP_HOST = variable("IMGQ_HTTP_HOST", "127.0.0.1", GATEWAY, "address the HTTP server listens on")
+_HTTP_PORT = variable("IMGQ_HTTP_PORT", 8080, GATEWAY, "port the HTTP server listens on")
+_GALLERY_DIR = variable(
+    "IMGQ_GALLERY_DIR",
+    str(_REPO_IMAGES),
+    GATEWAY,
+    "folder of gallery images",
+    shown="the repository's `images/`",
+)
+_MAX_WAIT = variable("IMGQ_MAX_WAIT", 30.0, GATEWAY, "longest long-poll (`?wait=`), seconds")
+_PUBLISH_TIMEOUT = variable(
+    "IMGQ_PUBLISH_TIMEOUT",
+    5.0,
+    GATEWAY,
+    "seconds a submission waits for the broker's confirm before it gets `503`",
+)
+_JOB_TTL = variable(
+    "IMGQ_JOB_TTL", 3600.0, GATEWAY, "seconds a finished job's result is kept (then `410`)"
+)
+_MAX_JOBS = variable(
+    "IMGQ_MAX_JOBS", 100_000, GATEWAY, "most jobs kept; the oldest finished go first (then `410`)"
+)
+_API_TOKENS: Variable[tuple[str, ...]] = variable(
+    "IMGQ_API_TOKENS",
+    (),
+    GATEWAY,
+    "bearer tokens for the JSON API, `/status` and `/metrics`, comma-separated; unset = open",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,22 +82,24 @@ class GatewaySettings:
     @classmethod
     def from_env(cls, env: Environ) -> GatewaySettings:
         models = catalog_models(env)
-        gallery = Path(env_str(env, "IMGQ_GALLERY_DIR", str(_REPO_IMAGES)))
+        gallery = Path(env_str(env, _GALLERY_DIR.name, _GALLERY_DIR.default))
         if not gallery.is_dir():
             raise SettingsError(f"IMGQ_GALLERY_DIR {str(gallery)!r} is not a directory")
         return cls(
             broker_urls=broker_urls(env),
-            host=env_str(env, "IMGQ_HTTP_HOST", "127.0.0.1"),
-            port=env_int(env, "IMGQ_HTTP_PORT", 8080),
+            host=env_str(env, _HTTP_HOST.name, _HTTP_HOST.default),
+            port=env_int(env, _HTTP_PORT.name, _HTTP_PORT.default),
             gallery_dir=gallery,
             models=models,
-            max_wait=env_float(env, "IMGQ_MAX_WAIT", 30.0),
-            publish_timeout=env_float(env, "IMGQ_PUBLISH_TIMEOUT", 5.0, minimum=0.1),
-            job_ttl=env_float(env, "IMGQ_JOB_TTL", 3600.0, minimum=1.0),
-            max_jobs=env_int(env, "IMGQ_MAX_JOBS", 100_000, minimum=1),
+            max_wait=env_float(env, _MAX_WAIT.name, _MAX_WAIT.default),
+            publish_timeout=env_float(
+                env, _PUBLISH_TIMEOUT.name, _PUBLISH_TIMEOUT.default, minimum=0.1
+            ),
+            job_ttl=env_float(env, _JOB_TTL.name, _JOB_TTL.default, minimum=1.0),
+            max_jobs=env_int(env, _MAX_JOBS.name, _MAX_JOBS.default, minimum=1),
             queue_bounds=QueueBounds.from_env(env),
             declare_topology=declares_topology(env),
             log_retention=LogRetention.from_env(env),
-            api_tokens=env_list(env, "IMGQ_API_TOKENS", ()),
+            api_tokens=env_list(env, _API_TOKENS.name, _API_TOKENS.default),
             senders=Senders.from_env(env),
         )

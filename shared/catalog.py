@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shared.errors import SettingsError
-from shared.settings import Environ, env_list
+from shared.settings import CLASSIFIER, GATEWAY, Environ, env_list, variable
 
 _CROP_PADDING = 32
 
@@ -47,10 +47,17 @@ CATALOG: dict[str, ModelSpec] = {
 
 DEFAULT_MODEL = "efficientnet_lite0"
 
+_MODELS = variable(
+    "IMGQ_MODELS",
+    tuple(CATALOG),
+    (GATEWAY, CLASSIFIER),
+    "catalogue models, comma-separated: those the gateway offers and a replica loads",
+)
+
 
 def catalog_models(env: Environ) -> tuple[str, ...]:
     """IMGQ_MODELS, checked against the catalogue: both services read it the same way."""
-    models = env_list(env, "IMGQ_MODELS", tuple(CATALOG))
+    models = env_list(env, _MODELS.name, _MODELS.default)
     unknown = [m for m in models if m not in CATALOG]
     if unknown:
         raise SettingsError(

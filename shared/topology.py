@@ -17,7 +17,15 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 
 from shared.errors import SettingsError
-from shared.settings import Environ, broker_urls, env_int
+from shared.settings import (
+    CLASSIFIER,
+    GATEWAY,
+    SETUP,
+    Environ,
+    broker_urls,
+    env_int,
+    variable,
+)
 
 # Producers (the gateway, or any program) publish requests here.
 REQUESTS_EXCHANGE: Final = "imgq.requests"
@@ -64,6 +72,56 @@ MARKER_PATTERN: Final = "marker.*"
 # many attempts and is dead-lettered instead of taking the whole fleet down.
 DELIVERY_LIMIT: Final = 3
 
+# The tunable arguments below are part of each queue's declaration: every service that
+# declares the topology (and the setup step) must be given the same values.
+_QUEUE_REPLICAS: Final = variable(
+    "IMGQ_QUEUE_REPLICAS",
+    None,
+    (GATEWAY, CLASSIFIER, SETUP),
+    "copies of each queue and stream in a broker cluster (same value everywhere)",
+    shown="one per broker URL",
+)
+_QUEUE_MAX_JOBS: Final = variable(
+    "IMGQ_QUEUE_MAX_JOBS",
+    10_000,
+    (GATEWAY, CLASSIFIER, SETUP),
+    "work queue bound in jobs: past it submissions get `503` (same value everywhere)",
+)
+_QUEUE_MAX_BYTES: Final = variable(
+    "IMGQ_QUEUE_MAX_BYTES",
+    1 << 30,
+    (GATEWAY, CLASSIFIER, SETUP),
+    "work queue bound in bytes; jobs carry their image (same value everywhere)",
+    shown="`1073741824` (1 GiB)",
+)
+_LOG_MAX_AGE: Final = variable(
+    "IMGQ_LOG_MAX_AGE",
+    24 * 3600,
+    (GATEWAY, SETUP),
+    "seconds the event log keeps job events: what a starting gateway replays (same everywhere)",
+    shown="`86400` (1 day)",
+)
+_LOG_MAX_BYTES: Final = variable(
+    "IMGQ_LOG_MAX_BYTES",
+    1 << 30,
+    (GATEWAY, SETUP),
+    "most bytes the event log keeps (same value everywhere)",
+    shown="`1073741824` (1 GiB)",
+)
+_LOG_SEGMENT_BYTES: Final = variable(
+    "IMGQ_LOG_SEGMENT_BYTES",
+    16 << 20,
+    (GATEWAY, SETUP),
+    "event log segment size: retention drops whole segments (same value everywhere)",
+    shown="`16777216` (16 MiB)",
+)
+_DECLARE_TOPOLOGY: Final = variable(
+    "IMGQ_DECLARE_TOPOLOGY",
+    "true",
+    (GATEWAY, CLASSIFIER),
+    "`false` for least-privilege broker users: only look the topology up",
+)
+
 
 @dataclass(frozen=True)
 class Replication:
@@ -79,7 +137,7 @@ class Replication:
 
     @classmethod
     def from_env(cls, env: Environ) -> Replication:
-        return cls(env_int(env, "IMGQ_QUEUE_REPLICAS", len(broker_urls(env)), minimum=1))
+        return cls(env_int(env, _QUEUE_REPLICAS.name, len(broker_urls(env)), minimum=1))
 
     def quorum(self) -> dict[str, aio_pika.abc.FieldValue]:
         return {} if self.copies == 1 else {"x-quorum-initial-group-size": self.copies}
@@ -93,15 +151,15 @@ class QueueBounds:
     """The work queue's bound: past it the broker nacks publishes and the gateway answers
     503, rather than letting a backlog grow until the broker's memory alarm stops all."""
 
-    max_jobs: int = 10_000
-    max_bytes: int = 1 << 30  # jobs carry their image, so bound the bytes too
+    max_jobs: int = _QUEUE_MAX_JOBS.default
+    max_bytes: int = _QUEUE_MAX_BYTES.default  # jobs carry their image, so bound the bytes too
     replication: Replication = Replication()
 
     @classmethod
     def from_env(cls, env: Environ) -> QueueBounds:
         return cls(
-            max_jobs=env_int(env, "IMGQ_QUEUE_MAX_JOBS", cls.max_jobs, minimum=1),
-            max_bytes=env_int(env, "IMGQ_QUEUE_MAX_BYTES", cls.max_bytes, minimum=1024),
+            max_jobs=env_int(env, _QUEUE_MAX_JOBS.name, cls.max_jobs, minimum=1),
+            max_bytes=env_int(env, _QUEUE_MAX_BYTES.name, cls.max_bytes, minimum=1024),
             replication=Replication.from_env(env),
         )
 
@@ -124,17 +182,17 @@ class QueueBounds:
 class LogRetention:
     """How long and how much of the event log the broker keeps (whole segments at a time)."""
 
-    max_age_seconds: int = 24 * 3600
-    max_bytes: int = 1 << 30
-    segment_bytes: int = 16 << 20
+    max_age_seconds: int = _LOG_MAX_AGE.default
+    max_bytes: int = _LOG_MAX_BYTES.default
+    segment_bytes: int = _LOG_SEGMENT_BYTES.default
     replication: Replication = Replication()
 
     @classmethod
     def from_env(cls, env: Environ) -> LogRetention:
         return cls(
-            max_age_seconds=env_int(env, "IMGQ_LOG_MAX_AGE", cls.max_age_seconds, minimum=1),
-            max_bytes=env_int(env, "IMGQ_LOG_MAX_BYTES", cls.max_bytes, minimum=1024),
-            segment_bytes=env_int(env, "IMGQ_LOG_SEGMENT_BYTES", cls.segment_bytes, minimum=1024),
+            max_age_seconds=env_int(env, _LOG_MAX_AGE.name, cls.max_age_seconds, minimum=1),
+            max_bytes=env_int(env, _LOG_MAX_BYTES.name, cls.max_bytes, minimum=1024),
+            segment_bytes=env_int(env, _LOG_SEGMENT_BYTES.name, cls.segment_bytes, minimum=1024),
             replication=Replication.from_env(env),
         )
 
@@ -216,7 +274,7 @@ async def find_topology(channel: AbstractChannel) -> Topology:
 
 def declares_topology(env: Environ) -> bool:
     """IMGQ_DECLARE_TOPOLOGY=false: the service only looks the topology up (least privilege)."""
-    raw = env.get("IMGQ_DECLARE_TOPOLOGY", "true").strip().lower()
+    raw = env.get(_DECLARE_TOPOLOGY.name, _DECLARE_TOPOLOGY.default).strip().lower()
     if raw not in ("true", "false", "1", "0", "yes", "no"):
         raise SettingsError(f"IMGQ_DECLARE_TOPOLOGY must be true or false, got {raw!r}")
     return raw in ("true", "1", "yes")

@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Every module that reads IMGQ_* variables.
 SETTINGS_MODULES = (
     "gateway/settings.py",
+    "gateway/senders.py",
     "classifier_service/settings.py",
     "shared/settings.py",
     "shared/topology.py",
