@@ -7,9 +7,8 @@ so the services themselves need no right to declare anything.  Idempotent: run i
 on every deployment.
 
 Environment: ``IMGQ_ADMIN_URL`` (AMQP URL of the operator account),
-``IMGQ_MANAGEMENT_URL`` (``http://user:password@host:15672``),
-``IMGQ_GATEWAY_PASSWORD``, ``IMGQ_CLASSIFIER_PASSWORD``, ``IMGQ_PRODUCER_PASSWORD``, and the
-queue/log bounds the services also read (``IMGQ_QUEUE_MAX_*``, ``IMGQ_LOG_*``).
+``IMGQ_MANAGEMENT_URL`` (``http://user:password@host:15672``), the three users' passwords,
+and the queue/log bounds the services also read; ``--help`` lists them all.
 """
 
 from __future__ import annotations
@@ -23,14 +22,41 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 
 import aio_pika
 
 from compose.permissions import CLASSIFIER_USER, GATEWAY_USER, GRANTS, PRODUCER_USER
-from shared.settings import Environ, env_str, process_env
+from shared.config_reference import service_arguments
+from shared.settings import SETUP, Environ, env_str, process_env, variable
 from shared.topology import LogRetention, QueueBounds, declare_event_log, declare_topology
 
 log = logging.getLogger("imgq.setup")
+
+_ADMIN_URL = variable(
+    "IMGQ_ADMIN_URL",
+    "amqp://guest:guest@127.0.0.1:5672/",
+    SETUP,
+    "AMQP URL of the operator's account, which declares the topology (its vhost is the one "
+    "granted)",
+)
+_MANAGEMENT_URL = variable(
+    "IMGQ_MANAGEMENT_URL",
+    "http://guest:guest@127.0.0.1:15672",
+    SETUP,
+    "the broker's management API, with the operator's user and password",
+)
+# No defaults: the users exist to be kept apart, so each password is the deployment's own.
+_PASSWORDS = {
+    user: variable(
+        name, "", SETUP, f"password of the broker user `{user}` it creates", shown="required"
+    )
+    for user, name in (
+        (GATEWAY_USER, "IMGQ_GATEWAY_PASSWORD"),
+        (CLASSIFIER_USER, "IMGQ_CLASSIFIER_PASSWORD"),
+        (PRODUCER_USER, "IMGQ_PRODUCER_PASSWORD"),
+    )
+}
 
 
 def _management(url: str, method: str, path: str, body: dict[str, str]) -> None:
@@ -84,20 +110,21 @@ async def declare(admin_url: str, bounds: QueueBounds, retention: LogRetention) 
 
 
 def setup(env: Environ) -> None:
-    admin_url = env_str(env, "IMGQ_ADMIN_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    admin_url = env_str(env, _ADMIN_URL.name, _ADMIN_URL.default)
     vhost = urllib.parse.unquote(urllib.parse.urlsplit(admin_url).path[1:]) or "/"
-    passwords = {
-        GATEWAY_USER: env_str(env, "IMGQ_GATEWAY_PASSWORD", ""),
-        CLASSIFIER_USER: env_str(env, "IMGQ_CLASSIFIER_PASSWORD", ""),
-        PRODUCER_USER: env_str(env, "IMGQ_PRODUCER_PASSWORD", ""),
-    }
-    create_users(
-        env_str(env, "IMGQ_MANAGEMENT_URL", "http://guest:guest@127.0.0.1:15672"), vhost, passwords
-    )
+    passwords = {user: env_str(env, var.name, var.default) for user, var in _PASSWORDS.items()}
+    create_users(env_str(env, _MANAGEMENT_URL.name, _MANAGEMENT_URL.default), vhost, passwords)
     asyncio.run(declare(admin_url, QueueBounds.from_env(env), LogRetention.from_env(env)))
 
 
-def main() -> int:
+DESCRIPTION = """\
+One-shot broker setup, run as the operator before the services start: creates one broker user
+per service with only the grants it needs (management API) and declares the shared topology
+(AMQP).  Idempotent: run it on every deployment."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    service_arguments("python -m compose.setup_broker", SETUP, DESCRIPTION, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [setup] %(message)s")
     deadline = time.monotonic() + 120
     while True:
