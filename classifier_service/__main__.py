@@ -5,12 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Sequence
 
 from classifier_service.metrics import ReplicaMetrics, start_server
 from classifier_service.models import load_models
 from classifier_service.settings import ClassifierSettings
 from classifier_service.worker import Replica
-from shared.settings import process_env
+from shared.config_reference import service_arguments
+from shared.settings import CLASSIFIER, process_env
+
+DESCRIPTION = """\
+An imgq classifier replica: loads its models once, takes jobs from the broker's work queue,
+classifies them and publishes the results."""
 
 
 async def serve(settings: ClassifierSettings) -> None:
@@ -32,7 +38,9 @@ async def serve(settings: ClassifierSettings) -> None:
             await server.cleanup()
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
+    # Before anything is loaded: --help must not cost a model load.
+    service_arguments("python -m classifier_service", CLASSIFIER, DESCRIPTION, argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s [classifier] %(name)s: %(message)s"
     )

@@ -27,20 +27,26 @@ import logging
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
-from classifier_service import model_cache, torch_runtime, torchvision_models
+from classifier_service import model_cache
 from classifier_service.model_cache import ExportedModel
 from classifier_service.models import installed, weights_path
 from classifier_service.settings import ClassifierSettings
 from shared.catalog import CATALOG, ModelSpec
+from shared.config_reference import environment_help, parser_for
 from shared.errors import SettingsError
-from shared.settings import process_env
+from shared.settings import VARIABLES, process_env
+
+# torch (and the modules that import it: torch_runtime, torchvision_models) is imported in the
+# functions that use it, so that --help answers at once, even where torch is not installed.
+if TYPE_CHECKING:
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +69,8 @@ class Source:
     weights: Path
 
     def build(self) -> nn.Module:
+        from classifier_service import torch_runtime, torchvision_models
+
         if self.spec.name in CATALOG:
             return torch_runtime.build(self.spec)
         return torchvision_models.build(self.spec.name, self.weights.parent)
@@ -78,6 +86,8 @@ def catalogue_source(name: str) -> Source | str:
 
 
 def torchvision_source(name: str, weights_dir: Path) -> Source | str:
+    from classifier_service import torchvision_models
+
     reason = torchvision_models.unavailable_reason(name, weights_dir)
     if reason is not None:
         return reason
@@ -99,6 +109,10 @@ def export(source: Source, cache: Path) -> tuple[ExportedModel, bool]:
 
 
 def write_folder(folder: Path, source: Source, weights_sha256: str) -> ExportedModel:
+    import torch
+
+    from classifier_service import torch_runtime
+
     started = time.perf_counter()
     module = source.build()
     spec = source.spec
@@ -148,6 +162,7 @@ def verify(exported: ExportedModel, module: nn.Module) -> float | None:
     if not installed("onnxruntime"):
         return None
     import onnxruntime
+    import torch
 
     size = exported.spec.input_size
     batch = np.random.default_rng(0).uniform(-1, 1, (3, 3, size, size)).astype(np.float32)
@@ -179,6 +194,8 @@ class Report:
 def export_all(
     catalogue: list[str], torchvision: list[str], cache: Path, weights_dir: Path
 ) -> Report:
+    from classifier_service import torchvision_models
+
     report = Report({}, {}, [])
     known = torchvision_models.known_names()
     report.unknown = [name for name in torchvision if name not in known]
@@ -207,7 +224,52 @@ def export_all(
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    environment = environment_help(
+        [
+            VARIABLES[name]
+            for name in (
+                "IMGQ_MODELS",
+                "IMGQ_TORCHVISION_MODELS",
+                "IMGQ_MODEL_CACHE",
+                "IMGQ_WEIGHTS_DIR",
+                "IMGQ_INFERENCE_THREADS",
+            )
+        ],
+        "It reads the classifier's settings, of which these matter:",
+    )
+    description = (
+        "Export models to ONNX into the model cache, each checked against torch. Without "
+        "model names: the models the replica's settings configure. The last line on stdout "
+        "is a JSON report. Exit status: 0 when every model is in the cache, 1 when any is "
+        "unavailable or failed, 2 for names torchvision does not know or a bad setting."
+    )
+    parser = parser_for("python -m classifier_service.export", description, environment)
+    parser.add_argument("models", nargs="*", help=f"catalogue models: {', '.join(CATALOG)}")
+    parser.add_argument(
+        "--torchvision",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="a torchvision classifier to export (IMGQ_TORCHVISION_MODELS); repeatable",
+    )
+    parser.add_argument(
+        "--cache", type=Path, default=None, help="the model cache (default: IMGQ_MODEL_CACHE)"
+    )
+    parser.add_argument(
+        "--weights-dir",
+        type=Path,
+        default=None,
+        help="torchvision weights files (default: IMGQ_WEIGHTS_DIR)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not_catalogued := [name for name in args.models if name not in CATALOG]:
+        parser.error(f"not in the catalogue: {', '.join(not_catalogued)}")
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s [export] %(name)s: %(message)s"
     )
@@ -219,27 +281,17 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(exc, file=sys.stderr)
         return 2
-    parser = argparse.ArgumentParser(prog="python -m classifier_service.export")
-    parser.add_argument("models", nargs="*", help=f"catalogue models: {', '.join(CATALOG)}")
-    parser.add_argument(
-        "--torchvision",
-        action="append",
-        default=None,
-        metavar="NAME",
-        help="a torchvision classifier to export (IMGQ_TORCHVISION_MODELS); repeatable",
-    )
-    parser.add_argument("--cache", type=Path, default=settings.model_cache)
-    parser.add_argument("--weights-dir", type=Path, default=settings.weights_dir)
-    args = parser.parse_args(argv)
-    if not_catalogued := [name for name in args.models if name not in CATALOG]:
-        parser.error(f"not in the catalogue: {', '.join(not_catalogued)}")
+    cache: Path = args.cache or settings.model_cache
+    weights_dir: Path = args.weights_dir or settings.weights_dir
     # Named models only, when any are named; else what the replica's settings configure.
     named = bool(args.models or args.torchvision)
     catalogue = list(args.models) if named else list(settings.models)
     torchvision = list(args.torchvision or []) if named else list(settings.torchvision_models)
     # One replica's share of the cores: other replicas may be serving beside this export.
+    import torch
+
     torch.set_num_threads(settings.torch_threads)
-    report = export_all(catalogue, torchvision, args.cache, args.weights_dir)
+    report = export_all(catalogue, torchvision, cache, weights_dir)
     print(REPORT_PREFIX + json.dumps(report.__dict__), flush=True)
     return report.exit_status()
 

@@ -22,18 +22,23 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from classifier_service.settings import ClassifierSettings
-from classifier_service.torchvision_models import weights_file_name, weights_url
+from shared.config_reference import environment_help, parser_for
 from shared.errors import SettingsError
-from shared.settings import process_env
+from shared.settings import VARIABLES, process_env
 
 
 def prepare(names: tuple[str, ...], weights_dir: Path) -> list[str]:
     """Download what is missing; returns the names whose file is still missing."""
+    # Imported here, not above: --help, and a configuration with nothing to prepare, need
+    # no torch (the classifier image has none).
+    import torch
+
+    from classifier_service.torchvision_models import weights_file_name, weights_url
+
     failed = []
     for name in names:
         target = weights_dir / weights_file_name(name)
@@ -60,7 +65,19 @@ def prepare(names: tuple[str, ...], weights_dir: Path) -> list[str]:
     return failed
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    environment = environment_help(
+        [VARIABLES[name] for name in ("IMGQ_TORCHVISION_MODELS", "IMGQ_WEIGHTS_DIR")],
+        "It takes no arguments: it reads the classifier's settings, of which these matter:",
+    )
+    description = (
+        "Download the weights files of the torchvision models a replica is configured to "
+        "serve, where they are missing. Exit status: 0 when every file is present, 1 when "
+        "any is missing, 2 for a bad setting."
+    )
+    parser_for("python -m classifier_service.prepare_models", description, environment).parse_args(
+        argv
+    )
     logging.basicConfig(level=logging.INFO)
     try:
         settings = ClassifierSettings.from_env(process_env())

@@ -20,12 +20,14 @@ from types import FrameType
 from compose.broker import BrokerCluster, BrokerError, start_cluster, start_node
 from compose.stack import Stack, threads_per_replica, wait_http_ok, wait_replicas_online
 from compose.supervise import Supervisor
+from shared.config_reference import package_version
 
 log = logging.getLogger("imgq.launch")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m compose.launch", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     parser.add_argument("--replicas", type=int, default=2, help="classifier replicas (default 2)")
     parser.add_argument("--port", type=int, default=8080, help="gateway HTTP port (default 8080)")
     parser.add_argument("--host", default="127.0.0.1", help="gateway bind address")

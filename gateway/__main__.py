@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from aiohttp import web
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
-from shared.settings import process_env
+from shared.config_reference import service_arguments
+from shared.settings import GATEWAY, process_env
+
+DESCRIPTION = """\
+The imgq gateway: serves the page and the JSON API, publishes each job to the broker's work
+queue, follows the event log and answers for any job by its ID."""
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
+    service_arguments("python -m gateway", GATEWAY, DESCRIPTION, argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s [gateway] %(name)s: %(message)s"
     )

@@ -17,6 +17,7 @@ from typing import Any
 from imgq_cli import render
 from imgq_cli.client import ApiError, Client, Unreachable
 from imgq_cli.waiting import wait_all
+from shared.config_reference import package_version
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_WAIT_TIMEOUT = 300.0
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 1 refused by the server or a job did not succeed, "
         "2 server unreachable or bad usage.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     _add_connection_options(parser, top_level=True)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     # Options given after the command name win; those before it are the fallback.
