@@ -24,6 +24,9 @@ from shared.topology import QueueBounds
 from tests.service_settings import unknown_variables
 from tests.test_deploy_files import (
     DOCKER_DEFAULT_GRACE_SECONDS,
+    OPTIONAL_SECRETS,
+    PASSWORD_VARIABLES,
+    RABBITMQ_CONF,
     compose_healthcheck,
     dockerfile_cmd,
     dockerfile_healthcheck,
@@ -50,6 +53,7 @@ OPERATOR_ENV = {
     "IMGQ_BROKER_PASSWORD": "b0ker",
     "IMGQ_GATEWAY_PASSWORD": "g4te",
     "IMGQ_CLASSIFIER_PASSWORD": "cl4ss",
+    "IMGQ_PRODUCER_PASSWORD": "pr0d",
     "IMGQ_ERLANG_COOKIE": "c00kie",
 }
 SECRET_VARIABLE = re.compile(r"PASSWORD|COOKIE|TOKEN")
@@ -110,10 +114,15 @@ def test_every_secret_is_required() -> None:
     secrets = set()
     for text in walk_strings(load()):
         for name, op in pattern.findall(text):
-            if SECRET_VARIABLE.search(name):
+            if not SECRET_VARIABLE.search(name):
+                continue
+            secrets.add(name)
+            if name in OPTIONAL_SECRETS:  # API tokens: unset leaves the HTTP API open
+                assert op == ":-", f"${{{name}}} is optional: ${{{name}:-}}"
+            else:
                 assert op == ":?", f"${{{name}}} must be required (${{{name}:?...}})"
-                secrets.add(name)
-    assert secrets == set(OPERATOR_ENV)
+    assert secrets == set(OPERATOR_ENV) | OPTIONAL_SECRETS
+    assert not re.search(r"change-?me", CLUSTER_FILE.read_text(encoding="utf-8"), re.IGNORECASE)
     # And an unset one does stop it: interpolation fails without the operator's values.
     with pytest.raises(AssertionError, match="required"):
         env_of("gateway", {})
@@ -143,10 +152,12 @@ def test_nodes_are_named_and_keep_their_data(node: str) -> None:
     assert data == [f"{node}-data"], f"{node} needs its own named data volume"
     assert data[0] in volumes
     conf = [m for m in mounts if m[1].startswith("/etc/rabbitmq/conf.d/")]
-    assert conf, f"{node} does not get the cluster configuration"
-    assert (CLUSTER_FILE.parent / conf[0][0]).resolve() == CLUSTER_CONF
-    assert conf[0][1].endswith(".conf")
-    assert conf[0][2:] == ["ro"]
+    # The settings of every node (max_message_size) and the cluster's own, read-only.
+    assert {(CLUSTER_FILE.parent / m[0]).resolve() for m in conf} == {RABBITMQ_CONF, CLUSTER_CONF}
+    assert len({m[1] for m in conf}) == len(conf)
+    for mount in conf:
+        assert mount[1].endswith(".conf")
+        assert mount[2:] == ["ro"]
     argv = compose_healthcheck(svc)
     assert argv[0] == "rabbitmq-diagnostics"
 
@@ -199,6 +210,9 @@ def test_setup_declares_on_a_complete_cluster_with_three_replicas() -> None:
     assert admin.password == node_env["RABBITMQ_DEFAULT_PASS"]
     management = urlsplit(env["IMGQ_MANAGEMENT_URL"])
     assert (management.username, management.password) == (admin.username, admin.password)
+    # A password for every user it creates, imgq-producer's included.
+    for variable in PASSWORD_VARIABLES.values():
+        assert env[variable] == OPERATOR_ENV[variable]
 
 
 # --------------------------------------------------------------------------- services
@@ -261,6 +275,16 @@ def test_scaling_and_shutdown_as_in_compose_yaml() -> None:
     nginx = (REPO / "compose" / "nginx.conf").read_text(encoding="utf-8")
     assert re.search(r"server\s+gateway:" + env_of("gateway")["IMGQ_HTTP_PORT"], nginx)
     assert PurePosixPath(service("lb")["volumes"][0].split(":")[0]).name == "nginx.conf"
+
+
+def test_load_balancer_and_tokens_as_in_compose_yaml() -> None:
+    single = load(SINGLE_FILE)["services"]
+    for key in ("image", "volumes", "ports", "healthcheck", "depends_on"):
+        assert service("lb")[key] == single["lb"][key], f"lb {key} differs from compose.yaml's"
+    assert "/readyz" in compose_healthcheck(service("lb"))[-1]
+    tokens = environment(service("gateway"))["IMGQ_API_TOKENS"]
+    assert tokens == environment(single["gateway"])["IMGQ_API_TOKENS"]
+    assert interpolate(tokens, {"IMGQ_API_TOKENS": "tok1"}) == "tok1"
 
 
 def test_every_imgq_variable_is_one_a_service_reads() -> None:

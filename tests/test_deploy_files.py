@@ -1,8 +1,9 @@
 """Static checks of the container deployment files.
 
 No Docker engine is available where the suite runs, so nothing here builds or starts a
-container: the tests read compose/compose.yaml, the two Dockerfiles and .dockerignore, and
-check them against the repository they are meant to package.
+container: the tests read compose/compose.yaml, compose/nginx.conf, compose/rabbitmq.conf, the
+two Dockerfiles and .dockerignore, and check them against the repository they are meant to
+package.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import shutil
 import subprocess
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,10 +24,17 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from compose.permissions import CLASSIFIER_USER, GATEWAY_USER
+from compose.broker import MAX_MESSAGE_BYTES
+from compose.permissions import CLASSIFIER_USER, GATEWAY_USER, GRANTS, PRODUCER_USER
+from gateway.limits import MAX_REQUEST_BYTES, MAX_UPLOAD_BYTES
+from gateway.settings import GatewaySettings
+from gateway.sse import KEEPALIVE_SECONDS
+from shared.errors import NotReady, PayloadTooLarge
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "compose" / "compose.yaml"
+NGINX_CONF = REPO / "compose" / "nginx.conf"
+RABBITMQ_CONF = REPO / "compose" / "rabbitmq.conf"
 DOCKERIGNORE = REPO / ".dockerignore"
 PYPROJECT = REPO / "pyproject.toml"
 
@@ -43,6 +52,23 @@ DOCKER_DEFAULT_GRACE_SECONDS = 10.0
 
 # Hosts a URL in these files may name: never a package index or any other outside host.
 ALLOWED_URL_HOSTS = {"127.0.0.1", "localhost", "broker"}
+
+# What an operator exports before `up`: the file has no default for any password.
+OPERATOR_ENV = {
+    "IMGQ_BROKER_PASSWORD": "b0ker",
+    "IMGQ_GATEWAY_PASSWORD": "g4te",
+    "IMGQ_CLASSIFIER_PASSWORD": "cl4ss",
+    "IMGQ_PRODUCER_PASSWORD": "pr0d",
+}
+# The variable that carries each broker user's password to broker-setup.
+PASSWORD_VARIABLES = {
+    user: f"IMGQ_{user.removeprefix('imgq-').upper()}_PASSWORD" for user in GRANTS
+}
+# ${NAME...} references to a secret; the API tokens are one, but optional (unset = open API).
+SECRET_REFERENCE = re.compile(
+    r"\$\{([A-Za-z_][A-Za-z0-9_]*(?:PASSWORD|COOKIE|TOKEN)[A-Z0-9_]*)(:?[-?])?"
+)
+OPTIONAL_SECRETS = {"IMGQ_API_TOKENS"}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -249,6 +275,104 @@ def walk_strings(node: Any) -> list[str]:
     return [] if node is None else [str(node)]
 
 
+@dataclass(frozen=True, slots=True)
+class Directive:
+    """One nginx directive: its name, its arguments, and its block if it has one."""
+
+    name: str
+    args: tuple[str, ...]
+    block: tuple[Directive, ...] | None = None
+
+    def all(self, name: str) -> list[Directive]:
+        return [d for d in self.block or () if d.name == name]
+
+    def one(self, name: str) -> Directive:
+        found = self.all(name)
+        assert len(found) == 1, f"{self.name} {' '.join(self.args)}: {len(found)} {name}"
+        return found[0]
+
+
+_NGINX_TOKEN = re.compile(
+    r"""#[^\n]*|'((?:[^'\\]|\\.)*)'|"((?:[^"\\]|\\.)*)"|([{};])|([^\s{};'"#]+)"""
+)
+
+
+def _nginx_unquote(text: str) -> str:
+    # As nginx reads a quoted string: \n, \r and \t are control characters, \x is x.
+    controls = {"n": "\n", "r": "\r", "t": "\t"}
+    return re.sub(r"\\(.)", lambda m: controls.get(m.group(1), m.group(1)), text)
+
+
+def parse_nginx(text: str) -> Directive:
+    """nginx.conf as a tree, lightly: enough to read directives and their values, not to
+    check what nginx would accept (variables are left as they are)."""
+    stack: list[tuple[str, tuple[str, ...], list[Directive]]] = [("", (), [])]
+    words: list[str] = []
+    for match in _NGINX_TOKEN.finditer(text):
+        single, double, punctuation, bare = match.groups()
+        if single is None and double is None and punctuation is None and bare is None:
+            continue  # a comment
+        if punctuation == ";":
+            assert words, "an empty statement"
+            stack[-1][2].append(Directive(words[0], tuple(words[1:])))
+            words = []
+        elif punctuation == "{":
+            assert words, "a block without a name"
+            stack.append((words[0], tuple(words[1:]), []))
+            words = []
+        elif punctuation == "}":
+            assert not words, f"{words} is missing its ';'"
+            name, args, children = stack.pop()
+            assert stack, "one '}' too many"
+            stack[-1][2].append(Directive(name, args, tuple(children)))
+        else:
+            words.append(bare if bare is not None else _nginx_unquote(single or double or ""))
+    assert len(stack) == 1, "nginx.conf ends inside a block"
+    assert not words, "nginx.conf ends inside a statement"
+    return Directive("", (), tuple(stack[0][2]))
+
+
+def nginx_server() -> tuple[Directive, Directive]:
+    http = parse_nginx(NGINX_CONF.read_text(encoding="utf-8")).one("http")
+    return http, http.one("server")
+
+
+def nginx_location(server: Directive, path: str) -> Directive:
+    """The location nginx picks for a request path: exact, else the first regex that matches,
+    else the longest prefix (no ^~ or nested locations here)."""
+    locations = server.all("location")
+    for location in locations:
+        if location.args[0] == "=" and location.args[1] == path:
+            return location
+    for location in locations:
+        if location.args[0] in {"~", "~*"}:
+            flags = re.IGNORECASE if location.args[0] == "~*" else 0
+            if re.search(location.args[1], path, flags):
+                return location
+    prefixes = [loc for loc in locations if len(loc.args) == 1 and path.startswith(loc.args[0])]
+    assert prefixes, f"no location serves {path}"
+    return max(prefixes, key=lambda loc: len(loc.args[0]))
+
+
+def nginx_setting(name: str, *levels: Directive) -> tuple[str, ...]:
+    """A directive's arguments where it takes effect: the innermost level that sets it."""
+    for level in levels:
+        found = level.all(name)
+        if found:
+            return found[-1].args
+    raise AssertionError(f"{name} is not set")
+
+
+def nginx_bytes(value: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)([kKmMgG]?)", value).groups()  # type: ignore[union-attr]
+    return int(number) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit.lower()]
+
+
+def nginx_seconds(value: str) -> float:
+    number, unit = re.fullmatch(r"(\d+)(ms|s|m|h)?", value).groups()  # type: ignore[union-attr]
+    return int(number) * {"ms": 1e-3, "s": 1.0, None: 1.0, "m": 60.0, "h": 3600.0}[unit]
+
+
 # --------------------------------------------------------------------------- compose.yaml
 
 
@@ -294,7 +418,8 @@ def test_service_waits_for_a_healthy_broker(name: str) -> None:
 
 def test_no_guest_credentials() -> None:
     for text in walk_strings(load_compose()):
-        assert "guest" not in interpolate(text).lower(), f"guest credentials in {text!r}"
+        resolved = interpolate(text, OPERATOR_ENV)
+        assert "guest" not in resolved.lower(), f"guest credentials in {text!r}"
     for dockerfile in DOCKERFILES:
         for keyword, args in parse_dockerfile(dockerfile):
             assert "guest" not in args.lower(), f"{dockerfile}: {keyword} {args}"
@@ -305,9 +430,51 @@ def test_broker_has_its_own_user() -> None:
     user = interpolate(env.get("RABBITMQ_DEFAULT_USER", ""))
     assert user, "RABBITMQ_DEFAULT_USER must be set"
     assert user != "guest"
-    assert interpolate(env.get("RABBITMQ_DEFAULT_PASS", "")), "RABBITMQ_DEFAULT_PASS must be set"
-    # The password must be settable by the operator, not only a literal in the file.
-    assert "${IMGQ_BROKER_PASSWORD" in env["RABBITMQ_DEFAULT_PASS"]
+    assert interpolate(env.get("RABBITMQ_DEFAULT_PASS", ""), OPERATOR_ENV)
+    # The operator's own password, required: never a literal or a default in the file.
+    assert env["RABBITMQ_DEFAULT_PASS"].startswith("${IMGQ_BROKER_PASSWORD:?")
+
+
+def test_no_default_passwords() -> None:
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    assert not re.search(r"change-?me", text, re.IGNORECASE), "a placeholder password is left"
+    found = set()
+    for value in walk_strings(load_compose()):
+        for name, op in SECRET_REFERENCE.findall(value):
+            found.add(name)
+            if name in OPTIONAL_SECRETS:
+                assert op == ":-", f"${{{name}}} is optional: ${{{name}:-}}"
+            else:
+                # ${VAR:?}: compose refuses to start without it instead of using a default.
+                assert op == ":?", f"${{{name}}} must be required (${{{name}:?...}})"
+    assert found == set(OPERATOR_ENV) | OPTIONAL_SECRETS
+    # And an unset one does stop it.
+    with pytest.raises(AssertionError, match="required"):
+        interpolate(environment(service("gateway"))["IMGQ_BROKER_URL"], {})
+
+
+def test_setup_gets_a_password_for_every_broker_user() -> None:
+    env = environment(service("broker-setup"))
+    setup_source = (REPO / "compose" / "setup_broker.py").read_text(encoding="utf-8")
+    for user, variable in PASSWORD_VARIABLES.items():
+        assert env.get(variable, "").startswith(f"${{{variable}:?"), (
+            f"broker-setup creates {user} and needs {variable}, required"
+        )
+        # compose/setup_broker.py reads it under that name.
+        assert f'"{variable}"' in setup_source
+    assert PASSWORD_VARIABLES[PRODUCER_USER] == "IMGQ_PRODUCER_PASSWORD"
+    # Only broker-setup learns the producer's password: no service connects as imgq-producer.
+    for name, svc in load_compose()["services"].items():
+        if name != "broker-setup":
+            assert "IMGQ_PRODUCER_PASSWORD" not in " ".join(walk_strings(svc)), name
+
+
+def test_api_tokens_are_set_from_the_environment() -> None:
+    # Tokens without editing the file; unset, the API stays open (the local demo).
+    raw = environment(service("gateway"))["IMGQ_API_TOKENS"]
+    assert interpolate(raw, {}) == ""
+    assert interpolate(raw, {"IMGQ_API_TOKENS": "tok1,tok2"}) == "tok1,tok2"
+    assert GatewaySettings.from_env({"IMGQ_API_TOKENS": interpolate(raw, {})}).api_tokens == ()
 
 
 @pytest.mark.parametrize(
@@ -324,15 +491,15 @@ def test_each_service_connects_as_its_own_least_privilege_user(
     setup_env = environment(service("broker-setup"))
     raw_url = svc_env.get("IMGQ_BROKER_URL")
     assert raw_url, f"{name} has no IMGQ_BROKER_URL"
-    operator_env = {password_variable: "s3cret"}
-    for env in ({}, operator_env):  # the defaults, and what an operator would set
-        url = urlsplit(interpolate(raw_url, env))
-        assert url.scheme in {"amqp", "amqps"}
-        assert url.hostname == "broker", "services reach the broker by its service name"
-        # The user broker-setup creates, with the password it sets, and never the admin.
-        assert url.username == user
-        assert url.password == interpolate(setup_env[password_variable], env)
-        assert url.username != interpolate(environment(service("broker"))["RABBITMQ_DEFAULT_USER"])
+    url = urlsplit(interpolate(raw_url, OPERATOR_ENV))
+    assert url.scheme in {"amqp", "amqps"}
+    assert url.hostname == "broker", "services reach the broker by its service name"
+    # The user broker-setup creates, with the password it sets, and never the admin.
+    assert url.username == user
+    assert password_variable == PASSWORD_VARIABLES[user]
+    assert url.password == interpolate(setup_env[password_variable], OPERATOR_ENV)
+    assert url.password == OPERATOR_ENV[password_variable]
+    assert url.username != interpolate(environment(service("broker"))["RABBITMQ_DEFAULT_USER"])
     assert svc_env.get("IMGQ_DECLARE_TOPOLOGY") == "false", "services must not need configure"
     depends_on = service(name).get("depends_on") or {}
     assert (depends_on.get("broker-setup") or {}).get("condition") == (
@@ -347,9 +514,11 @@ def test_broker_setup_runs_the_setup_module_as_the_operator() -> None:
     assert (REPO / "compose" / "setup_broker.py").is_file()
     env = environment(svc)
     broker_env = environment(service("broker"))
-    admin = urlsplit(interpolate(env["IMGQ_ADMIN_URL"]))
+    admin = urlsplit(interpolate(env["IMGQ_ADMIN_URL"], OPERATOR_ENV))
     assert admin.username == interpolate(broker_env["RABBITMQ_DEFAULT_USER"])
-    assert admin.password == interpolate(broker_env["RABBITMQ_DEFAULT_PASS"])
+    assert admin.password == interpolate(broker_env["RABBITMQ_DEFAULT_PASS"], OPERATOR_ENV)
+    management = urlsplit(interpolate(env["IMGQ_MANAGEMENT_URL"], OPERATOR_ENV))
+    assert (management.username, management.password) == (admin.username, admin.password)
     assert svc.get("restart") == "no", "a one-shot step must not be restarted"
 
 
@@ -371,13 +540,162 @@ def test_gateways_scale_behind_the_load_balancer() -> None:
     lb = service("lb")
     published = [interpolate(str(p)).rsplit(":", 1) for p in lb.get("ports") or []]
     assert any(len(p) == 2 and p[1] == "8080" for p in published), lb.get("ports")
-    config = (REPO / "compose" / "nginx.conf").read_text()
-    assert re.search(r"server\s+gateway:" + env.get("IMGQ_HTTP_PORT", "8080"), config)
-    # Long-polls (30 s) must outlive the proxy's read timeout, and SSE must not be buffered.
-    timeout = re.search(r"proxy_read_timeout\s+(\d+)s", config)
-    assert timeout is not None
-    assert int(timeout.group(1)) > 30
-    assert "proxy_buffering off" in config
+    http, server = nginx_server()
+    assert server.one("listen").args == ("8080",)
+    upstream = http.one("upstream")
+    # Every gateway container under the one service name, found again as they scale.
+    (gateway,) = upstream.all("server")
+    assert gateway.args[0] == "gateway:" + env.get("IMGQ_HTTP_PORT", "8080")
+    assert "resolve" in gateway.args[1:]
+    assert http.all("resolver"), "resolve needs a resolver (Docker's DNS)"
+    for location in server.all("location"):
+        if location.all("proxy_pass"):
+            assert location.one("proxy_pass").args == (f"http://{upstream.args[0]}",)
+
+
+# --------------------------------------------------------------------------- nginx.conf
+
+# Request paths of the API, as the gateway routes them (gateway/app.py).
+JOB_PATH = "/classifications/" + "0" * 32
+EVENTS_PATH = JOB_PATH + "/events"
+SUBMIT_PATH = "/classifications"
+
+
+def proxied_locations() -> list[tuple[str, Directive]]:
+    _, server = nginx_server()
+    paths = ["/", "/info", "/readyz", SUBMIT_PATH, JOB_PATH, EVENTS_PATH, "/images/coffee.jpg"]
+    return [(path, nginx_location(server, path)) for path in paths]
+
+
+def test_nginx_round_robin_with_passive_health_checks() -> None:
+    http, server = nginx_server()
+    upstream = http.one("upstream")
+    # Round robin: no other balancing method (any gateway answers for any job).
+    methods = {"hash", "ip_hash", "least_conn", "least_time", "random", "sticky"}
+    assert not [d.name for d in upstream.block or () if d.name in methods]
+    # nginx open source checks passively only: failures (errors, timeouts, the 503 of a gateway
+    # that is not ready) take a gateway out for a while.
+    options = dict(arg.split("=", 1) for arg in upstream.one("server").args[1:] if "=" in arg)
+    assert int(options["max_fails"]) >= 1
+    assert nginx_seconds(options["fail_timeout"]) > 0
+    for path in ("/readyz", JOB_PATH, EVENTS_PATH):
+        retried = nginx_setting("proxy_next_upstream", nginx_location(server, path), server, http)
+        assert {"error", "timeout", "http_503"} <= set(retried), path
+    # A submission's 503 is the queue being full: the client's to see, not the gateway's fault.
+    submit = nginx_setting("proxy_next_upstream", nginx_location(server, SUBMIT_PATH), server)
+    assert "http_503" not in submit
+    assert "non_idempotent" not in submit, "a POST must never be sent twice"
+
+
+def test_nginx_keeps_connections_to_the_gateways_alive() -> None:
+    http, server = nginx_server()
+    upstream = http.one("upstream")
+    assert int(upstream.one("keepalive").args[0]) > 0
+    # Idle connections closed before aiohttp's own keep-alive (75 s) closes them.
+    assert nginx_seconds(upstream.one("keepalive_timeout").args[0]) < 75
+    for path, location in proxied_locations():
+        assert nginx_setting("proxy_http_version", location, server) == ("1.1",), path
+        # Like nginx: a level that sets any proxy_set_header inherits none from above.
+        headers = [d.args for d in location.all("proxy_set_header")] or [
+            d.args for d in server.all("proxy_set_header")
+        ]
+        assert ("Connection", "") in headers, f"{path}: upstream keep-alive needs Connection ''"
+
+
+def test_nginx_timeouts_outlast_long_polls_and_event_streams() -> None:
+    _, server = nginx_server()
+    max_wait = GatewaySettings.from_env({}).max_wait  # compose leaves IMGQ_MAX_WAIT unset
+    for path, location in proxied_locations():
+        read = nginx_seconds(nginx_setting("proxy_read_timeout", location, server)[0])
+        assert read > max_wait + 5, f"{path}: a ?wait={max_wait:g} long-poll would be cut"
+        assert read > 2 * KEEPALIVE_SECONDS, f"{path}: an idle event stream would be cut"
+
+
+def test_nginx_streams_server_sent_events() -> None:
+    _, server = nginx_server()
+    location = nginx_location(server, EVENTS_PATH)
+    assert nginx_setting("proxy_buffering", location, server) == ("off",)
+
+
+def test_nginx_body_limit_is_the_gateways() -> None:
+    http, server = nginx_server()
+    limit = nginx_bytes(nginx_setting("client_max_body_size", server, http)[0])
+    assert limit == MAX_REQUEST_BYTES, "nginx.conf and gateway/limits.py disagree"
+    # Uploads stream through: nginx would spool every buffered body over 16 KiB to disk.
+    submit = nginx_location(server, SUBMIT_PATH)
+    assert nginx_setting("proxy_request_buffering", submit, server) == ("off",)
+
+
+def test_nginx_limits_each_client_address() -> None:
+    http, server = nginx_server()
+    zones = {}
+    for directive in http.all("limit_req_zone"):
+        key, *options = directive.args
+        assert key == "$binary_remote_addr", "requests are limited per client address"
+        settings = dict(option.split("=", 1) for option in options)
+        zones[settings["zone"].split(":")[0]] = settings
+        assert re.fullmatch(r"\d+r/[sm]", settings["rate"])
+    connection_zones = {}
+    for directive in http.all("limit_conn_zone"):
+        key, option = directive.args
+        assert key == "$binary_remote_addr", "connections are limited per client address"
+        connection_zones[option.split("=", 1)[1].split(":")[0]] = option
+    assert nginx_setting("limit_req_status", server, http) == ("429",)
+    assert nginx_setting("limit_conn_status", server, http) == ("429",)
+    for path, location in proxied_locations():
+        zone, *options = nginx_setting("limit_req", location, server)
+        assert zone.removeprefix("zone=") in zones, path
+        burst = dict(o.split("=", 1) for o in options if "=" in o).get("burst", "0")
+        assert int(burst) > 0, f"{path}: bursts (a page load) must be allowed"
+        name, count = nginx_setting("limit_conn", location, server)
+        assert name in connection_zones, path
+        assert int(count) >= 6, f"{path}: a browser alone opens 6 connections"
+
+
+def test_nginx_refusals_are_problem_details() -> None:
+    _, server = nginx_server()
+    pages = {code: d.args[-1] for d in server.all("error_page") for code in d.args[:-1]}
+    expected_codes = {"413": PayloadTooLarge.code, "429": "rate_limited", "502": NotReady.code}
+    for status, code in expected_codes.items():
+        target = pages[status].removeprefix("=")
+        (named,) = [loc for loc in server.all("location") if loc.args == (target,)]
+        assert nginx_setting("default_type", named) == ("application/problem+json",)
+        assert named.one("types").block == (), "the path's extension must not pick the type"
+        returned_status, body = named.one("return").args
+        problem = json.loads(body)
+        assert problem["code"] == code
+        assert problem["type"] == f"urn:imgq:problem:{code}"
+        assert problem["status"] == int(returned_status)
+        if int(returned_status) in (429, 503):
+            headers = [d.args[0] for d in named.all("add_header")]
+            assert "Retry-After" in headers, f"{status}: a client needs to know when to retry"
+
+
+# --------------------------------------------------------------------------- RabbitMQ
+
+
+def rabbitmq_settings(path: Path = RABBITMQ_CONF) -> dict[str, str]:
+    settings = {}
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            settings[key.strip()] = value.strip()
+    return settings
+
+
+def test_broker_refuses_messages_over_16_mib() -> None:
+    limit = int(rabbitmq_settings()["max_message_size"])
+    assert limit == 16 * 1024 * 1024
+    # The same bound as the local private node the tests run on.
+    assert limit == MAX_MESSAGE_BYTES
+    # Room for the largest upload, even base64-encoded in a version 1 request, and headers.
+    assert limit > MAX_UPLOAD_BYTES * 4 // 3
+    mounts = [str(v).split(":") for v in service("broker").get("volumes") or []]
+    conf = [m for m in mounts if m[1].startswith("/etc/rabbitmq/conf.d/")]
+    assert [(COMPOSE_FILE.parent / m[0]).resolve() for m in conf] == [RABBITMQ_CONF]
+    assert conf[0][1].endswith(".conf")
+    assert conf[0][2:] == ["ro"]
 
 
 def test_gallery_is_mounted_read_only_where_the_gateway_looks() -> None:
@@ -437,6 +755,15 @@ def test_classifier_healthcheck_module_exists() -> None:
     module = python_module(compose_healthcheck(service("classifier")))
     assert module == "classifier_service.healthcheck"
     assert module_source(module), f"python -m {module}: no such module in the repo"
+
+
+def test_load_balancer_healthcheck_reaches_a_ready_gateway() -> None:
+    # Through nginx to a gateway's /readyz (a not-ready one answers 503, retried on the next):
+    # `up --wait` returns once a request can reach a gateway that can queue jobs.
+    argv = compose_healthcheck(service("lb"))
+    assert argv[0] == "wget"
+    assert urlsplit(argv[-1]).path == "/readyz"
+    assert urlsplit(argv[-1]).port == 8080
 
 
 def test_gateway_healthcheck_asks_for_readiness() -> None:
@@ -563,7 +890,10 @@ def test_classifier_index_is_an_empty_build_arg() -> None:
 
 @pytest.mark.parametrize("path", [*DOCKERFILES, "compose/compose.yaml", ".dockerignore"])
 def test_no_outside_urls(path: str) -> None:
-    text = interpolate((REPO / path).read_text(encoding="utf-8"))
+    if path.endswith(".yaml"):  # the values compose sees: comments are never interpolated
+        text = "\n".join(interpolate(s, OPERATOR_ENV) for s in walk_strings(load_compose()))
+    else:
+        text = (REPO / path).read_text(encoding="utf-8")
     for url in re.findall(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+", text):
         assert urlsplit(url).hostname in ALLOWED_URL_HOSTS, f"{path} names {url}"
     assert not re.search(r"--(extra-)?index-url", text), f"{path} passes a package index to pip"
