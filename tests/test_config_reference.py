@@ -85,9 +85,13 @@ def test_every_imgq_name_in_the_services_code_is_declared() -> None:
 def test_the_settings_modules_read_exactly_the_declared_variables() -> None:
     # tests/service_settings.py finds the names the deployment-file checks accept; it and the
     # registry must agree, or those checks would accept a variable the reference lacks.
-    assert variables_read((*SETTINGS_MODULES, "compose/setup_broker.py")) == {
-        var.name for var in all_variables()
-    }
+    declared = {var.name for var in all_variables()}
+    read = variables_read((*SETTINGS_MODULES, "compose/setup_broker.py"))
+    assert not read - declared, "read without variable(): declare them"
+    assert not declared - read, (
+        "declared in a module that SETTINGS_MODULES (tests/service_settings.py) does not list: "
+        "add the module there, or deployment files that set these fail their checks"
+    )
 
 
 def _read_by_gateway() -> set[str]:
