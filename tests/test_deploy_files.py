@@ -655,7 +655,8 @@ def test_nginx_limits_each_client_address() -> None:
 def test_nginx_refusals_are_problem_details() -> None:
     _, server = nginx_server()
     pages = {code: d.args[-1] for d in server.all("error_page") for code in d.args[:-1]}
-    expected_codes = {"413": PayloadTooLarge.code, "429": "rate_limited", "502": NotReady.code}
+    # The codes the gateway gives the same refusals (shared/errors.py).
+    expected_codes = {"413": PayloadTooLarge.code, "429": "too_many_requests", "502": NotReady.code}
     for status, code in expected_codes.items():
         target = pages[status].removeprefix("=")
         (named,) = [loc for loc in server.all("location") if loc.args == (target,)]
