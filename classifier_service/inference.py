@@ -6,6 +6,7 @@ everything it imports stay free of torch.
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -18,6 +19,8 @@ from shared.errors import ImageDecodeError
 from shared.messages import Label
 
 TOP_K = 5
+
+log = logging.getLogger(__name__)
 
 
 def configure_threads(threads: int) -> None:
@@ -41,7 +44,8 @@ def softmax(logits: Logits) -> Logits:
 def classify_batch(
     model: LoadedModel, images: Sequence[bytes], delay: float = 0.0
 ) -> list[tuple[Label, ...] | ImageDecodeError]:
-    """Top-5 labels for each image; an image that fails to decode fails alone."""
+    """Top-5 labels for each image; an image that fails to decode fails alone, whatever the
+    failure: one odd image among a producer's messages must not fail its neighbours."""
     results: list[tuple[Label, ...] | ImageDecodeError] = []
     size = model.spec.input_size
     # Each image is written straight into its row of the batch: no per-image copies.
@@ -52,6 +56,13 @@ def classify_batch(
             preprocess(data, model.spec, out=batch[len(slots)])
         except ImageDecodeError as exc:
             results.append(exc)
+            continue
+        except Exception as exc:
+            # decode() turns what Pillow is known to raise into ImageDecodeError; anything else
+            # (a plugin's IndexError on a malformed file, say) is logged, since it may be ours
+            # to fix, and still fails only this image.
+            log.exception("preprocessing an image failed unexpectedly")
+            results.append(ImageDecodeError(f"cannot decode image: {type(exc).__name__}: {exc}"))
             continue
         slots.append(len(results))
         results.append(())

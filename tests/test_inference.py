@@ -11,16 +11,17 @@ import pytest
 import torch
 from PIL import Image
 
-from classifier_service import torch_runtime
+from classifier_service import inference, torch_runtime
 from classifier_service.efficientnet_lite import EfficientNetLite
 from classifier_service.inference import classify_batch
 from classifier_service.models import LoadedModel
-from classifier_service.preprocess import decode, preprocess
+from classifier_service.preprocess import Pixels, decode, preprocess
 from classifier_service.torch_runtime import CATEGORIES
-from shared.catalog import CATALOG
+from shared.catalog import CATALOG, ModelSpec
 from shared.errors import ImageDecodeError
 from tests import exported
 from tests.api import REPO
+from tests.odd_images import scan_bomb
 
 LITE0 = CATALOG["efficientnet_lite0"]
 GALLERY = sorted((REPO / "images").glob("*.jpg"))
@@ -137,3 +138,41 @@ def test_everything_the_worker_imports_leaves_torch_out() -> None:
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_odd_images_fail_alone_and_their_neighbours_succeed(
+    lite0: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    coffee = (REPO / "images" / "coffee.jpg").read_bytes()
+    cat = (REPO / "images" / "cat.jpg").read_bytes()
+    gif = io.BytesIO()
+    Image.open(io.BytesIO(coffee)).save(gif, "GIF")
+    # An error decode() does not expect (a plugin's IndexError, say) must not escape either.
+    real = inference.preprocess
+
+    def preprocess_or_trip(data: bytes, spec: ModelSpec, out: Pixels | None = None) -> Pixels:
+        if data == b"trips a plugin":
+            raise IndexError("list index out of range")
+        return real(data, spec, out)
+
+    monkeypatch.setattr(inference, "preprocess", preprocess_or_trip)
+    images = [coffee, scan_bomb(500), gif.getvalue(), b"trips a plugin", cat]
+    results = classify_batch(lite0, images)
+    failed = [r for r in results if isinstance(r, ImageDecodeError)]
+    assert [str(r) for r in failed] == [
+        "refused to decode: the JPEG has 500 scans; the limit is 100 (a photo has 1 to about "
+        "10, and each one costs the decoder a pass over the whole image)",
+        "cannot decode image: not an image in an accepted format (JPEG, PNG, WebP)",
+        "cannot decode image: IndexError: list index out of range",
+    ]
+    first, last = results[0], results[-1]
+    assert not isinstance(first, ImageDecodeError)
+    assert not isinstance(last, ImageDecodeError)
+    # The same answers as each image classified on its own.
+    for batched, (alone,) in (
+        (first, classify_batch(lite0, [coffee])),
+        (last, classify_batch(lite0, [cat])),
+    ):
+        assert not isinstance(alone, ImageDecodeError)
+        assert [x.class_index for x in batched] == [x.class_index for x in alone]
+        assert [x.score for x in batched] == pytest.approx([x.score for x in alone], abs=1e-4)
