@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from shared.images import MEDIA_TYPES
+
 MIB: Final = 1024 * 1024
 
 # An uploaded image, in bytes.  A phone photo is 2-8 MiB; and the image travels base64-encoded
@@ -29,14 +31,20 @@ MAX_FORM_PARTS: Final = 8
 # MiB when decoded (a decompression bomb).  Replicas refuse above 64 MP; we refuse first.
 MAX_PIXELS: Final = 40_000_000
 
-# Formats the replicas decode, by Pillow's name -> media type (the gallery offers the same).
-# Sniffed from the bytes; the filename and the part's Content-Type are the client's claims
-# and are never trusted.
-UPLOAD_FORMATS: Final = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
+# Formats the replicas decode, by Pillow's name -> media type (the gallery offers the same):
+# JPEG (MPO, a phone's JPEG with extra frames, too), PNG and WebP, as shared/images.py defines
+# them for both sides.  Sniffed from the bytes; the filename and the part's Content-Type are
+# the client's claims and are never trusted.
+UPLOAD_FORMATS: Final = MEDIA_TYPES
 
 # Uploads checked at once: a check may hold a decoded image (a 40 MP WebP is 160 MB of pixels)
 # and a core, so more at a time would only trade memory for no throughput on a small box.
 MAX_CONCURRENT_CHECKS: Final = 2
+# Uploads that may wait for a check thread, beyond those being checked.  A few let a burst
+# (a page sending several photos) through; each one waiting holds its bytes (up to 10 MiB)
+# and a check takes up to a second, so a longer line only makes every upload in it slower
+# than a client's retry after the 503 that refuses the next one.
+MAX_WAITING_CHECKS: Final = 8
 
 # The displayed name of an upload ("upload:<name>"): enough for any real file name, short
 # enough for a page row and a log line.

@@ -2,15 +2,18 @@
 
 The body is streamed part by part with byte caps, so an oversized upload is refused
 after at most the limit plus the form's framing, never buffered whole.  The image's
-format is sniffed from its bytes by Pillow (restricted to the formats we accept, so no
-other decoder ever sees client bytes); the filename and the part's Content-Type are
-only the client's claims and are used for display at most.  The bytes stay in memory
-until the job is published, and are never written to disk.
+format is sniffed from its bytes by Pillow (restricted to the decoders the replicas use,
+``shared/images.py``, so no other decoder ever sees client bytes); the filename and the
+part's Content-Type are only the client's claims and are used for display at most.  A
+JPEG's scans are counted before it is decoded: a few KiB with thousands of them would
+take minutes.  The bytes stay in memory until the job is published, and are never
+written to disk.
 """
 
 from __future__ import annotations
 
 import io
+import struct
 import unicodedata
 from dataclasses import dataclass
 
@@ -35,13 +38,13 @@ from shared.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from shared.images import DECODERS, FORMAT_NAMES, JPEG_FORMATS, jpeg_refusal
 
 _CHUNK = 64 * 1024
 # The text parts of a form; the other one is the 'file'.
 _TEXT_FIELDS = ("model", "image")
 # Where a name has no usable characters left after sanitising.
 _UNNAMED = "image"
-_FORMAT_NAMES = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WebP"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,11 +160,12 @@ def display_name(raw: str | None) -> str:
 def check_image(data: bytes) -> str:
     """The upload's media type, once its bytes are known to be an accepted image that decodes.
 
-    CPU-bound (up to a second for a 40 MP image): run it off the event loop.
+    CPU-bound (up to a second for a 40 MP image): run it off the event loop, as
+    ``gateway/checks.py`` does.
     """
-    allowed = ", ".join(_FORMAT_NAMES.values())
+    allowed = ", ".join(FORMAT_NAMES.values())
     try:
-        with Image.open(io.BytesIO(data), formats=tuple(UPLOAD_FORMATS)) as image:
+        with Image.open(io.BytesIO(data), formats=DECODERS) as image:
             kind = image.format or ""
             width, height = image.size
             if width * height > MAX_PIXELS:
@@ -169,7 +173,9 @@ def check_image(data: bytes) -> str:
                     f"the image is {width}x{height} = {width * height:,} pixels; "
                     f"the limit is {MAX_PIXELS:,}"
                 )
-            if kind == "JPEG":
+            if kind in JPEG_FORMATS:
+                if refusal := jpeg_refusal(data):
+                    raise ImageUnreadable(refusal)
                 # Decoding at 1/8 scale reads every byte of the scan for a fraction of the work.
                 image.draft("RGB", (1, 1))
                 image.load()
@@ -188,11 +194,11 @@ def check_image(data: bytes) -> str:
                 f"the upload is not an image in an accepted format; allowed: {allowed}"
             ) from None
         raise ImageUnreadable(
-            f"the upload starts like a {_FORMAT_NAMES[claimed]} image but cannot be read"
+            f"the upload starts like a {FORMAT_NAMES[claimed]} image but cannot be read"
         ) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         raise ImageUnreadable(f"the image cannot be decoded: {exc}") from None
-    if kind not in UPLOAD_FORMATS:  # formats= above makes this unreachable; kept as a guard
+    if kind not in UPLOAD_FORMATS:  # DECODERS above makes this unreachable; kept as a guard
         raise UnsupportedMediaType(f"the upload is {kind}; allowed: {allowed}")
     return UPLOAD_FORMATS[kind]
 

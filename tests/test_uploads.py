@@ -7,6 +7,7 @@ gateway/uploads.py on their own are pure unit tests.
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,8 +17,10 @@ from PIL import Image
 from gateway.limits import MAX_PIXELS, MAX_UPLOAD_BYTES
 from gateway.uploads import check_image, display_name
 from shared.errors import ImageTooLarge, ImageUnreadable, UnsupportedMediaType
+from shared.images import MAX_JPEG_SCANS
 from tests import api, multipart
 from tests.conftest import Service
+from tests.odd_images import mpo, scan_bomb
 from tests.openapi_contract import assert_response_matches
 
 MODEL = "efficientnet_lite0"
@@ -28,6 +31,12 @@ def _encode(fmt: str, image: Image.Image | None = None, **options: Any) -> bytes
     out = io.BytesIO()
     (image or Image.open(io.BytesIO(COFFEE)).convert("RGB")).save(out, fmt, **options)
     return out.getvalue()
+
+
+def _phone_jpeg() -> bytes:
+    """The coffee as a phone writes it: a JPEG with an MPF block and a second frame (MPO)."""
+    coffee = Image.open(io.BytesIO(COFFEE)).convert("RGB")
+    return mpo(coffee, coffee.resize((300, 200)))
 
 
 def _huge_png() -> bytes:
@@ -60,6 +69,7 @@ def _still_works(base_url: str) -> None:
         ("coffee.jpg", lambda: COFFEE, "image/jpeg"),
         ("coffee.png", lambda: _encode("PNG"), "image/png"),
         ("coffee.webp", lambda: _encode("WEBP", quality=90), "image/webp"),
+        ("IMG_0001.JPG", _phone_jpeg, "image/jpeg"),
         # The client's claims do not matter, only the bytes.
         ("photo", lambda: _encode("PNG"), "application/octet-stream"),
     ],
@@ -231,6 +241,15 @@ def test_truncated_images_are_422(
 
 
 @pytest.mark.broker
+def test_a_jpeg_with_too_many_scans_is_422_before_it_is_decoded(service: Service) -> None:
+    reply = multipart.upload(service.base_url, MODEL, "bomb.jpg", scan_bomb(500))
+    body = _problem(reply, 422, "image_unreadable")
+    assert "500 scans" in body["detail"]
+    assert f"the limit is {MAX_JPEG_SCANS}" in body["detail"]
+    _still_works(service.base_url)
+
+
+@pytest.mark.broker
 @pytest.mark.parametrize(
     ("fields", "files", "fragment"),
     [
@@ -267,6 +286,18 @@ def test_check_image_names_the_media_type() -> None:
     assert check_image(COFFEE) == "image/jpeg"
     assert check_image(_encode("PNG")) == "image/png"
     assert check_image(_encode("WEBP")) == "image/webp"
+    # A phone's MPO is a JPEG to every viewer.
+    assert check_image(_phone_jpeg()) == "image/jpeg"
+
+
+def test_check_image_counts_a_jpegs_scans_before_decoding_it() -> None:
+    bomb = scan_bomb(500)
+    started = time.perf_counter()
+    with pytest.raises(ImageUnreadable, match=r"500 scans; the limit is 100 \("):
+        check_image(bomb)
+    # Decoding it, even at 1/8 scale, takes about half a second here.
+    assert time.perf_counter() - started < 0.25
+    assert check_image(scan_bomb(MAX_JPEG_SCANS, size=(64, 64))) == "image/jpeg"
 
 
 def test_check_image_refusals() -> None:
