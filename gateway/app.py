@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -13,9 +12,10 @@ from gateway import keys, sse, status, views
 from gateway.activity import Activity
 from gateway.auth import token_middleware
 from gateway.broker import GatewayBroker
+from gateway.checks import ImageChecks
 from gateway.gallery import Gallery
 from gateway.headers import add_security_headers
-from gateway.limits import MAX_CONCURRENT_CHECKS, MAX_REQUEST_BYTES
+from gateway.limits import MAX_CONCURRENT_CHECKS, MAX_REQUEST_BYTES, MAX_WAITING_CHECKS
 from gateway.metrics import GatewayMetrics
 from gateway.problems import problem_middleware
 from gateway.replicas import ReplicaRegistry
@@ -34,7 +34,7 @@ async def _broker_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _stop_image_checks(app: web.Application) -> None:
-    app[keys.IMAGE_CHECKS].shutdown(wait=False, cancel_futures=True)
+    app[keys.IMAGE_CHECKS].close()
 
 
 async def _release_long_polls(app: web.Application) -> None:
@@ -68,9 +68,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app[keys.BROKER] = broker
     app[keys.JOBS] = Jobs(store, broker, metrics)
     # Threads start only when the first upload is checked.
-    app[keys.IMAGE_CHECKS] = ThreadPoolExecutor(
-        max_workers=MAX_CONCURRENT_CHECKS, thread_name_prefix="image-check"
-    )
+    app[keys.IMAGE_CHECKS] = ImageChecks(MAX_CONCURRENT_CHECKS, MAX_WAITING_CHECKS)
     app.cleanup_ctx.append(_broker_ctx)
     app.on_cleanup.append(_stop_image_checks)
     app.on_shutdown.append(_release_long_polls)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 from aiohttp import web
 
 from gateway.activity import Activity
 from gateway.broker import GatewayBroker
+from gateway.checks import ImageChecks
 from gateway.gallery import Gallery
 from gateway.metrics import GatewayMetrics
 from gateway.replicas import ReplicaRegistry
@@ -24,5 +23,5 @@ GALLERY = web.AppKey("gallery", Gallery)
 BROKER = web.AppKey("broker", GatewayBroker)
 ACTIVITY = web.AppKey("activity", Activity)
 METRICS = web.AppKey("metrics", GatewayMetrics)
-# Threads that check uploaded images (decoding must not block the event loop).
-IMAGE_CHECKS = web.AppKey("image_checks", ThreadPoolExecutor)
+# Threads that check uploaded images (decoding must not block the event loop), bounded.
+IMAGE_CHECKS = web.AppKey("image_checks", ImageChecks)

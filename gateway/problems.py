@@ -28,6 +28,7 @@ from shared.errors import (
     UnknownModel,
     UnsupportedContentType,
     UnsupportedMediaType,
+    UploadsBusy,
 )
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ _STATUS: dict[type[ImgqError], int] = {
     IdempotencyKeyReused: 422,
     BrokerUnavailable: 503,
     QueueFull: 503,
+    UploadsBusy: 503,
     NotReady: 503,
 }
 _TITLES = {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import re
 from pathlib import Path
@@ -16,7 +15,7 @@ from gateway import keys
 from gateway.limits import MAX_SMALL_BODY_BYTES, MAX_UPLOAD_TEXT
 from gateway.store import JobStore
 from gateway.submissions import Accepted, Submission
-from gateway.uploads import Upload, check_image, read_form
+from gateway.uploads import Upload, read_form
 from shared.catalog import CATALOG
 from shared.errors import (
     ImgqError,
@@ -147,9 +146,7 @@ async def _read_submission(request: web.Request) -> Submission:
             idempotency_key=key,
             reuse=reuse,
         )
-    content_type = await asyncio.get_running_loop().run_in_executor(
-        request.app[keys.IMAGE_CHECKS], check_image, upload.data
-    )
+    content_type = await request.app[keys.IMAGE_CHECKS].media_type(upload.data)
     return Submission(
         model,
         f"upload:{upload.filename}",

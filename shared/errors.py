@@ -102,6 +102,12 @@ class QueueFull(ImgqError):
     code = "queue_full"
 
 
+class UploadsBusy(ImgqError):
+    """Every upload check thread and every place in line for one is taken; retry shortly."""
+
+    code = "uploads_busy"
+
+
 class NotReady(ImgqError):
     """The gateway has not finished rebuilding its results from the event log yet."""
 
