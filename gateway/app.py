@@ -13,6 +13,7 @@ from gateway.activity import Activity
 from gateway.auth import token_middleware
 from gateway.broker import GatewayBroker
 from gateway.checks import ImageChecks
+from gateway.clients import OpenWaits, RateLimiter
 from gateway.gallery import Gallery
 from gateway.headers import add_security_headers
 from gateway.limits import MAX_CONCURRENT_CHECKS, MAX_REQUEST_BYTES, MAX_WAITING_CHECKS
@@ -66,7 +67,9 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app[keys.GALLERY] = Gallery.load(settings.gallery_dir)
     broker = GatewayBroker(settings, store, replicas, metrics)
     app[keys.BROKER] = broker
-    app[keys.JOBS] = Jobs(store, broker, metrics)
+    limits = settings.client_limits
+    app[keys.JOBS] = Jobs(store, broker, metrics, RateLimiter(limits.rate, limits.burst))
+    app[keys.OPEN_WAITS] = OpenWaits(limits.waits, limits.stream_seconds)
     # Threads start only when the first upload is checked.
     app[keys.IMAGE_CHECKS] = ImageChecks(MAX_CONCURRENT_CHECKS, MAX_WAITING_CHECKS)
     app.cleanup_ctx.append(_broker_ctx)

@@ -14,8 +14,12 @@ from typing import Final
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from gateway.clients import owner_of
 from gateway.problems import Handler
 from shared.errors import Unauthorized
+
+# Set on a request that authenticated: a hash of its token (gateway/clients.py).
+OWNER: Final = web.RequestKey("owner", str)
 
 # Canonical route paths (as registered in app.py) that stay open with tokens set.
 OPEN_ROUTES: Final = frozenset(
@@ -30,17 +34,22 @@ def is_open(request: web.Request) -> bool:
 
 def token_matches(header: str | None, tokens: tuple[bytes, ...]) -> bool:
     """``Authorization: Bearer <token>`` names one of ``tokens``; compared in constant time."""
+    return matching_token(header, tokens) is not None
+
+
+def matching_token(header: str | None, tokens: tuple[bytes, ...]) -> bytes | None:
+    """Which of ``tokens`` the ``Authorization: Bearer`` header names, if any."""
     if header is None:
-        return False
+        return None
     scheme, _, given = header.strip().partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
-        return False
+        return None
     # The parser hands over bytes that are not UTF-8 as surrogates: compare exactly the bytes
     # sent (such a header matches no token) instead of failing to encode them.
     candidate = given.strip().encode("utf-8", "surrogateescape")
     # Every token is compared (no early exit), so timing says nothing about which came close.
     matches = [hmac.compare_digest(candidate, token) for token in tokens]
-    return any(matches)
+    return candidate if any(matches) else None
 
 
 def token_middleware(tokens: tuple[str, ...]) -> Middleware:
@@ -53,8 +62,11 @@ def token_middleware(tokens: tuple[str, ...]) -> Middleware:
             header = request.headers.get("Authorization")
             if header is None:
                 raise Unauthorized("this API needs a token: send 'Authorization: Bearer <token>'")
-            if not token_matches(header, expected):
+            token = matching_token(header, expected)
+            if token is None:
                 raise Unauthorized("the bearer token is not one this gateway accepts")
+            # The client's jobs, keys and results are its own (gateway/clients.py).
+            request[OWNER] = owner_of(token)
         return await handler(request)
 
     return require_token

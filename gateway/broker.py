@@ -370,6 +370,7 @@ class GatewayBroker:
                 info.image_name if info else "unknown",
                 queued_at=info.queued_at if info else None,
                 idempotency_key=info.idempotency_key if info else None,
+                owner=info.owner if info else None,
                 finished_at=time.time(),
                 error=JobFailure("dead_lettered", f"the job was dead-lettered: {explanation}"),
             )

@@ -7,6 +7,7 @@ from aiohttp import web
 from gateway.activity import Activity
 from gateway.broker import GatewayBroker
 from gateway.checks import ImageChecks
+from gateway.clients import OpenWaits
 from gateway.gallery import Gallery
 from gateway.metrics import GatewayMetrics
 from gateway.replicas import ReplicaRegistry
@@ -16,6 +17,8 @@ from gateway.submissions import Jobs
 
 SETTINGS = web.AppKey("settings", GatewaySettings)
 STORE = web.AppKey("store", JobStore)
+# Long-polls and event streams each client holds open (bounded per client).
+OPEN_WAITS = web.AppKey("open_waits", OpenWaits)
 # Accept, cancel and forget: what the submission views call.
 JOBS = web.AppKey("jobs", Jobs)
 REPLICAS = web.AppKey("replicas", ReplicaRegistry)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,6 +24,7 @@ from shared.errors import (
     NotReady,
     PayloadTooLarge,
     QueueFull,
+    TooManyRequests,
     Unauthorized,
     UnknownImage,
     UnknownModel,
@@ -55,6 +57,7 @@ _STATUS: dict[type[ImgqError], int] = {
     BrokerUnavailable: 503,
     QueueFull: 503,
     UploadsBusy: 503,
+    TooManyRequests: 429,
     NotReady: 503,
 }
 _TITLES = {
@@ -67,6 +70,7 @@ _TITLES = {
     413: "Content Too Large",
     415: "Unsupported Media Type",
     422: "Unprocessable Content",
+    429: "Too Many Requests",
     503: "Service Unavailable",
     500: "Internal Server Error",
 }
@@ -96,6 +100,8 @@ def from_error(error: ImgqError) -> web.Response:
     headers: dict[str, str] | None = None
     if status == 503:
         headers = {"Retry-After": str(RETRY_AFTER)}
+    elif isinstance(error, TooManyRequests):
+        headers = {"Retry-After": str(max(1, math.ceil(error.retry_after)))}
     elif status == 401:
         # RFC 6750: tells the client which scheme to use.
         headers = {"WWW-Authenticate": "Bearer"}

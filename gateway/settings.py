@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.clients import ClientLimits
 from gateway.senders import Senders
 from shared.catalog import catalog_models
 from shared.errors import SettingsError
@@ -78,6 +79,8 @@ class GatewaySettings:
     api_tokens: tuple[str, ...] = field(default=(), repr=False)
     # Which broker users may publish which job events (gateway/senders.py); empty = any.
     senders: Senders = field(default_factory=Senders)
+    # Each client's share: submissions a second, open long-polls and streams.
+    client_limits: ClientLimits = field(default_factory=ClientLimits)
 
     @classmethod
     def from_env(cls, env: Environ) -> GatewaySettings:
@@ -102,4 +105,5 @@ class GatewaySettings:
             log_retention=LogRetention.from_env(env),
             api_tokens=env_list(env, _API_TOKENS.name, _API_TOKENS.default),
             senders=Senders.from_env(env),
+            client_limits=ClientLimits.from_env(env),
         )

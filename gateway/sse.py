@@ -9,6 +9,7 @@ if that is already the final status it gets 204, which tells it to stop.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Final
 
 import orjson
@@ -16,7 +17,7 @@ from aiohttp import web
 
 from gateway import keys
 from gateway.store import JobStore
-from gateway.views import job_body, requested_job_id
+from gateway.views import client_of, job_body, requested_job_id
 from shared.errors import JobGone, JobNotFound
 from shared.messages import JobEvent
 
@@ -29,9 +30,23 @@ _KEEPALIVE: Final = b": keep-alive\n\n"
 async def job_events(request: web.Request) -> web.StreamResponse:
     job_id = requested_job_id(request)
     store = request.app[keys.STORE]
-    job = store.get(job_id)  # 404 / 410 as problems, before the stream starts
+    client = client_of(request)
+    job = store.get(job_id, client.owner)  # 404 / 410 as problems, before the stream starts
     if job.status.is_final and request.headers.get("Last-Event-ID") == job.status.value:
         return web.Response(status=204)
+    waits = request.app[keys.OPEN_WAITS]
+    with waits.hold(client):
+        return await _stream(request, store, job, client.owner, waits.stream_seconds)
+
+
+async def _stream(
+    request: web.Request, store: JobStore, job: JobEvent, owner: str | None, lifetime: float
+) -> web.StreamResponse:
+    # A stream ends after ``lifetime`` even if its job never finishes (stuck in a queue no
+    # replica serves): EventSource reconnects by itself, and a held connection is released.
+    loop = asyncio.get_running_loop()
+    ends = loop.time() + lifetime
+    job_id = job.job_id
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
@@ -44,8 +59,13 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     try:
         await response.write(_event(store, job))
         while not job.status.is_final and not store.released:
+            remaining = ends - loop.time()
+            if remaining <= 0:
+                break
             try:
-                current = await store.wait(job_id, KEEPALIVE_SECONDS, since=job.status)
+                current = await store.wait(
+                    job_id, min(KEEPALIVE_SECONDS, remaining), since=job.status, owner=owner
+                )
             except (JobGone, JobNotFound):
                 break  # deleted or expired meanwhile: nothing more will come
             if current.status != job.status:

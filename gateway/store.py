@@ -59,9 +59,11 @@ class JobStore:
         self._tombstones: OrderedDict[str, str] = OrderedDict()
         # Jobs still queued, in acceptance order: a job's position is its index here.
         self._queued: OrderedDict[str, None] = OrderedDict()
-        self._by_idempotency_key: dict[str, str] = {}
+        # Keyed by (owner, key): on a gateway with tokens each client has its own keys.
+        self._by_idempotency_key: dict[tuple[str | None, str], str] = {}
         # (model, image digest) -> the latest job that succeeded on exactly those inputs.
-        self._by_input: dict[tuple[str, str], str] = {}
+        # (owner, model, image digest): a result is reused only for the client that owns it.
+        self._by_input: dict[tuple[str | None, str, str], str] = {}
         # Woken on every change of their job; each waiter re-checks its own condition.
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         # Set on shutdown: every long-poll, pending or new, answers at once.
@@ -126,11 +128,15 @@ class JobStore:
             self._removed(job_id)
         self._wake(job_id)
 
-    def get(self, job_id: str) -> JobEvent:
+    def get(self, job_id: str, owner: str | None = None) -> JobEvent:
+        """The job, as ``owner`` may see it: a job submitted with another client's token is
+        "not found" for it (404, exactly as an unknown ID), on every gateway."""
         job = self._jobs.get(job_id)
         if job is None:
             if job_id in self._tombstones:
                 raise JobGone(job_id, self._tombstones[job_id])
+            raise JobNotFound(job_id)
+        if owner is not None and job.owner is not None and job.owner != owner:
             raise JobNotFound(job_id)
         if self._expired(job, time.time()):
             self._bury(job_id, "expired")
@@ -157,23 +163,33 @@ class JobStore:
     def queued(self) -> int:
         return len(self._queued)
 
-    def by_idempotency_key(self, key: str) -> JobEvent | None:
-        job_id = self._by_idempotency_key.get(key)
+    def by_idempotency_key(self, key: str, owner: str | None = None) -> JobEvent | None:
+        job_id = self._by_idempotency_key.get((owner, key))
         return self._jobs.get(job_id) if job_id else None
 
-    def reusable_result(self, model: str, image_sha256: str) -> JobEvent | None:
-        job_id = self._by_input.get((model, image_sha256))
+    def reusable_result(
+        self, model: str, image_sha256: str, owner: str | None = None
+    ) -> JobEvent | None:
+        """The latest job of ``owner`` that succeeded on exactly these inputs (a reused result
+        included), within the retention time."""
+        job_id = self._by_input.get((owner, model, image_sha256))
         job = self._jobs.get(job_id) if job_id else None
         if job is None or self._expired(job, time.time()):
             return None
         return job
 
-    async def wait(self, job_id: str, seconds: float, since: JobStatus | None = None) -> JobEvent:
+    async def wait(
+        self,
+        job_id: str,
+        seconds: float,
+        since: JobStatus | None = None,
+        owner: str | None = None,
+    ) -> JobEvent:
         """The job once it is final (or, given ``since``, once its status is not ``since``),
         or as it stands after ``seconds``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
-        job = self.get(job_id)
+        job = self.get(job_id, owner)
         while not (job.status.is_final or (since is not None and job.status != since)):
             remaining = deadline - loop.time()
             if remaining <= 0 or self._released:
@@ -189,7 +205,7 @@ class JobStore:
                 waiters.discard(waiter)
                 if not waiters:
                     self._waiters.pop(job_id, None)
-            job = self.get(job_id)  # raises if it was deleted or discarded meanwhile
+            job = self.get(job_id, owner)  # raises if it was deleted or discarded meanwhile
         return job
 
     def release_all(self) -> None:
@@ -212,17 +228,17 @@ class JobStore:
         else:
             self._queued.pop(event.job_id, None)
         if event.idempotency_key:
-            self._by_idempotency_key.setdefault(event.idempotency_key, event.job_id)
+            self._by_idempotency_key.setdefault((event.owner, event.idempotency_key), event.job_id)
         if event.status is JobStatus.SUCCEEDED and event.image_sha256:
-            self._by_input[(event.model, event.image_sha256)] = event.job_id
+            self._by_input[(event.owner, event.model, event.image_sha256)] = event.job_id
 
     def _unindex(self, event: JobEvent) -> None:
         self._queued.pop(event.job_id, None)
         key = event.idempotency_key
-        if key and self._by_idempotency_key.get(key) == event.job_id:
-            del self._by_idempotency_key[key]
+        if key and self._by_idempotency_key.get((event.owner, key)) == event.job_id:
+            del self._by_idempotency_key[(event.owner, key)]
         if event.image_sha256:
-            input_key = (event.model, event.image_sha256)
+            input_key = (event.owner, event.model, event.image_sha256)
             if self._by_input.get(input_key) == event.job_id:
                 del self._by_input[input_key]
 

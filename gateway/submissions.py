@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
+from gateway.clients import Client, RateLimiter
 from gateway.metrics import GatewayMetrics
 from gateway.store import JobStore
 from shared.errors import IdempotencyKeyReused, JobConflict, NotReady
@@ -57,14 +58,25 @@ class Accepted:
 
 
 class Jobs:
-    def __init__(self, store: JobStore, broker: Publisher, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        broker: Publisher,
+        metrics: GatewayMetrics,
+        rate: RateLimiter | None = None,
+    ) -> None:
         self._store = store
         self._broker = broker
         self._metrics = metrics
+        self._rate = rate if rate is not None else RateLimiter(0, 0)
 
-    async def accept(self, submission: Submission) -> Accepted:
+    async def accept(self, submission: Submission, client: Client) -> Accepted:
+        # First, so a client over its share costs as little as possible (no hashing, no
+        # broker): 429 with Retry-After.
+        self._rate.take(client)
         if not self._broker.ready:
             raise NotReady("the gateway is still connecting to the broker; try again shortly")
+        owner = client.owner
         request = ClassifyRequest(
             job_id=new_job_id(),
             model=submission.model,
@@ -73,10 +85,11 @@ class Jobs:
             queued_at=time.time(),
             idempotency_key=submission.idempotency_key,
             image_sha256=submission.image_sha256,
+            owner=owner,
         )
         key = submission.idempotency_key
         if key is not None:
-            earlier = self._store.by_idempotency_key(key)
+            earlier = self._store.by_idempotency_key(key, owner)
             if earlier is not None:
                 if (earlier.model, earlier.image_sha256) != (request.model, request.image_sha256):
                     raise IdempotencyKeyReused(
@@ -86,8 +99,12 @@ class Jobs:
 
         queued = JobEvent.for_request(request, JobStatus.QUEUED)
         if submission.reuse:
-            earlier = self._store.reusable_result(request.model, request.image_sha256)
+            earlier = self._store.reusable_result(request.model, request.image_sha256, owner)
             if earlier is not None:
+                if earlier.reused_from is not None and key is None:
+                    # Already a reuse of this client's: answer with it again rather than log
+                    # one more job, so resubmitting an image in a loop costs no log or store.
+                    return Accepted(earlier)
                 return await self._reuse(queued, earlier)
 
         # Recorded before publishing: a fast replica's events can beat the confirm back to us.
@@ -118,12 +135,13 @@ class Jobs:
         self._store.apply(reused)
         return Accepted(reused)
 
-    async def cancel_or_forget(self, job_id: str) -> JobEvent | None:
+    async def cancel_or_forget(self, job_id: str, owner: str | None = None) -> JobEvent | None:
         """Cancel a queued job (returned, now cancelled); forget a finished one (None).
 
-        A started job cannot be stopped: replicas do not interrupt a forward pass.
+        A started job cannot be stopped: replicas do not interrupt a forward pass.  Only the
+        client that submitted a job may do either (another token's job is not found).
         """
-        job = self._store.get(job_id)
+        job = self._store.get(job_id, owner)
         if job.status is JobStatus.QUEUED:
             cancelled = job.advance(
                 JobStatus.CANCELLED,
@@ -132,7 +150,7 @@ class Jobs:
             )
             await self._broker.publish_event(cancelled)
             self._store.apply(cancelled)
-            return self._store.get(job_id)
+            return self._store.get(job_id, owner)
         if job.status is JobStatus.STARTED:
             raise JobConflict("the job has already started on a replica and cannot be cancelled")
         await self._broker.publish_forgotten(job_id)

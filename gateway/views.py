@@ -12,6 +12,8 @@ import orjson
 from aiohttp import web
 
 from gateway import keys
+from gateway.auth import OWNER
+from gateway.clients import Client
 from gateway.limits import MAX_SMALL_BODY_BYTES, MAX_UPLOAD_TEXT
 from gateway.store import JobStore
 from gateway.submissions import Accepted, Submission
@@ -200,7 +202,7 @@ async def submit(request: web.Request) -> web.StreamResponse:
 
 async def _submit(request: web.Request) -> web.StreamResponse:
     submission = await _read_submission(request)
-    accepted = await request.app[keys.JOBS].accept(submission)
+    accepted = await request.app[keys.JOBS].accept(submission, client_of(request))
     return _accepted(request, request.app[keys.STORE], accepted)
 
 
@@ -238,6 +240,13 @@ def job_body(store: JobStore, job: JobEvent, *, newest: bool = False) -> dict[st
     return body
 
 
+def client_of(request: web.Request) -> Client:
+    """Who is asking: their token's hash on a gateway with tokens, and their address."""
+    limits = request.app[keys.SETTINGS].client_limits
+    address = limits.client_address(request.remote, request.headers.get("X-Forwarded-For"))
+    return Client(owner=request.get(OWNER), address=address)
+
+
 def requested_job_id(request: web.Request) -> str:
     job_id = request.match_info["job_id"]
     if not is_job_id(job_id):
@@ -254,14 +263,19 @@ async def job_status(request: web.Request) -> web.Response:
     store = request.app[keys.STORE]
     wait = _wait_seconds(request.query.get("wait"), settings.max_wait)
     since = _since(request.query.get("since"))
-    job = await store.wait(job_id, wait, since)
+    client = client_of(request)
+    if wait == 0:
+        return json_response(job_body(store, store.get(job_id, client.owner)))
+    # A held long-poll is a connection and a waiter: each client may hold only so many.
+    with request.app[keys.OPEN_WAITS].hold(client):
+        job = await store.wait(job_id, wait, since, client.owner)
     return json_response(job_body(store, job))
 
 
 async def delete_job(request: web.Request) -> web.Response:
     """Cancel a queued job; forget a finished one; a started job cannot be stopped."""
     job_id = requested_job_id(request)
-    cancelled = await request.app[keys.JOBS].cancel_or_forget(job_id)
+    cancelled = await request.app[keys.JOBS].cancel_or_forget(job_id, client_of(request).owner)
     if cancelled is None:
         return web.Response(status=204)
     store = request.app[keys.STORE]

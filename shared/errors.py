@@ -96,6 +96,16 @@ class BrokerUnavailable(ImgqError):
     code = "broker_unavailable"
 
 
+class TooManyRequests(ImgqError):
+    """One client is over its share (submissions per second, open long-polls or streams)."""
+
+    code = "too_many_requests"
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class QueueFull(ImgqError):
     """The work queue is at its bound; the client should retry later."""
 

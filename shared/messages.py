@@ -123,6 +123,9 @@ class ClassifyRequest:
     # Travels with the job, so every event a replica publishes carries it and any gateway
     # can honour the key from the log alone, whatever order the events arrive in.
     idempotency_key: str | None = None
+    # Who submitted it, on a gateway with tokens: a hash of the token, so every gateway can
+    # show the job, its idempotency key and its result only to the same client.
+    owner: str | None = None
     # The schema version the producer wrote: replies to its reply_to queue use the same.
     version: int = SCHEMA_VERSION
     # Hashed once: a submission needs it for idempotency, reuse and its events, and an
@@ -197,6 +200,8 @@ class JobEvent:
     idempotency_key: str | None = None
     # Set when the result was copied from an earlier job on the same model and image bytes.
     reused_from: str | None = None
+    # Broker-only too: a hash of the submitting client's token (None on an open gateway).
+    owner: str | None = None
 
     @classmethod
     def for_request(cls, request: ClassifyRequest, status: JobStatus) -> JobEvent:
@@ -208,6 +213,7 @@ class JobEvent:
             queued_at=request.queued_at,
             image_sha256=request.image_sha256,
             idempotency_key=request.idempotency_key,
+            owner=request.owner,
         )
 
     def advance(self, status: JobStatus, **changes: Any) -> JobEvent:
@@ -244,6 +250,7 @@ class JobEvent:
                 **self.to_dict(),
                 "image_sha256": self.image_sha256,
                 "idempotency_key": self.idempotency_key,
+                "owner": self.owner,
             }
         )
 
@@ -284,6 +291,7 @@ class JobEvent:
             image_sha256=_opt_str(data, "image_sha256"),
             idempotency_key=_opt_str(data, "idempotency_key"),
             reused_from=_opt_str(data, "reused_from"),
+            owner=_opt_str(data, "owner"),
         )
 
 

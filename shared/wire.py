@@ -51,6 +51,7 @@ H_MODEL: Final = "model"
 H_IMAGE_NAME: Final = "image_name"
 H_QUEUED_AT_US: Final = "queued_at_us"
 H_IDEMPOTENCY_KEY: Final = "idempotency_key"
+H_OWNER: Final = "owner"
 # The content type of a request whose producer did not say what the image is; replicas
 # judge the format from the bytes either way.
 OCTET_STREAM: Final = "application/octet-stream"
@@ -88,6 +89,8 @@ def request_message(
     }
     if request.idempotency_key is not None:
         headers[H_IDEMPOTENCY_KEY] = request.idempotency_key
+    if request.owner is not None:
+        headers[H_OWNER] = request.owner
     message = aio_pika.Message(
         request.image,
         content_type=content_type,
@@ -113,6 +116,7 @@ class RequestInfo:
     queued_at: float
     idempotency_key: str | None
     version: int
+    owner: str | None = None
 
 
 def _header_str(headers: HeadersType, key: str) -> str | None:
@@ -156,6 +160,7 @@ def request_info(message: AbstractIncomingMessage) -> RequestInfo:
         queued_at=queued_at_us / 1_000_000,
         idempotency_key=key or None,
         version=SCHEMA_VERSION,
+        owner=_header_str(headers, H_OWNER) or None,
     )
 
 
@@ -174,6 +179,7 @@ def parse_request(message: AbstractIncomingMessage) -> ClassifyRequest:
         queued_at=info.queued_at,
         idempotency_key=info.idempotency_key,
         version=info.version,
+        owner=info.owner,
     )
 
 

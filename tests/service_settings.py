@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 SETTINGS_MODULES = (
     "gateway/settings.py",
     "gateway/senders.py",
+    "gateway/clients.py",
     "classifier_service/settings.py",
     "shared/settings.py",
     "shared/topology.py",

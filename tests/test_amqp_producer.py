@@ -239,7 +239,7 @@ def _v1_request(request: ClassifyRequest) -> dict[str, Any]:
 
 def test_asyncapi_payloads_match_the_messages_field_for_field() -> None:
     request = ClassifyRequest(
-        new_job_id(), MODEL, "coffee.jpg", COFFEE, time.time(), idempotency_key="k-1"
+        new_job_id(), MODEL, "coffee.jpg", COFFEE, time.time(), idempotency_key="k-1", owner="o"
     )
     headers = dict(wire.request_message(request).message.headers or {})
     assert _errors("ClassifyRequestHeaders", headers) == []

@@ -67,9 +67,12 @@ def test_a_whole_job_with_a_token(guarded: str) -> None:
     reply = api.request(guarded, "POST", "/classifications", body, {**headers, **_bearer("t1")})
     assert reply.status == 202, reply.body
     job_id = reply.json()["job_id"]
-    done = api.request(guarded, "GET", f"/classifications/{job_id}?wait=30", headers=_bearer("t2"))
+    done = api.request(guarded, "GET", f"/classifications/{job_id}?wait=30", headers=_bearer("t1"))
     assert done.status == 200
     assert done.json()["status"] == "succeeded"
+    # Each token is its own client: another token does not see the job (as if it did not exist).
+    other = api.request(guarded, "GET", f"/classifications/{job_id}", headers=_bearer("t2"))
+    assert other.status == 404
     # The scheme name is case-insensitive (RFC 7235).
     upload = multipart.upload(
         guarded,

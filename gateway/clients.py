@@ -1,0 +1,180 @@
+"""Per-client fairness: who a request comes from, and the shares no one client may exceed.
+
+A client is the token it authenticated with (a hash of it: the token itself is never kept)
+or, on an open gateway, its address.  Each gets a token bucket of submissions and a bound on
+the long-polls and event streams it holds open, so one client (or one script in a loop)
+cannot take the gateway's capacity from the others: beyond its share it gets a 429 with
+Retry-After.  Behind a reverse proxy every client has the proxy's address; the proxy's own
+per-address limits (compose/nginx.conf) do that part there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from shared.errors import SettingsError, TooManyRequests
+from shared.settings import GATEWAY, Environ, Variable, env_float, env_int, env_list, variable
+
+# Buckets idle this long are full again anyway: forgetting them bounds the memory a flood of
+# distinct addresses can take.
+_IDLE_SECONDS = 300.0
+_MAX_TRACKED = 100_000
+
+
+_RATE = variable(
+    "IMGQ_CLIENT_RATE",
+    50.0,
+    GATEWAY,
+    "submissions a second one client (token, else address) may make; `0` = no limit (then 429)",
+)
+_BURST = variable("IMGQ_CLIENT_BURST", 100, GATEWAY, "how many submissions one client may burst")
+_WAITS = variable(
+    "IMGQ_CLIENT_WAITS",
+    200,
+    GATEWAY,
+    "long-polls and event streams one client may hold open at once (then 429)",
+)
+_TRUSTED_PROXIES: Variable[tuple[str, ...]] = variable(
+    "IMGQ_TRUSTED_PROXIES",
+    (),
+    GATEWAY,
+    "addresses or networks (CIDR) of reverse proxies whose `X-Forwarded-For` names the client "
+    "for the per-client shares; unset = the peer address is the client",
+)
+_STREAM_SECONDS = variable(
+    "IMGQ_STREAM_SECONDS", 600.0, GATEWAY, "longest life of one event stream, seconds"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientLimits:
+    rate: float = _RATE.default
+    burst: int = _BURST.default
+    waits: int = _WAITS.default
+    stream_seconds: float = _STREAM_SECONDS.default
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    @classmethod
+    def from_env(cls, env: Environ) -> ClientLimits:
+        proxies = env_list(env, _TRUSTED_PROXIES.name, _TRUSTED_PROXIES.default)
+        try:
+            networks = tuple(ipaddress.ip_network(p, strict=False) for p in proxies)
+        except ValueError as exc:
+            raise SettingsError(f"{_TRUSTED_PROXIES.name}: {exc}") from None
+        return cls(
+            rate=env_float(env, _RATE.name, _RATE.default),
+            burst=env_int(env, _BURST.name, _BURST.default, minimum=1),
+            waits=env_int(env, _WAITS.name, _WAITS.default, minimum=1),
+            stream_seconds=env_float(env, _STREAM_SECONDS.name, _STREAM_SECONDS.default, minimum=1),
+            trusted_proxies=networks,
+        )
+
+    def client_address(self, peer: str | None, forwarded_for: str | None) -> str:
+        """The client's address: the peer's, unless the peer is a trusted proxy, whose
+        ``X-Forwarded-For`` then names it (its last entry: the one that proxy added)."""
+        peer = peer or "unknown"
+        if not forwarded_for or not self.trusted_proxies:
+            return peer
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            return peer
+        if not any(address in network for network in self.trusted_proxies):
+            return peer
+        return forwarded_for.rsplit(",", 1)[-1].strip() or peer
+
+
+def owner_of(token: bytes) -> str:
+    """Who owns the jobs a token submits: a hash of the token, never the token itself."""
+    return hashlib.sha256(b"imgq-owner\\0" + token).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    # A hash of the bearer token on a gateway with tokens; None on an open gateway, where
+    # every job is everyone's (as the README says).
+    owner: str | None
+    address: str
+
+    @property
+    def key(self) -> str:
+        return f"token:{self.owner}" if self.owner else f"address:{self.address}"
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    at: float
+
+
+class RateLimiter:
+    """A token bucket per client: ``rate`` submissions a second, bursts of ``burst``."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+
+    def take(self, client: Client, now: float | None = None) -> None:
+        """Spend one submission of the client's share, or raise TooManyRequests."""
+        if self._rate <= 0:
+            return
+        now = time.monotonic() if now is None else now
+        bucket = self._buckets.pop(client.key, None) or _Bucket(self._burst, now)
+        bucket.tokens = min(self._burst, bucket.tokens + (now - bucket.at) * self._rate)
+        bucket.at = now
+        self._buckets[client.key] = bucket  # most recently used last
+        self._prune(now)
+        if bucket.tokens < 1:
+            wait = (1 - bucket.tokens) / self._rate
+            raise TooManyRequests(
+                f"more than {self._rate:g} submissions a second (bursts of {self._burst:g}) "
+                f"from one client; retry in {wait:.1f} s",
+                retry_after=wait,
+            )
+        bucket.tokens -= 1
+
+    def _prune(self, now: float) -> None:
+        while self._buckets:
+            key, oldest = next(iter(self._buckets.items()))
+            if now - oldest.at < _IDLE_SECONDS and len(self._buckets) <= _MAX_TRACKED:
+                break
+            del self._buckets[key]
+
+
+class OpenWaits:
+    """How many long-polls and event streams each client holds open, bounded; and how long
+    one event stream may last."""
+
+    def __init__(self, per_client: int, stream_seconds: float = _STREAM_SECONDS.default) -> None:
+        self._limit = per_client
+        self.stream_seconds = stream_seconds
+        self._open: dict[str, int] = {}
+
+    def count(self, client: Client) -> int:
+        return self._open.get(client.key, 0)
+
+    @contextmanager
+    def hold(self, client: Client) -> Iterator[None]:
+        held = self._open.get(client.key, 0)
+        if held >= self._limit:
+            raise TooManyRequests(
+                f"this client already holds {held} open long-polls or event streams, the most "
+                "one client may; close one or poll without ?wait",
+                retry_after=1.0,
+            )
+        self._open[client.key] = held + 1
+        try:
+            yield
+        finally:
+            remaining = self._open[client.key] - 1
+            if remaining:
+                self._open[client.key] = remaining
+            else:
+                del self._open[client.key]
