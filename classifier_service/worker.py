@@ -144,6 +144,10 @@ class Replica:
             cancellations = await cancel_channel.get_queue(CANCELLATIONS)
             offset: int | str = "first" if self._cancel_offset is None else self._cancel_offset + 1
             await cancellations.consume(self._on_cancelled, arguments={"x-stream-offset": offset})
+            # A deleted stream declared again numbers its entries from 0: start over then.
+            (await cancel_channel.get_underlay_channel()).on_consumer_cancel_callbacks.add(
+                self._cancellations_deleted
+            )
             self._events = topology.events
             self._default = channel.default_exchange
             queue = topology.requests_queue
@@ -168,6 +172,9 @@ class Replica:
             if not connection.is_closed:
                 with contextlib.suppress(Exception):
                     await connection.close()
+
+    def _cancellations_deleted(self, *_: object) -> None:
+        self._cancel_offset = None
 
     async def _stop_consuming(self) -> None:
         if self._consumer is not None:

@@ -176,6 +176,11 @@ class GatewayBroker:
             )
             offset: Any = "first" if self._last_offset is None else self._last_offset + 1
             await log_queue.consume(self._on_log, arguments={"x-stream-offset": offset})
+            # The broker cancels a stream consumer when the stream is deleted: a stream declared
+            # again in its place numbers its entries from 0, so read the new one from its start.
+            (await log_channel.get_underlay_channel()).on_consumer_cancel_callbacks.add(
+                self._log_deleted
+            )
 
             beats = await channel.declare_queue(exclusive=True, auto_delete=True)
             await beats.bind(topology.events, HEARTBEAT_ROUTING_KEY)
@@ -206,6 +211,10 @@ class GatewayBroker:
             self._events = None
             if not connection.is_closed:
                 await connection.close()
+
+    def _log_deleted(self, *_: object) -> None:
+        log.warning("the event log was deleted; reading its replacement from the start")
+        self._last_offset = None
 
     async def _append_marker(self) -> None:
         assert self._topology is not None

@@ -101,7 +101,11 @@ class Jobs:
         if submission.reuse:
             earlier = self._store.reusable_result(request.model, request.image_sha256, owner)
             if earlier is not None:
-                if earlier.reused_from is not None and key is None:
+                if (
+                    earlier.reused_from is not None
+                    and key is None
+                    and earlier.image == request.image_name
+                ):
                     # Already a reuse of this client's: answer with it again rather than log
                     # one more job, so resubmitting an image in a loop costs no log or store.
                     return Accepted(earlier)

@@ -27,13 +27,13 @@ from tests.openapi_contract import (
 EXPECTED_OPERATIONS: dict[str, dict[str, set[str]]] = {
     "/info": {"get": {"200", "401"}},
     "/classifications": {
-        "post": {"202", "303", "400", "401", "413", "415", "422", "503"},
+        "post": {"202", "303", "400", "401", "413", "415", "422", "429", "503"},
     },
     "/classifications/{job_id}": {
-        "get": {"200", "400", "401", "404", "410", "503"},
+        "get": {"200", "400", "401", "404", "410", "429", "503"},
         "delete": {"200", "204", "401", "404", "409", "410", "503"},
     },
-    "/classifications/{job_id}/events": {"get": {"200", "204", "401", "404", "410", "503"}},
+    "/classifications/{job_id}/events": {"get": {"200", "204", "401", "404", "410", "429", "503"}},
     "/status": {"get": {"200", "401"}},
     "/metrics": {"get": {"200", "401"}},
     "/images/{name}": {"get": {"200", "404"}},

@@ -7,6 +7,7 @@ with exactly one visible final state, whichever gateway is asked.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import random
 import re
@@ -25,7 +26,7 @@ import pytest
 
 from shared.messages import JobEvent, new_job_id
 from shared.states import JobStatus
-from shared.topology import DEAD_LETTER_QUEUE, EVENTS_EXCHANGE, REQUESTS_QUEUE
+from shared.topology import DEAD_LETTER_QUEUE, EVENT_LOG, EVENTS_EXCHANGE, REQUESTS_QUEUE
 from tests import api
 from tests.cluster import MODEL, Cluster, dir_size, final_events_per_job, queue_depths, read_log
 
@@ -503,3 +504,39 @@ def test_gateway_sigterm_answers_long_polls_and_exits(cluster: Cluster, figure: 
     # The job itself is safe in the queue for any other gateway and replica.
     assert queue_depths(cluster.node.url)[REQUESTS_QUEUE] == 1
     figure(f"gateway SIGTERM: 5 pending long-polls answered, exited 0 in {stopped:.2f} s")
+
+
+def test_deleted_queues_are_noticed_and_set_up_again(cluster: Cluster, figure: Figure) -> None:
+    replica = cluster.start_replica()
+    gateway, url = cluster.start_gateway()
+    cluster.wait_replicas(1)
+    assert api.wait_final(url, api.submit(url, MODEL, "cat.jpg")["job_id"])["status"] == "succeeded"
+
+    async def delete_queues() -> None:
+        connection = await aio_pika.connect(cluster.node.url)
+        async with connection:
+            channel = await connection.channel()
+            await channel.queue_delete(EVENT_LOG)  # the gateway follows it
+            await channel.queue_delete(REQUESTS_QUEUE)  # the replica consumes it
+
+    deleted = time.monotonic()
+    asyncio.run(delete_queues())
+    # Both notice their consumer was cancelled, start a new session and declare again.
+    job_id = None
+    while job_id is None:
+        assert time.monotonic() - deleted < 60, gateway.log_tail()
+        reply = api.post_json(
+            url,
+            "/classifications",
+            {"model": MODEL, "image": "coffee.jpg"},
+            {"Cache-Control": "no-cache"},
+        )
+        job_id = reply.json()["job_id"] if reply.status == 202 else None
+        time.sleep(0.2)
+    final = api.wait_final(url, job_id, 60)
+    back = time.monotonic() - deleted
+    assert final["status"] == "succeeded"
+    assert api.get(url, "/readyz").status == 200
+    for proc in (gateway, replica):
+        assert "consumer was cancelled; reconnecting" in proc.log_tail(200_000), proc.name
+    figure(f"event log and work queue deleted: both set up again, a job done {back:.1f} s after")
