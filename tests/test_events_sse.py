@@ -22,6 +22,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway import keys, sse
 from gateway.clients import OpenWaits
+from gateway.settings import GatewaySettings
 from gateway.store import JobStore
 from shared.messages import ClassifyRequest, JobEvent, new_job_id
 from shared.states import JobStatus
@@ -232,6 +233,7 @@ class _client:
         # The handler only asks the broker whether the event log has been replayed.
         app[keys.BROKER] = SimpleNamespace(replayed=True)  # type: ignore[misc]
         app[keys.OPEN_WAITS] = OpenWaits(per_client=10)
+        app[keys.SETTINGS] = GatewaySettings.from_env({})
         app.router.add_get("/classifications/{job_id}/events", sse.job_events)
         self._client = TestClient(TestServer(app))
 

@@ -95,8 +95,10 @@ def test_thousand_jobs_two_gateways_three_replicas(cluster: Cluster, figure: Fig
 
 
 def test_replicas_sigkilled_during_a_run(cluster: Cluster, figure: Figure) -> None:
-    cluster.start_replica()
-    cluster.start_replica()
+    # 0.1 s more per job: ONNX Runtime would finish the 240 jobs before a few kills happened.
+    slow = {"IMGQ_DEBUG_DELAY": "0.1"}
+    cluster.start_replica(**slow)
+    cluster.start_replica(**slow)
     cluster.start_gateway()
     cluster.wait_replicas(2)
     jobs = _submit_many(cluster.urls, 240)
@@ -111,7 +113,7 @@ def test_replicas_sigkilled_during_a_run(cluster: Cluster, figure: Figure) -> No
             if working:
                 random.choice(working).kill()  # SIGKILL, mid-inference more often than not
                 kills += 1
-                cluster.start_replica()
+                cluster.start_replica(**slow)
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
