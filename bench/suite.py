@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -137,7 +138,8 @@ def _measure_bare(options: Options, log_dir: Path, m: Measurements) -> None:
         specs = [WorkerSpec(MODEL, threads=threads, batch=batch)] * replicas
         result = bare.run_together(specs, options.images, log_dir, seconds=options.bare_seconds)
         m.bare[replicas] = result.images_per_s
-        m.bare_runtime = result.runtime or "auto"
+        # Its threads are in the layout column already.
+        m.bare_runtime = re.sub(r", \d+ threads?$", "", result.runtime) or "auto"
         torch_specs = [WorkerSpec(MODEL, threads=threads, batch=batch, runtime=TORCH)] * replicas
         m.bare_torch[replicas] = bare.run_together(
             torch_specs, options.images, log_dir, seconds=options.bare_seconds
