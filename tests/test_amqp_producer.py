@@ -4,7 +4,6 @@ docs/asyncapi.yaml against the real messages."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import importlib.util
 import sys
 import time
@@ -38,6 +37,7 @@ from shared.topology import (
 )
 from tests import api
 from tests.conftest import REPO, Service
+from tests.wire_helpers import v1_body
 
 MODEL = "efficientnet_lite0"
 COFFEE = (REPO / "images" / "coffee.jpg").read_bytes()
@@ -142,7 +142,7 @@ def test_a_v1_producer_still_gets_its_answer_in_v1(service: Service) -> None:
             replies = await channel.declare_queue(exclusive=True, auto_delete=True)
             requests = await channel.get_exchange(REQUESTS_EXCHANGE)
             message = aio_pika.Message(
-                orjson.dumps(_v1_request(request)),
+                orjson.dumps(v1_body(request)),
                 content_type="application/json",
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                 message_id=request.job_id,
@@ -225,18 +225,6 @@ def test_asyncapi_names_the_real_topology() -> None:
     }
 
 
-def _v1_request(request: ClassifyRequest) -> dict[str, Any]:
-    """What a producer written against the version 1 documentation publishes."""
-    return {
-        "v": 1,
-        "job_id": request.job_id,
-        "model": request.model,
-        "image_name": request.image_name,
-        "image_b64": base64.b64encode(request.image).decode(),
-        "queued_at": request.queued_at,
-    }
-
-
 def test_asyncapi_payloads_match_the_messages_field_for_field() -> None:
     request = ClassifyRequest(
         new_job_id(), MODEL, "coffee.jpg", COFFEE, time.time(), idempotency_key="k-1", owner="o"
@@ -244,7 +232,7 @@ def test_asyncapi_payloads_match_the_messages_field_for_field() -> None:
     headers = dict(wire.request_message(request).message.headers or {})
     assert _errors("ClassifyRequestHeaders", headers) == []
     assert _properties("ClassifyRequestHeaders") == set(headers)
-    v1 = _v1_request(request)
+    v1 = v1_body(request)
     assert ClassifyRequest.from_v1_json(orjson.dumps(v1)).image == COFFEE
     assert _errors("ClassifyRequestV1", v1) == []
     assert _properties("ClassifyRequestV1") == set(v1)
@@ -278,7 +266,7 @@ def test_asyncapi_schemas_refuse_what_the_parsers_refuse() -> None:
     without_model = {k: v for k, v in good.items() if k != "model"}
     assert _errors("ClassifyRequestHeaders", without_model)
 
-    v1 = _v1_request(request)
+    v1 = v1_body(request)
     for change in (
         {"v": 2},
         {"job_id": "ABC"},

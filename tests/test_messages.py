@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from dataclasses import replace
 
@@ -22,27 +21,16 @@ from shared.messages import (
     new_job_id,
 )
 from shared.states import JobStatus
+from tests.wire_helpers import v1_body
 
 
 def _request() -> ClassifyRequest:
     return ClassifyRequest(new_job_id(), "efficientnet_lite0", "cat.jpg", b"\xff\xd8\x00", 1.5)
 
 
-def _v1_body(request: ClassifyRequest) -> dict[str, object]:
-    """What a producer written against the version 1 documentation sends."""
-    return {
-        "v": 1,
-        "job_id": request.job_id,
-        "model": request.model,
-        "image_name": request.image_name,
-        "image_b64": base64.b64encode(request.image).decode(),
-        "queued_at": request.queued_at,
-    }
-
-
 def test_a_v1_request_is_still_read() -> None:
     request = _request()
-    parsed = ClassifyRequest.from_v1_json(orjson.dumps(_v1_body(request)))
+    parsed = ClassifyRequest.from_v1_json(orjson.dumps(v1_body(request)))
     assert parsed == replace(request, version=V1)
     assert parsed.image == request.image
     assert parsed.image_sha256 == hashlib.sha256(request.image).hexdigest()
@@ -61,7 +49,7 @@ def test_a_v1_request_is_still_read() -> None:
     ],
 )
 def test_v1_request_rejects_bad_fields(change: dict[str, object], error: str) -> None:
-    data = _v1_body(_request()) | change
+    data = v1_body(_request()) | change
     with pytest.raises(MessageError, match=error):
         ClassifyRequest.from_v1_json(orjson.dumps(data))
 

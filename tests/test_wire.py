@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 from dataclasses import replace
 from typing import Any
@@ -18,7 +17,7 @@ from shared.errors import MessageError
 from shared.messages import V1, ClassifyRequest, JobEvent, JobForgotten, new_job_id
 from shared.states import JobStatus
 from shared.topology import FORGOTTEN_ROUTING_KEY, REQUEST_ROUTING_KEY
-from tests.wire_helpers import RecordingChannel, delivered
+from tests.wire_helpers import RecordingChannel, delivered, v1_body
 
 IMAGE = bytes(range(256)) * 400  # 100 KiB that are not valid UTF-8, nor JSON
 
@@ -105,16 +104,8 @@ def test_a_message_without_version_header_is_read_as_v1_json() -> None:
 
 def _v1_message(request: ClassifyRequest, **properties: Any) -> aio_pika.Message:
     """Exactly what a producer written against the version 1 documentation publishes."""
-    body = {
-        "v": 1,
-        "job_id": request.job_id,
-        "model": request.model,
-        "image_name": request.image_name,
-        "image_b64": base64.b64encode(request.image).decode(),
-        "queued_at": request.queued_at,
-    }
     return aio_pika.Message(
-        orjson.dumps(body),
+        orjson.dumps(v1_body(request)),
         content_type="application/json",
         message_id=request.job_id,
         type="classify.request",

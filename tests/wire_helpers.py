@@ -7,6 +7,7 @@ pure unit tests of ``shared.wire`` and the replica's acks; everything else uses 
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import aio_pika
@@ -15,6 +16,8 @@ from aio_pika import IncomingMessage
 from aiormq.abc import DeliveredMessage
 from pamqp import commands
 from pamqp.header import ContentHeader
+
+from shared.messages import ClassifyRequest
 
 
 class RecordingChannel:
@@ -43,3 +46,15 @@ def delivered(
         consumer_tag="test", delivery_tag=delivery_tag, routing_key=routing_key, exchange="x"
     )
     return IncomingMessage(DeliveredMessage(deliver, decoded, message.body, channel))
+
+
+def v1_body(request: ClassifyRequest) -> dict[str, Any]:
+    """What a producer written against the version 1 documentation publishes (JSON)."""
+    return {
+        "v": 1,
+        "job_id": request.job_id,
+        "model": request.model,
+        "image_name": request.image_name,
+        "image_b64": base64.b64encode(request.image).decode(),
+        "queued_at": request.queued_at,
+    }
