@@ -236,14 +236,9 @@ def _measure_replicas(
     names = [p.name for p in files]
     photos = {p.name: p.read_bytes() for p in files}
     jobs, concurrency, limit = options.jobs, options.concurrency, options.max_seconds
-    # Warm-up: the first jobs meet cold caches and unprofiled batch shapes.
-    asyncio.run(
-        http_load.run(base_url, MODEL, names, jobs=2 * concurrency, concurrency=concurrency)
-    )
+    _warm_up(options, base_url, names)
     meter = CpuMeter(groups)
-    m.http[count] = asyncio.run(
-        http_load.run(base_url, MODEL, names, jobs=jobs, concurrency=concurrency, max_seconds=limit)
-    )
+    m.http[count] = _http_run(options, base_url, names)
     m.cpu_per_job[f"HTTP, {count}"] = meter.per_job_ms(m.http[count].jobs)
     log.info("HTTP, %d replica(s): %.1f jobs/s", count, m.http[count].throughput)
     meter = CpuMeter(groups)
@@ -274,6 +269,28 @@ def _measure_replicas(
     m.accuracy = asyncio.run(
         accuracy.measure(
             base_url, options.accuracy_models, read_labels(options.images), concurrency=concurrency
+        )
+    )
+
+
+def _warm_up(options: Options, base_url: str, names: list[str]) -> None:
+    """The first jobs meet cold caches and unprofiled batch shapes: not measured."""
+    concurrency = options.concurrency
+    asyncio.run(
+        http_load.run(base_url, MODEL, names, jobs=2 * concurrency, concurrency=concurrency)
+    )
+
+
+def _http_run(options: Options, base_url: str, names: list[str]) -> LoadResult:
+    """One measured HTTP throughput run: submit, then long-poll, from many clients."""
+    return asyncio.run(
+        http_load.run(
+            base_url,
+            MODEL,
+            names,
+            jobs=options.jobs,
+            concurrency=options.concurrency,
+            max_seconds=options.max_seconds,
         )
     )
 
@@ -321,32 +338,15 @@ def measure_cluster(options: Options, log_dir: Path, m: Measurements) -> None:
     """The same HTTP run as phase 2's, on a three-node cluster (queues with three copies)."""
     with m.phase(CLUSTER_PHASE):
         brokers = start_cluster(3)
-        stack = Stack(brokers.url, log_dir / "cluster", broker_urls=tuple(brokers.urls))
         (log_dir / "cluster").mkdir(exist_ok=True)
+        stack = Stack(brokers.url, log_dir / "cluster", broker_urls=tuple(brokers.urls))
         try:
             gateway, base_url = stack.start_gateway(env={"IMGQ_GALLERY_DIR": str(options.images)})
             wait_http_ok(f"{base_url}/readyz", 60, gateway)
             _start_replicas(stack, options, options.replicas, base_url, "cluster-replica")
             names = [p.name for p in image_files(options.images)]
-            asyncio.run(
-                http_load.run(
-                    base_url,
-                    MODEL,
-                    names,
-                    jobs=2 * options.concurrency,
-                    concurrency=options.concurrency,
-                )
-            )
-            m.http_cluster = asyncio.run(
-                http_load.run(
-                    base_url,
-                    MODEL,
-                    names,
-                    jobs=options.jobs,
-                    concurrency=options.concurrency,
-                    max_seconds=options.max_seconds,
-                )
-            )
+            _warm_up(options, base_url, names)
+            m.http_cluster = _http_run(options, base_url, names)
             log.info("HTTP on a three-node cluster: %.1f jobs/s", m.http_cluster.throughput)
         finally:
             stack.stop()

@@ -35,6 +35,7 @@ from tests.test_deploy_files import (
     interpolate,
     module_source,
     python_module,
+    rabbitmq_settings,
     walk_strings,
 )
 
@@ -78,16 +79,6 @@ def env_of(name: str, env: dict[str, str] | None = None) -> dict[str, str]:
     """A service's environment as the container sees it, with the operator's variables set."""
     given = OPERATOR_ENV if env is None else env
     return {k: interpolate(v, given) for k, v in environment(service(name)).items()}
-
-
-def conf_settings() -> dict[str, str]:
-    settings = {}
-    for raw in CLUSTER_CONF.read_text(encoding="utf-8").splitlines():
-        line = raw.strip()
-        if line and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            settings[key.strip()] = value.strip()
-    return settings
 
 
 # --------------------------------------------------------------------------- the file
@@ -172,7 +163,7 @@ def test_nodes_share_one_erlang_cookie_and_operator_account() -> None:
 
 
 def test_peer_discovery_lists_exactly_the_nodes() -> None:
-    settings = conf_settings()
+    settings = rabbitmq_settings(CLUSTER_CONF)
     assert settings["cluster_formation.peer_discovery_backend"] in {
         "classic_config",
         "rabbit_peer_discovery_classic_config",
