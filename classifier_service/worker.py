@@ -46,7 +46,13 @@ from shared.messages import (
     ReplicaHeartbeat,
 )
 from shared.states import JobStatus
-from shared.topology import CANCELLATIONS, Topology, declare_topology, find_topology
+from shared.topology import (
+    CANCELLATIONS,
+    Topology,
+    declare_model_queue,
+    declare_topology,
+    find_topology,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +81,8 @@ class Replica:
         self._acks = AckBook()
         # Any node of the cluster will do (IMGQ_BROKER_URLS).
         self._nodes = NodeRing(settings.broker_urls)
-        self._consumer: tuple[AbstractQueue, str] | None = None
+        # (queue, consumer tag) for each work queue we consume; empty while not consuming.
+        self._consumers: list[tuple[AbstractQueue, str]] = []
         self._cancel_offset: int | None = None
         # The broker user we are connected as: every message we publish says so (user_id).
         self._user: str | None = None
@@ -150,13 +157,13 @@ class Replica:
             )
             self._events = topology.events
             self._default = channel.default_exchange
-            queue = topology.requests_queue
-            tag = await queue.consume(self._on_message)
-            self._consumer = (queue, tag)
+            queues = [*(await self._model_queues(channel, topology)), topology.requests_queue]
+            for queue in queues:
+                self._consumers.append((queue, await queue.consume(self._on_message)))
             log.info(
                 "replica %s consuming %s on %s: models %s, %d thread(s), batch %d",
                 self.settings.replica_id,
-                queue.name,
+                ", ".join(queue.name for queue in queues),
                 safe_url(url),
                 ",".join(self.models),
                 self.settings.torch_threads,
@@ -164,7 +171,7 @@ class Replica:
             )
             await lost.wait()
         finally:
-            self._consumer = None
+            self._consumers = []
             self._events = None
             self._default = None
             # What this connection delivered and we have not settled is the broker's again.
@@ -176,10 +183,26 @@ class Replica:
     def _cancellations_deleted(self, *_: object) -> None:
         self._cancel_offset = None
 
+    async def _model_queues(
+        self, channel: AbstractChannel, topology: Topology
+    ) -> list[AbstractQueue]:
+        """The work queue of every model ID we serve (``name`` and ``name@version``): the
+        broker routes each request to its model's queue, so we take only jobs we can do.
+        Besides these we read the shared queue of unrouted requests (v1 producers).
+
+        Declared even under least privilege (IMGQ_DECLARE_TOPOLOGY=false): which models a
+        replica serves is its model repository's business, not the setup step's, so its broker
+        user may declare model queues (compose/permissions.py).
+        """
+        bounds = self.settings.queue_bounds
+        return [
+            await declare_model_queue(channel, topology.router, bounds, model)
+            for model in self.models
+        ]
+
     async def _stop_consuming(self) -> None:
-        if self._consumer is not None:
-            queue, tag = self._consumer
-            self._consumer = None
+        consumers, self._consumers = self._consumers, []
+        for queue, tag in consumers:
             with contextlib.suppress(Exception):
                 await queue.cancel(tag)
 
@@ -448,7 +471,7 @@ class Replica:
             )
             out = wire.heartbeat_message(beat, user_id=self._user)
             try:
-                if self._events is None or self._consumer is None:
+                if self._events is None or not self._consumers:
                     raise ConnectionError("not connected to the broker, or not consuming")
                 await self._events.publish(out.message, out.routing_key, mandatory=False)
                 # Only a replica that reaches the broker and is consuming reports itself

@@ -18,6 +18,8 @@ from shared.topology import (
     DEAD_LETTER_NOTICES,
     EVENT_LOG,
     EVENTS_EXCHANGE,
+    MODEL_QUEUE_PREFIX,
+    MODEL_ROUTER,
     REQUESTS_EXCHANGE,
     REQUESTS_QUEUE,
 )
@@ -28,11 +30,17 @@ CLASSIFIER_USER = "imgq-classifier"
 PRODUCER_USER = "imgq-producer"
 # Server-named queues (a gateway's private heartbeat queue) are called amq.gen-...
 _PRIVATE_QUEUES = r"amq\.gen-.*"
+# Each model's work queue (imgq.model.<model ID>): a replica declares and binds the queues of
+# the models it serves, whatever its model repository holds (binding takes write on the queue
+# and read on the router exchange).  The price: it could also delete one.
+_MODEL_QUEUES = re.escape(MODEL_QUEUE_PREFIX) + ".+"
 
 
-def _one_of(*names: str, private: bool = False) -> str:
-    """A regex matching exactly these resource names (and, if asked, private queues)."""
+def _one_of(*names: str, private: bool = False, models: bool = False) -> str:
+    """A regex matching exactly these resource names (and, if asked, private queues and the
+    model queues)."""
     alternatives = [re.escape(name) for name in names] + ([_PRIVATE_QUEUES] if private else [])
+    alternatives += [_MODEL_QUEUES] if models else []
     return "^(" + "|".join(alternatives) + ")$"
 
 
@@ -47,15 +55,18 @@ GRANTS: dict[str, Grant] = {
     GATEWAY_USER: Grant(
         configure=f"^{_PRIVATE_QUEUES}$",
         # Publish requests and events (markers, cancellations); bind its private queue.
+        # (The model queues it would declare for its models are the setup step's to declare.)
         write=_one_of(REQUESTS_EXCHANGE, EVENTS_EXCHANGE, private=True),
         # Follow the log, turn dead letters into failed jobs, hear heartbeats.
         read=_one_of(EVENTS_EXCHANGE, EVENT_LOG, DEAD_LETTER_NOTICES, private=True),
     ),
     CLASSIFIER_USER: Grant(
-        configure="^$",
-        # Publish events, and replies to reply_to queues through the default exchange.
-        write=_one_of(EVENTS_EXCHANGE, "amq.default"),
-        read=_one_of(REQUESTS_QUEUE, CANCELLATIONS),
+        # The queues of the models it serves.
+        configure=_one_of(models=True),
+        # Publish events, and replies to reply_to queues through the default exchange; bind
+        # its model queues.
+        write=_one_of(EVENTS_EXCHANGE, "amq.default", models=True),
+        read=_one_of(REQUESTS_QUEUE, CANCELLATIONS, MODEL_ROUTER, models=True),
     ),
     PRODUCER_USER: Grant(
         # Declare its own server-named reply queue, publish jobs, read its replies: nothing

@@ -27,9 +27,16 @@ from collections.abc import Sequence
 import aio_pika
 
 from compose.permissions import CLASSIFIER_USER, GATEWAY_USER, GRANTS, PRODUCER_USER
+from shared.catalog import catalog_models
 from shared.config_reference import service_arguments
 from shared.settings import SETUP, Environ, env_str, process_env, variable
-from shared.topology import LogRetention, QueueBounds, declare_event_log, declare_topology
+from shared.topology import (
+    LogRetention,
+    QueueBounds,
+    declare_event_log,
+    declare_model_queue,
+    declare_topology,
+)
 
 log = logging.getLogger("imgq.setup")
 
@@ -100,13 +107,19 @@ def create_users(management_url: str, vhost: str, passwords: dict[str, str]) -> 
         )
 
 
-async def declare(admin_url: str, bounds: QueueBounds, retention: LogRetention) -> None:
+async def declare(
+    admin_url: str, bounds: QueueBounds, retention: LogRetention, models: Sequence[str] = ()
+) -> None:
     connection = await aio_pika.connect(admin_url)
     async with connection:
         channel = await connection.channel()
         topology = await declare_topology(channel, bounds)
         await declare_event_log(channel, topology.events, retention)
-    log.info("topology declared")
+        # Least-privilege services may declare their model queues themselves; declaring the
+        # configured ones here too means their jobs can wait before any replica has started.
+        for model in models:
+            await declare_model_queue(channel, topology.router, bounds, model)
+    log.info("topology declared, with queues for %s", ", ".join(models) or "no models")
 
 
 def setup(env: Environ) -> None:
@@ -114,7 +127,11 @@ def setup(env: Environ) -> None:
     vhost = urllib.parse.unquote(urllib.parse.urlsplit(admin_url).path[1:]) or "/"
     passwords = {user: env_str(env, var.name, var.default) for user, var in _PASSWORDS.items()}
     create_users(env_str(env, _MANAGEMENT_URL.name, _MANAGEMENT_URL.default), vhost, passwords)
-    asyncio.run(declare(admin_url, QueueBounds.from_env(env), LogRetention.from_env(env)))
+    asyncio.run(
+        declare(
+            admin_url, QueueBounds.from_env(env), LogRetention.from_env(env), catalog_models(env)
+        )
+    )
 
 
 DESCRIPTION = """\

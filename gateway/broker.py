@@ -14,17 +14,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import time
 import uuid
+from collections.abc import Iterable
 from functools import partial
 from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
-from aio_pika.exceptions import AMQPError, DeliveryError
+from aio_pika.exceptions import AMQPError, ChannelNotFoundEntity, DeliveryError
 
 from gateway.metrics import GatewayMetrics
 from gateway.replicas import ReplicaRegistry
@@ -47,10 +49,13 @@ from shared.topology import (
     DELIVERY_LIMIT,
     EVENT_LOG,
     HEARTBEAT_ROUTING_KEY,
+    REQUESTS_QUEUE,
     Topology,
     declare_event_log,
+    declare_model_queue,
     declare_topology,
     find_topology,
+    model_queue,
 )
 
 log = logging.getLogger(__name__)
@@ -161,6 +166,12 @@ class GatewayBroker:
             if declare:
                 topology = await declare_topology(channel, self._settings.queue_bounds)
                 await declare_event_log(channel, topology.events, self._settings.log_retention)
+                # The models we offer have a queue even while no replica serves them, so their
+                # jobs wait there instead of failing (replicas declare the queues they serve).
+                for model in self._settings.models:
+                    await declare_model_queue(
+                        channel, topology.router, self._settings.queue_bounds, model
+                    )
             else:
                 # Least privilege: the deployment's setup step declared it; if it has not yet,
                 # this raises and the supervisor tries again.
@@ -306,17 +317,35 @@ class GatewayBroker:
             for url, up in zip(urls, answers, strict=True)
         ]
 
-    async def queue_depth(self) -> int | None:
-        """Jobs waiting in the work queue (a passive declare: one round trip)."""
-        if self._channel is None or self._topology is None:
+    async def queue_depths(self, models: Iterable[str]) -> dict[str, int] | None:
+        """Jobs waiting in each model's queue and in the shared queue of unrouted requests
+        (passive declares, one round trip each); a model without a queue is left out.
+
+        On a channel of its own, opened for the purpose: the broker closes a channel whose
+        passive declare names a missing queue, and the session's channels must not close.
+        """
+        if self._connection is None or self._connection.is_closed or not self.ready:
             return None
         try:
-            queue = await self._channel.declare_queue(
-                self._topology.requests_queue.name, passive=True
-            )
+            channel = await self._connection.channel(publisher_confirms=False)
         except (AMQPError, ConnectionError, RuntimeError):
             return None
-        return queue.declaration_result.message_count
+        depths: dict[str, int] = {}
+        try:
+            for name in (REQUESTS_QUEUE, *map(model_queue, models)):
+                try:
+                    queue = await channel.declare_queue(name, passive=True)
+                except ChannelNotFoundEntity:
+                    channel = await self._connection.channel(publisher_confirms=False)
+                    continue
+                depths[name] = queue.declaration_result.message_count or 0
+        except (AMQPError, ConnectionError, RuntimeError):
+            return None
+        finally:
+            if not channel.is_closed:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+        return depths
 
     # -- consuming -------------------------------------------------------------------------
 

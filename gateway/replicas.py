@@ -13,9 +13,14 @@ _MISSED_BEATS = 3
 class ReplicaRegistry:
     def __init__(self) -> None:
         self._beats: dict[str, ReplicaHeartbeat] = {}
+        # Every model any replica has announced since this gateway started, kept when its
+        # replicas go: its queue exists (replicas declare the queues they serve), so its jobs
+        # are still accepted, and wait there for a replica to come back.
+        self._known: dict[str, AnnouncedModel] = {}
 
     def record(self, beat: ReplicaHeartbeat) -> None:
         self._beats[beat.replica] = beat
+        self._known.update(beat.model_info)
 
     def online(self) -> list[ReplicaHeartbeat]:
         now = time.time()
@@ -33,3 +38,7 @@ class ReplicaRegistry:
         for beat in self.online():
             models.update(beat.model_info)
         return dict(sorted(models.items()))
+
+    def known(self) -> dict[str, AnnouncedModel]:
+        """Every model announced since start-up, live or not (name order)."""
+        return dict(sorted(self._known.items()))

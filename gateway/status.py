@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway import keys
-from gateway.views import json_response
+from gateway.views import json_response, offered
 from shared.metrics import CONTENT_TYPE
 
 
@@ -13,6 +13,7 @@ async def status(request: web.Request) -> web.Response:
     """Replicas, queue depth and recent activity: no job IDs, no image names."""
     activity = request.app[keys.ACTIVITY]
     replicas = sorted(request.app[keys.REPLICAS].online(), key=lambda beat: beat.replica)
+    depths = await request.app[keys.BROKER].queue_depths(offered(request))
     return json_response(
         {
             "replicas": [
@@ -26,7 +27,9 @@ async def status(request: web.Request) -> web.Response:
                 }
                 for beat in replicas
             ],
-            "queue_depth": await request.app[keys.BROKER].queue_depth(),
+            "queue_depth": None if depths is None else sum(depths.values()),
+            # Each model's work queue, and the shared queue of requests no model queue took.
+            "queues": depths,
             # The broker's nodes (one unless it is a cluster), each probed now.
             "broker": {"nodes": await request.app[keys.BROKER].nodes()},
             "jobs_per_second": round(activity.jobs_per_second(), 4),

@@ -57,8 +57,9 @@ class JobStore:
         # queued or running job is never evicted, however many finished ones arrive.
         self._finished: OrderedDict[str, None] = OrderedDict()
         self._tombstones: OrderedDict[str, str] = OrderedDict()
-        # Jobs still queued, in acceptance order: a job's position is its index here.
-        self._queued: OrderedDict[str, None] = OrderedDict()
+        # Jobs still queued, in acceptance order, per model (each model has its own work queue):
+        # a job's position is its index among its model's.
+        self._queued: dict[str, OrderedDict[str, None]] = {}
         # Keyed by (owner, key): on a gateway with tokens each client has its own keys.
         self._by_idempotency_key: dict[tuple[str | None, str], str] = {}
         # (model, image digest) -> the latest job that succeeded on exactly those inputs.
@@ -145,7 +146,8 @@ class JobStore:
 
     def position(self, job_id: str) -> int | None:
         """1 for the next job a replica will take, among the queued jobs this gateway knows."""
-        for index, queued in enumerate(self._queued, start=1):
+        queue = self._queue_of(job_id)
+        for index, queued in enumerate(queue, start=1):
             if queued == job_id:
                 return index
         return None
@@ -157,11 +159,16 @@ class JobStore:
         submission (measured with py-spy); a just-accepted job can only be overtaken by the
         few jobs other gateways accepted in the same milliseconds.
         """
-        return len(self._queued) if job_id in self._queued else None
+        queue = self._queue_of(job_id)
+        return len(queue) if job_id in queue else None
+
+    def _queue_of(self, job_id: str) -> OrderedDict[str, None]:
+        job = self._jobs.get(job_id)
+        return self._queued.get(job.model, OrderedDict()) if job is not None else OrderedDict()
 
     @property
     def queued(self) -> int:
-        return len(self._queued)
+        return sum(map(len, self._queued.values()))
 
     def by_idempotency_key(self, key: str, owner: str | None = None) -> JobEvent | None:
         job_id = self._by_idempotency_key.get((owner, key))
@@ -224,16 +231,23 @@ class JobStore:
 
     def _index(self, event: JobEvent) -> None:
         if event.status is JobStatus.QUEUED:
-            self._queued[event.job_id] = None
+            self._queued.setdefault(event.model, OrderedDict())[event.job_id] = None
         else:
-            self._queued.pop(event.job_id, None)
+            self._dequeue(event)
         if event.idempotency_key:
             self._by_idempotency_key.setdefault((event.owner, event.idempotency_key), event.job_id)
         if event.status is JobStatus.SUCCEEDED and event.image_sha256:
             self._by_input[(event.owner, event.model, event.image_sha256)] = event.job_id
 
+    def _dequeue(self, event: JobEvent) -> None:
+        queue = self._queued.get(event.model)
+        if queue is not None:
+            queue.pop(event.job_id, None)
+            if not queue:
+                del self._queued[event.model]
+
     def _unindex(self, event: JobEvent) -> None:
-        self._queued.pop(event.job_id, None)
+        self._dequeue(event)
         key = event.idempotency_key
         if key and self._by_idempotency_key.get((event.owner, key)) == event.job_id:
             del self._by_idempotency_key[(event.owner, key)]

@@ -57,13 +57,14 @@ def json_response(
 
 def offered(request: web.Request) -> dict[str, tuple[str, int]]:
     """Name -> (title, input size) of every model on offer: the configured catalogue first,
-    then any other model a live replica announces (torchvision models it has weights for).
-    A model no replica can load is never announced, so it is never offered."""
+    then any other model a replica has announced since start-up (repository and torchvision
+    models), online or not: each has a work queue, where its jobs wait for a replica.  A
+    model no replica could load was never announced, so it is never offered."""
     models = {
         name: (CATALOG[name].title, CATALOG[name].input_size)
         for name in request.app[keys.SETTINGS].models
     }
-    for name, announced in request.app[keys.REPLICAS].announced().items():
+    for name, announced in request.app[keys.REPLICAS].known().items():
         models.setdefault(name, (announced.title, announced.input_size))
     return models
 
@@ -214,6 +215,11 @@ def _accepted(request: web.Request, store: JobStore, accepted: Accepted) -> web.
     if accepted.replayed:
         headers["Idempotent-Replayed"] = "true"
     body = job_body(store, accepted.job, newest=accepted.newest)
+    model = accepted.job.model
+    if accepted.job.status is JobStatus.QUEUED and not request.app[keys.REPLICAS].serving(model):
+        body["note"] = (
+            f"no replica serves {model} right now: the job waits in its queue until one does"
+        )
     return json_response(body, status=202, headers=headers)
 
 

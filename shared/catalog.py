@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shared.errors import SettingsError
-from shared.settings import CLASSIFIER, GATEWAY, Environ, env_list, variable
+from shared.settings import CLASSIFIER, GATEWAY, SETUP, Environ, env_list, variable
 
 _CROP_PADDING = 32
 
@@ -50,8 +50,9 @@ DEFAULT_MODEL = "efficientnet_lite0"
 _MODELS = variable(
     "IMGQ_MODELS",
     tuple(CATALOG),
-    (GATEWAY, CLASSIFIER),
-    "catalogue models, comma-separated: those the gateway offers and a replica loads",
+    (GATEWAY, CLASSIFIER, SETUP),
+    "catalogue models, comma-separated: those the gateway offers and a replica loads "
+    "(the setup step declares their queues)",
 )
 
 

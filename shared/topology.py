@@ -27,10 +27,21 @@ from shared.settings import (
     variable,
 )
 
-# Producers (the gateway, or any program) publish requests here.
+# Producers (the gateway, or any program) publish requests here, all with one routing key.
 REQUESTS_EXCHANGE: Final = "imgq.requests"
 REQUEST_ROUTING_KEY: Final = "classify"
-# The FIFO work queue every classifier replica competes on.
+# ... from which the broker routes each request by its ``model`` header (a headers exchange,
+# bound to the requests exchange) to that model's work queue: a replica consumes only the
+# queues of the models it serves, each model's backlog is its own queue's depth (what an
+# autoscaler reads), and a job for a model no replica serves right now waits in its queue.
+MODEL_ROUTER: Final = "imgq.requests.by-model"
+# One FIFO work queue per model ID (``name`` or ``name@version``), declared by whoever serves
+# or offers the model: replicas for theirs, gateways for IMGQ_MODELS, the setup step.
+MODEL_QUEUE_PREFIX: Final = "imgq.model."
+# What the router cannot place (a v1 JSON request, whose model is inside the body; a model
+# nobody has declared a queue for) goes through this fanout to the shared queue below, which
+# every replica also reads: a replica that lacks the model fails the job (unknown model).
+UNROUTED_EXCHANGE: Final = "imgq.requests.unrouted"
 REQUESTS_QUEUE: Final = "imgq.requests"
 # Requests that cannot be processed (not JSON, unknown model, delivered too often).
 DEAD_LETTER_EXCHANGE: Final = "imgq.dead-letter"
@@ -207,6 +218,20 @@ class LogRetention:
         }
 
 
+def model_queue(model: str) -> str:
+    """The work queue of one model ID (``efficientnet_lite0``, ``mymodel@2``)."""
+    return MODEL_QUEUE_PREFIX + model
+
+
+def model_of_queue(queue: str) -> str | None:
+    return queue.removeprefix(MODEL_QUEUE_PREFIX) if queue.startswith(MODEL_QUEUE_PREFIX) else None
+
+
+def model_binding(model: str) -> dict[str, aio_pika.abc.FieldValue]:
+    """The router binding that sends ``model``'s requests (header ``model``) to its queue."""
+    return {"x-match": "all", "model": model}
+
+
 def job_routing_key(status: str) -> str:
     return f"job.{status}"
 
@@ -219,13 +244,25 @@ def marker_routing_key(marker: str) -> str:
 class Topology:
     requests: AbstractExchange
     events: AbstractExchange
+    # The shared queue of requests the router could not place (see UNROUTED_EXCHANGE).
     requests_queue: AbstractQueue
+    router: AbstractExchange
 
 
 async def declare_topology(channel: AbstractChannel, bounds: QueueBounds) -> Topology:
     requests = await channel.declare_exchange(
         REQUESTS_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
     )
+    unrouted = await channel.declare_exchange(
+        UNROUTED_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True
+    )
+    router = await channel.declare_exchange(
+        MODEL_ROUTER,
+        aio_pika.ExchangeType.HEADERS,
+        durable=True,
+        arguments={"alternate-exchange": UNROUTED_EXCHANGE},
+    )
+    await router.bind(requests, REQUEST_ROUTING_KEY)
     events = await channel.declare_exchange(
         EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
     )
@@ -246,8 +283,22 @@ async def declare_topology(channel: AbstractChannel, bounds: QueueBounds) -> Top
     )
     await cancellations.bind(events, CANCELLED_ROUTING_KEY)
     queue = await channel.declare_queue(REQUESTS_QUEUE, durable=True, arguments=bounds.arguments())
-    await queue.bind(requests, REQUEST_ROUTING_KEY)
-    return Topology(requests=requests, events=events, requests_queue=queue)
+    await queue.bind(unrouted)
+    # Before model queues, this queue was bound to the requests exchange directly; that binding
+    # would now give it a second copy of every request.  Unbinding what is not bound is a no-op.
+    await queue.unbind(requests, REQUEST_ROUTING_KEY)
+    return Topology(requests=requests, events=events, requests_queue=queue, router=router)
+
+
+async def declare_model_queue(
+    channel: AbstractChannel, router: AbstractExchange, bounds: QueueBounds, model: str
+) -> AbstractQueue:
+    """``model``'s work queue, bound to the router; bounded and replicated like the rest."""
+    queue = await channel.declare_queue(
+        model_queue(model), durable=True, arguments=bounds.arguments()
+    )
+    await queue.bind(router, arguments=model_binding(model))
+    return queue
 
 
 async def declare_event_log(
@@ -269,6 +320,7 @@ async def find_topology(channel: AbstractChannel) -> Topology:
         requests=await channel.get_exchange(REQUESTS_EXCHANGE),
         events=await channel.get_exchange(EVENTS_EXCHANGE),
         requests_queue=await channel.get_queue(REQUESTS_QUEUE),
+        router=await channel.get_exchange(MODEL_ROUTER),
     )
 
 

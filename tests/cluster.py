@@ -18,7 +18,13 @@ import aio_pika
 from compose.broker import BrokerNode
 from compose.stack import ManagedProcess, Stack, wait_http_ok, wait_replicas_online
 from shared.messages import JobEvent
-from shared.topology import DEAD_LETTER_QUEUE, EVENT_LOG, EVENTS_EXCHANGE, REQUESTS_QUEUE
+from shared.topology import (
+    DEAD_LETTER_QUEUE,
+    EVENT_LOG,
+    EVENTS_EXCHANGE,
+    REQUESTS_QUEUE,
+    model_queue,
+)
 
 # One model keeps replica start-up short; the scenarios are about delivery, not models.
 MODEL = "efficientnet_lite0"
@@ -59,12 +65,18 @@ class Cluster:
         return [r for r in self.replicas if r.alive()]
 
 
+# The work queue of MODEL, the one every test here submits to.
+WORK_QUEUE = model_queue(MODEL)
+# What queue_depths() says once every job is done.
+DRAINED = {WORK_QUEUE: 0, REQUESTS_QUEUE: 0, DEAD_LETTER_QUEUE: 0}
+
+
 async def _queue_depths(url: str) -> dict[str, int]:
     connection = await aio_pika.connect(url)
     async with connection:
         channel = await connection.channel()
         depths = {}
-        for name in (REQUESTS_QUEUE, DEAD_LETTER_QUEUE):
+        for name in (WORK_QUEUE, REQUESTS_QUEUE, DEAD_LETTER_QUEUE):
             queue = await channel.declare_queue(name, passive=True)
             depths[name] = queue.declaration_result.message_count or 0
         return depths

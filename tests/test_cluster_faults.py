@@ -28,9 +28,16 @@ from compose.broker import (
     start_cluster,
 )
 from compose.stack import Stack
-from shared.topology import DEAD_LETTER_QUEUE, REQUESTS_QUEUE
 from tests import api
-from tests.cluster import MODEL, Cluster, final_events_per_job, queue_depths, read_log
+from tests.cluster import (
+    DRAINED,
+    MODEL,
+    WORK_QUEUE,
+    Cluster,
+    final_events_per_job,
+    queue_depths,
+    read_log,
+)
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(600)]
 
@@ -54,7 +61,7 @@ class ThreeNodes:
         rows = json.loads(
             self.brokers.ctl("list_queues", "name", "leader", "--formatter", "json", "--quiet")
         )
-        (leader,) = [row["leader"] for row in rows if row["name"] == REQUESTS_QUEUE]
+        (leader,) = [row["leader"] for row in rows if row["name"] == WORK_QUEUE]
         return self.node_named(str(leader))
 
 
@@ -167,7 +174,7 @@ def _finish(
     assert lost == 0, Counter(statuses)
     assert len(set(accepted)) == len(accepted), "a job ID was accepted twice"
     deadline = time.monotonic() + 60
-    while queue_depths(three.live_url()) != {REQUESTS_QUEUE: 0, DEAD_LETTER_QUEUE: 0}:
+    while queue_depths(three.live_url()) != DRAINED:
         assert time.monotonic() < deadline, queue_depths(three.live_url())
         time.sleep(0.5)
     finals = final_events_per_job(read_log(three.live_url()))

@@ -25,6 +25,7 @@ from shared.topology import (
     REQUEST_ROUTING_KEY,
     REQUESTS_EXCHANGE,
     REQUESTS_QUEUE,
+    model_queue,
 )
 from tests import api
 from tests.cluster import MODEL, Cluster
@@ -104,6 +105,26 @@ def test_services_work_as_least_privilege_users(managed_node: tuple[BrokerNode, 
             queue = await channel.get_queue(REQUESTS_QUEUE)
             await queue.consume(_ignore)
 
+    async def gateway_takes_a_models_jobs() -> None:
+        connection = await aio_pika.connect(_url(node, GATEWAY_USER))
+        async with connection:
+            channel = await connection.channel()
+            queue = await channel.get_queue(model_queue(MODEL))
+            await queue.consume(_ignore)
+
+    async def producer_takes_a_models_jobs() -> None:
+        connection = await aio_pika.connect(_url(node, PRODUCER_USER))
+        async with connection:
+            channel = await connection.channel()
+            queue = await channel.get_queue(model_queue(MODEL))
+            await queue.consume(_ignore)
+
+    async def classifier_deletes_the_shared_queues() -> None:
+        connection = await aio_pika.connect(_url(node, CLASSIFIER_USER))
+        async with connection:
+            channel = await connection.channel()
+            await channel.queue_delete(REQUESTS_QUEUE)
+
     async def classifier_submits_jobs() -> None:
         connection = await aio_pika.connect(_url(node, CLASSIFIER_USER))
         async with connection:
@@ -142,6 +163,9 @@ def test_services_work_as_least_privilege_users(managed_node: tuple[BrokerNode, 
 
     for attempt in (
         gateway_takes_jobs,
+        gateway_takes_a_models_jobs,
+        producer_takes_a_models_jobs,
+        classifier_deletes_the_shared_queues,
         classifier_submits_jobs,
         classifier_reads_the_log,
         gateway_deletes_the_queue,

@@ -26,9 +26,18 @@ import pytest
 
 from shared.messages import JobEvent, new_job_id
 from shared.states import JobStatus
-from shared.topology import DEAD_LETTER_QUEUE, EVENT_LOG, EVENTS_EXCHANGE, REQUESTS_QUEUE
+from shared.topology import DEAD_LETTER_QUEUE, EVENT_LOG, EVENTS_EXCHANGE
 from tests import api
-from tests.cluster import MODEL, Cluster, dir_size, final_events_per_job, queue_depths, read_log
+from tests.cluster import (
+    DRAINED,
+    MODEL,
+    WORK_QUEUE,
+    Cluster,
+    dir_size,
+    final_events_per_job,
+    queue_depths,
+    read_log,
+)
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(420)]
 
@@ -82,7 +91,7 @@ def test_thousand_jobs_two_gateways_three_replicas(cluster: Cluster, figure: Fig
     for job_id, _ in jobs:
         left = api.get(a, f"/classifications/{job_id}").json()
         assert left == api.get(b, f"/classifications/{job_id}").json()
-    assert queue_depths(cluster.node.url) == {REQUESTS_QUEUE: 0, DEAD_LETTER_QUEUE: 0}
+    assert queue_depths(cluster.node.url) == DRAINED
     finals_in_log = final_events_per_job(read_log(cluster.node.url))
     duplicates = sum(n - 1 for n in finals_in_log.values())
     assert set(finals_in_log) == {j for j, _ in jobs}
@@ -144,7 +153,7 @@ def test_sigterm_during_inference_finishes_the_job(cluster: Cluster, figure: Fig
     assert final["status"] == "succeeded"
     assert final["replica"] == replica.name
     assert code == 0
-    assert queue_depths(cluster.node.url) == {REQUESTS_QUEUE: 0, DEAD_LETTER_QUEUE: 0}
+    assert queue_depths(cluster.node.url) == DRAINED
     starts = [e for e in read_log(cluster.node.url) if e.status is JobStatus.STARTED]
     assert len(starts) == 1, "the job must not have been requeued"
     figure(f"SIGTERM mid-inference: job completed and acked, replica exited 0 in {drained:.1f} s")
@@ -172,7 +181,7 @@ def test_a_job_past_the_time_limit_fails_and_the_replica_goes_on(
     starts = sorted(final["started_at"] for final in finals)
     assert all(b - a < 2.0 for a, b in itertools.pairwise(starts)), starts
     assert replica.alive()
-    assert queue_depths(cluster.node.url) == {REQUESTS_QUEUE: 0, DEAD_LETTER_QUEUE: 0}
+    assert queue_depths(cluster.node.url) == DRAINED
     figure(f"time limit 0.5 s, 2 s inferences: 4 jobs failed clearly in {took:.1f} s")
 
 
@@ -504,7 +513,7 @@ def test_gateway_sigterm_answers_long_polls_and_exits(cluster: Cluster, figure: 
         assert body["status"] == "queued"
         assert waited < 10, "a pending long-poll must be answered at shutdown, not time out"
     # The job itself is safe in the queue for any other gateway and replica.
-    assert queue_depths(cluster.node.url)[REQUESTS_QUEUE] == 1
+    assert queue_depths(cluster.node.url)[WORK_QUEUE] == 1
     figure(f"gateway SIGTERM: 5 pending long-polls answered, exited 0 in {stopped:.2f} s")
 
 
@@ -519,7 +528,7 @@ def test_deleted_queues_are_noticed_and_set_up_again(cluster: Cluster, figure: F
         async with connection:
             channel = await connection.channel()
             await channel.queue_delete(EVENT_LOG)  # the gateway follows it
-            await channel.queue_delete(REQUESTS_QUEUE)  # the replica consumes it
+            await channel.queue_delete(WORK_QUEUE)  # the replica consumes it
 
     deleted = time.monotonic()
     asyncio.run(delete_queues())

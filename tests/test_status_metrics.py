@@ -21,9 +21,9 @@ from gateway.metrics import GatewayMetrics
 from gateway.store import JobStore
 from shared.messages import ClassifyRequest, JobEvent, new_job_id
 from shared.states import JobStatus
-from shared.topology import REQUEST_ROUTING_KEY, REQUESTS_EXCHANGE, REQUESTS_QUEUE
+from shared.topology import REQUEST_ROUTING_KEY, REQUESTS_EXCHANGE
 from tests import api, multipart
-from tests.cluster import MODEL, Cluster
+from tests.cluster import MODEL, WORK_QUEUE, Cluster
 from tests.conftest import Service
 from tests.openapi_contract import assert_response_matches
 from tests.prometheus import Exposition, parse
@@ -170,7 +170,7 @@ async def _redeliver_next_request(url: str) -> None:
     connection = await aio_pika.connect(url)
     async with connection:
         channel = await connection.channel()
-        queue = await channel.get_queue(REQUESTS_QUEUE)
+        queue = await channel.get_queue(WORK_QUEUE)
         message = await queue.get(timeout=10)
         assert message is not None
         await message.nack(requeue=True)
