@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import aio_pika
+from aio_pika.exceptions import ChannelNotFoundEntity
 
 from bench.load import Done, JobFailed, LoadResult, run_jobs
 from imgq_cli.amqp import Producer, QueueFull
+from shared.catalog import CATALOG
 from shared.states import JobStatus
-from shared.topology import REQUESTS_QUEUE
+from shared.topology import REQUESTS_QUEUE, model_queue
 
 PUBLISH_TIMEOUT = 30.0
 RESULT_TIMEOUT = 120.0
@@ -59,11 +61,19 @@ async def run(
         )
 
 
-async def purge_requests(broker_url: str) -> int:
-    """Drop every queued job (the gateway-only test leaves thousands); returns how many."""
+async def purge_requests(broker_url: str, models: Iterable[str] = tuple(CATALOG)) -> int:
+    """Drop every queued job (the gateway-only test leaves thousands) from the shared queue and
+    the work queues of ``models``; returns how many."""
     connection = await aio_pika.connect(broker_url)
+    purged = 0
     async with connection:
-        channel = await connection.channel()
-        queue = await channel.get_queue(REQUESTS_QUEUE, ensure=True)
-        purged = await queue.purge()
-        return int(purged.message_count or 0)
+        for name in (REQUESTS_QUEUE, *map(model_queue, models)):
+            # A channel each: a queue that does not exist closes the channel that asked.
+            channel = await connection.channel()
+            try:
+                queue = await channel.get_queue(name, ensure=True)
+            except ChannelNotFoundEntity:
+                continue
+            purged += int((await queue.purge()).message_count or 0)
+            await channel.close()
+    return purged
