@@ -221,8 +221,12 @@ async def _server_spans(request: web.Request, handler: Handler) -> web.StreamRes
         record_exception=False,
         set_status_on_exception=False,
     ) as span:
+        # A client that goes away cancels the handler: that span has no status code.
+        status: int | None = None
         try:
             response = await handler(request)
+            status = response.status
+            return response
         except web.HTTPException as exc:
             status = exc.status
             raise
@@ -230,13 +234,11 @@ async def _server_spans(request: web.Request, handler: Handler) -> web.StreamRes
             span.record_exception(exc)
             status = 500
             raise
-        else:
-            status = response.status
         finally:
-            span.set_attribute("http.response.status_code", status)
-            if status >= 500:
-                span.set_status(StatusCode.ERROR)
-        return response
+            if status is not None:
+                span.set_attribute("http.response.status_code", status)
+                if status >= 500:
+                    span.set_status(StatusCode.ERROR)
 
 
 def publishing(request: ClassifyRequest) -> contextlib.AbstractContextManager[object]:
