@@ -11,6 +11,7 @@ from classifier_service.metrics import ReplicaMetrics, start_server
 from classifier_service.models import load_models
 from classifier_service.settings import ClassifierSettings
 from classifier_service.worker import Replica
+from shared import tracing
 from shared.config_reference import service_arguments
 from shared.settings import CLASSIFIER, process_env
 
@@ -45,7 +46,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s [classifier] %(name)s: %(message)s"
     )
     settings = ClassifierSettings.from_env(process_env())
-    asyncio.run(serve(settings))
+    with tracing.started(settings.tracing, "imgq-classifier"):
+        asyncio.run(serve(settings))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from shared.settings import (
     variable,
 )
 from shared.topology import QueueBounds, declares_topology
+from shared.tracing import TracingSettings
 
 _Choice = TypeVar("_Choice", bound=StrEnum)
 
@@ -198,6 +199,8 @@ class ClassifierSettings:
     # and the replica goes on with a fresh inference thread: a picture that takes minutes to
     # decode must not stop a replica.
     job_time_limit: float = _JOB_TIME_LIMIT.default
+    # OpenTelemetry (shared/tracing.py): off unless asked for.
+    tracing: TracingSettings = field(default_factory=TracingSettings)
 
     @property
     def prefetch(self) -> int:
@@ -234,6 +237,7 @@ class ClassifierSettings:
             runtime=_choice(env, _RUNTIME, Runtime),
             device=_choice(env, _DEVICE, Device),
             model_cache=Path(env_str(env, _MODEL_CACHE.name, str(default_model_cache(env)))),
+            tracing=TracingSettings.from_env(env),
         )
 
 

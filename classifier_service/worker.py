@@ -34,7 +34,7 @@ from classifier_service.inference import classify_batch, configure_threads, warm
 from classifier_service.metrics import ReplicaMetrics
 from classifier_service.models import LoadedModel
 from classifier_service.settings import ClassifierSettings
-from shared import wire
+from shared import tracing, wire
 from shared.connect import NodeRing, broker_user, safe_url, watch_channel
 from shared.errors import ImgqError, JobTimedOut, MessageError, UnknownModel
 from shared.messages import (
@@ -297,7 +297,9 @@ class Replica:
                 by_model.setdefault(request.model, []).append((message, request))
         for model_name, jobs in by_model.items():
             try:
-                await self._run_jobs(self.models[model_name], jobs)
+                traced = [(request, wire.trace_headers(message)) for message, request in jobs]
+                with tracing.BatchTrace(self.settings.replica_id, traced) as traces:
+                    await self._run_jobs(self.models[model_name], jobs, traces)
             except Exception:
                 # A broker failure mid-batch: the confirms or acks did not happen, so the
                 # broker still holds these jobs and will deliver them again.
@@ -344,7 +346,10 @@ class Replica:
         return request
 
     async def _run_jobs(
-        self, model: LoadedModel, jobs: list[tuple[AbstractIncomingMessage, ClassifyRequest]]
+        self,
+        model: LoadedModel,
+        jobs: list[tuple[AbstractIncomingMessage, ClassifyRequest]],
+        traces: tracing.BatchTrace,
     ) -> None:
         started_at = time.time()
         started = [
@@ -373,6 +378,7 @@ class Replica:
             await asyncio.gather(*confirms, return_exceptions=True)  # settle them, then fail
             raise
         finished_at = time.time()
+        traces.inference(started_at, finished_at, outcomes)
         model_name = jobs[0][1].model  # a batch is one model's jobs
         self.metrics.batch_done(model_name, len(jobs), time.perf_counter() - inference_started)
         finals = []
@@ -390,7 +396,8 @@ class Replica:
                     event.advance(JobStatus.SUCCEEDED, finished_at=finished_at, result=outcome)
                 )
         for final, (message, request) in zip(finals, jobs, strict=True):
-            confirms += self._publish(final, message, request)
+            with traces.publishing(final):  # the final event carries this span's context
+                confirms += self._publish(final, message, request)
         # One wait for the whole batch's confirms (started and final), then its acks.
         await _confirmed(confirms)
         await self._acks.ack_batch([message for message, _ in jobs])

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
+from shared import tracing
 from shared.config_reference import service_arguments
 from shared.settings import GATEWAY, process_env
 
@@ -25,16 +26,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = GatewaySettings.from_env(process_env())
     # shutdown_timeout bounds how long open connections get once SIGTERM arrives; held
     # long-polls are answered at once by on_shutdown, so this is rarely reached.
-    web.run_app(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        shutdown_timeout=5.0,
-        access_log=None,
-        print=lambda _: logging.getLogger(__name__).info(
-            "gateway listening on http://%s:%d/", settings.host, settings.port
-        ),
-    )
+    # Tracing starts before the app is built (its middleware is added only when on).
+    with tracing.started(settings.tracing, "imgq-gateway"):
+        web.run_app(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            shutdown_timeout=5.0,
+            access_log=None,
+            print=lambda _: logging.getLogger(__name__).info(
+                "gateway listening on http://%s:%d/", settings.host, settings.port
+            ),
+        )
 
 
 if __name__ == "__main__":

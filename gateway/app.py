@@ -23,6 +23,7 @@ from gateway.replicas import ReplicaRegistry
 from gateway.settings import GatewaySettings
 from gateway.store import JobStore
 from gateway.submissions import Jobs
+from shared import tracing
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,8 @@ async def _release_long_polls(app: web.Application) -> None:
 
 
 def create_app(settings: GatewaySettings) -> web.Application:
-    middlewares: list[Middleware] = [problem_middleware]
+    # Tracing (when on) outermost, so a job's server span also covers problems and refusals.
+    middlewares: list[Middleware] = [*tracing.http_middlewares(), problem_middleware]
     if settings.api_tokens:
         # Inside the problem middleware, so a refusal is a problem like any other.
         middlewares.append(token_middleware(settings.api_tokens))

@@ -32,7 +32,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.replicas import ReplicaRegistry
 from gateway.settings import GatewaySettings
 from gateway.store import JobStore
-from shared import wire
+from shared import tracing, wire
 from shared.connect import (
     NodeRing,
     broker_user,
@@ -372,7 +372,8 @@ class GatewayBroker:
             elif isinstance(entry, JobForgotten):
                 self._store.forget(entry.job_id)
             else:
-                self._store.apply(entry)
+                with tracing.applying(entry, wire.trace_headers(message), live=self.replayed):
+                    self._store.apply(entry)
         if isinstance(offset, int):
             self._last_offset = (
                 offset if self._last_offset is None else max(self._last_offset, offset)

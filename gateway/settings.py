@@ -21,6 +21,7 @@ from shared.settings import (
     variable,
 )
 from shared.topology import LogRetention, QueueBounds, declares_topology
+from shared.tracing import TracingSettings
 
 _REPO_IMAGES = Path(__file__).resolve().parent.parent / "images"
 
@@ -81,6 +82,8 @@ class GatewaySettings:
     senders: Senders = field(default_factory=Senders)
     # Each client's share: submissions a second, open long-polls and streams.
     client_limits: ClientLimits = field(default_factory=ClientLimits)
+    # OpenTelemetry (shared/tracing.py): off unless asked for.
+    tracing: TracingSettings = field(default_factory=TracingSettings)
 
     @classmethod
     def from_env(cls, env: Environ) -> GatewaySettings:
@@ -106,4 +109,5 @@ class GatewaySettings:
             api_tokens=env_list(env, _API_TOKENS.name, _API_TOKENS.default),
             senders=Senders.from_env(env),
             client_limits=ClientLimits.from_env(env),
+            tracing=TracingSettings.from_env(env),
         )

@@ -14,6 +14,7 @@ from typing import Protocol
 from gateway.clients import Client, RateLimiter
 from gateway.metrics import GatewayMetrics
 from gateway.store import JobStore
+from shared import tracing
 from shared.errors import IdempotencyKeyReused, JobConflict, NotReady
 from shared.messages import ClassifyRequest, JobEvent, JobFailure, new_job_id
 from shared.states import JobStatus
@@ -115,7 +116,8 @@ class Jobs:
         self._metrics.accepted(request.job_id)
         self._store.apply(queued)
         try:
-            await self._broker.submit(request, queued, submission.content_type)
+            with tracing.publishing(request):
+                await self._broker.submit(request, queued, submission.content_type)
         except Exception:
             self._store.discard(request.job_id)
             raise

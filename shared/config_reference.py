@@ -27,6 +27,7 @@ DECLARING_MODULES = (
     "shared.settings",
     "shared.catalog",
     "shared.topology",
+    "shared.tracing",
     "gateway.senders",
     "gateway.settings",
     "classifier_service.settings",

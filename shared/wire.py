@@ -9,6 +9,10 @@ Version 1 requests (JSON with the image in base64) are still read, for one versi
 
 Events, heartbeats and the other small messages stay JSON bodies (``shared/messages.py``).
 
+Requests and job events also carry the W3C trace context of the span that sent them
+(``traceparent``/``tracestate`` headers) while tracing is on (``shared/tracing.py``); a
+message without them simply starts no trace, so either side may run without tracing.
+
 Each builder returns an ``Outgoing``: the message and the routing key it goes out with,
 so routing keys are spelled only in ``shared/topology.py`` and used only here.
 """
@@ -22,6 +26,7 @@ from typing import Final
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, HeadersType
 
+from shared import tracing
 from shared.errors import MessageError
 from shared.messages import (
     JSON,
@@ -86,6 +91,7 @@ def request_message(
         H_MODEL: request.model,
         H_IMAGE_NAME: request.image_name,
         H_QUEUED_AT_US: round(request.queued_at * 1_000_000),
+        **tracing.outgoing_headers(),
     }
     if request.idempotency_key is not None:
         headers[H_IDEMPOTENCY_KEY] = request.idempotency_key
@@ -129,6 +135,27 @@ def _header_str(headers: HeadersType, key: str) -> str | None:
     if value is None or isinstance(value, str):
         return value
     raise MessageError(f"header {key!r} must be a string")
+
+
+def _trace_context() -> HeadersType | None:
+    """The sending span's context (shared/tracing.py), as headers; None when there is none."""
+    return {**tracing.outgoing_headers()} or None
+
+
+def trace_headers(message: AbstractIncomingMessage) -> dict[str, str]:
+    """The trace context a message carries, for ``shared.tracing``; empty if none.  Never
+    fails: a malformed context only costs the trace its parent, never the job."""
+    headers = message.headers or {}
+    carried: dict[str, str] = {}
+    # The W3C names (traceparent, tracestate), in AMQP headers as in HTTP's.
+    for key in tracing.CONTEXT_HEADERS:
+        try:
+            value = _header_str(headers, key)
+        except MessageError:
+            value = None
+        if value:
+            carried[key] = value
+    return carried
 
 
 def _is_v2(message: AbstractIncomingMessage) -> bool:
@@ -196,6 +223,7 @@ def event_message(event: JobEvent, *, user_id: str | None = None) -> Outgoing:
         timestamp=time.time(),
         type=job_routing_key(event.status.value),
         user_id=user_id,
+        headers=_trace_context(),
     )
     return Outgoing(message, job_routing_key(event.status.value))
 
@@ -223,6 +251,7 @@ def reply_message(
         message_id=event.job_id,
         type=job_routing_key(event.status.value),
         user_id=user_id,
+        headers=_trace_context(),
     )
     return Outgoing(message, request.reply_to)
 

@@ -22,6 +22,7 @@ SETTINGS_MODULES = (
     "shared/settings.py",
     "shared/topology.py",
     "shared/catalog.py",
+    "shared/tracing.py",
 )
 
 # Names a deployment file may set before the code that reads them lands (each with its reason).
