@@ -36,5 +36,9 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = request.app[keys.METRICS].expose(long_polls=request.app[keys.STORE].waiting)
+    broker = request.app[keys.BROKER]
+    body = request.app[keys.METRICS].expose(
+        long_polls=request.app[keys.STORE].waiting,
+        queue_depths=await broker.queue_depths(broker.work_queues()),
+    )
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
