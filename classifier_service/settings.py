@@ -12,6 +12,7 @@ from typing import TypeVar
 
 from shared.catalog import catalog_models
 from shared.errors import SettingsError
+from shared.logs import LogSettings
 from shared.settings import (
     CLASSIFIER,
     Environ,
@@ -198,6 +199,7 @@ class ClassifierSettings:
     # and the replica goes on with a fresh inference thread: a picture that takes minutes to
     # decode must not stop a replica.
     job_time_limit: float = _JOB_TIME_LIMIT.default
+    logs: LogSettings = field(default_factory=LogSettings)
 
     @property
     def prefetch(self) -> int:
@@ -234,6 +236,7 @@ class ClassifierSettings:
             runtime=_choice(env, _RUNTIME, Runtime),
             device=_choice(env, _DEVICE, Device),
             model_cache=Path(env_str(env, _MODEL_CACHE.name, str(default_model_cache(env)))),
+            logs=LogSettings.from_env(env),
         )
 
 

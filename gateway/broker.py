@@ -14,17 +14,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import time
 import uuid
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
-from aio_pika.exceptions import AMQPError, DeliveryError
+from aio_pika.exceptions import AMQPError, ChannelNotFoundEntity, DeliveryError
 
 from gateway.metrics import GatewayMetrics
 from gateway.replicas import ReplicaRegistry
@@ -40,6 +42,7 @@ from shared.connect import (
     watch_channel,
 )
 from shared.errors import BrokerUnavailable, MessageError, QueueFull
+from shared.logs import job_fields
 from shared.messages import ClassifyRequest, JobEvent, JobFailure, JobForgotten, is_job_id
 from shared.states import JobStatus
 from shared.topology import (
@@ -306,17 +309,42 @@ class GatewayBroker:
             for url, up in zip(urls, answers, strict=True)
         ]
 
+    def work_queues(self) -> list[str]:
+        """The queues replicas take jobs from: the depths /status and /metrics report."""
+        return [] if self._topology is None else [self._topology.requests_queue.name]
+
     async def queue_depth(self) -> int | None:
-        """Jobs waiting in the work queue (a passive declare: one round trip)."""
-        if self._channel is None or self._topology is None:
-            return None
+        """Jobs waiting in all the work queues together; None when the broker did not say."""
+        known = [n for n in (await self.queue_depths(self.work_queues())).values() if n is not None]
+        return sum(known) if known else None
+
+    async def queue_depths(self, names: Sequence[str]) -> dict[str, int | None]:
+        """Jobs waiting in each named queue (None where the broker did not say), by passive
+        declares: one round trip each.  On a channel of their own, opened for the purpose:
+        the broker closes a channel whose passive declare names a missing queue, and that
+        must never be the one that publishes jobs."""
+        depths: dict[str, int | None] = dict.fromkeys(names)
+        connection = self._connection
+        if not names or connection is None or connection.is_closed:
+            return depths
+        channel: AbstractChannel | None = None
         try:
-            queue = await self._channel.declare_queue(
-                self._topology.requests_queue.name, passive=True
-            )
+            for name in names:
+                if channel is None or channel.is_closed:
+                    channel = await connection.channel(publisher_confirms=False)
+                try:
+                    queue = await channel.declare_queue(name, passive=True)
+                except ChannelNotFoundEntity:
+                    channel = None  # closed by the broker; the next name gets a new one
+                    continue
+                depths[name] = queue.declaration_result.message_count
         except (AMQPError, ConnectionError, RuntimeError):
-            return None
-        return queue.declaration_result.message_count
+            pass  # the rest stay unknown: a scrape must not fail on a broker hiccup
+        finally:
+            if channel is not None and not channel.is_closed:
+                with contextlib.suppress(AMQPError, ConnectionError, RuntimeError):
+                    await channel.close()
+        return depths
 
     # -- consuming -------------------------------------------------------------------------
 
@@ -388,6 +416,8 @@ class GatewayBroker:
             except BrokerUnavailable:
                 await message.nack(requeue=True)
                 return
-            log.warning("job %s dead-lettered (%s)", job_id, reason)
+            log.warning(
+                "job %s dead-lettered (%s)", job_id, reason, extra=job_fields(job_id, event.model)
+            )
         self._metrics.dead_lettered.inc()
         await message.ack()

@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.access_log import access_log_enabled
 from gateway.clients import ClientLimits
 from gateway.senders import Senders
 from shared.catalog import catalog_models
 from shared.errors import SettingsError
+from shared.logs import LogSettings
 from shared.settings import (
     GATEWAY,
     Environ,
@@ -81,6 +83,9 @@ class GatewaySettings:
     senders: Senders = field(default_factory=Senders)
     # Each client's share: submissions a second, open long-polls and streams.
     client_limits: ClientLimits = field(default_factory=ClientLimits)
+    logs: LogSettings = field(default_factory=LogSettings)
+    # A log line per HTTP request (gateway/access_log.py).
+    access_log: bool = True
 
     @classmethod
     def from_env(cls, env: Environ) -> GatewaySettings:
@@ -106,4 +111,6 @@ class GatewaySettings:
             api_tokens=env_list(env, _API_TOKENS.name, _API_TOKENS.default),
             senders=Senders.from_env(env),
             client_limits=ClientLimits.from_env(env),
+            logs=LogSettings.from_env(env),
+            access_log=access_log_enabled(env),
         )
