@@ -319,32 +319,11 @@ class GatewayBroker:
         return sum(known) if known else None
 
     async def queue_depths(self, names: Sequence[str]) -> dict[str, int | None]:
-        """Jobs waiting in each named queue (None where the broker did not say), by passive
-        declares: one round trip each.  On a channel of their own, opened for the purpose:
-        the broker closes a channel whose passive declare names a missing queue, and that
-        must never be the one that publishes jobs."""
-        depths: dict[str, int | None] = dict.fromkeys(names)
+        """Jobs waiting in each named queue; None where the broker did not say."""
         connection = self._connection
-        if not names or connection is None or connection.is_closed:
-            return depths
-        channel: AbstractChannel | None = None
-        try:
-            for name in names:
-                if channel is None or channel.is_closed:
-                    channel = await connection.channel(publisher_confirms=False)
-                try:
-                    queue = await channel.declare_queue(name, passive=True)
-                except ChannelNotFoundEntity:
-                    channel = None  # closed by the broker; the next name gets a new one
-                    continue
-                depths[name] = queue.declaration_result.message_count
-        except (AMQPError, ConnectionError, RuntimeError):
-            pass  # the rest stay unknown: a scrape must not fail on a broker hiccup
-        finally:
-            if channel is not None and not channel.is_closed:
-                with contextlib.suppress(AMQPError, ConnectionError, RuntimeError):
-                    await channel.close()
-        return depths
+        if connection is None or connection.is_closed:
+            return dict.fromkeys(names)
+        return await queue_depths(connection, names)
 
     # -- consuming -------------------------------------------------------------------------
 
@@ -421,3 +400,31 @@ class GatewayBroker:
             )
         self._metrics.dead_lettered.inc()
         await message.ack()
+
+
+async def queue_depths(
+    connection: AbstractConnection, names: Sequence[str]
+) -> dict[str, int | None]:
+    """Jobs waiting in each named queue (None where the broker did not say), by passive
+    declares: one round trip each.  On a channel of their own, opened for the purpose: the
+    broker closes a channel whose passive declare names a missing queue, and that must never
+    be the one that publishes jobs."""
+    depths: dict[str, int | None] = dict.fromkeys(names)
+    channel: AbstractChannel | None = None
+    try:
+        for name in names:
+            if channel is None or channel.is_closed:
+                channel = await connection.channel(publisher_confirms=False)
+            try:
+                queue = await channel.declare_queue(name, passive=True)
+            except ChannelNotFoundEntity:
+                channel = None  # closed by the broker; the next name gets a new one
+                continue
+            depths[name] = queue.declaration_result.message_count
+    except (AMQPError, ConnectionError, RuntimeError):
+        pass  # the rest stay unknown: a scrape must not fail on a broker hiccup
+    finally:
+        if channel is not None and not channel.is_closed:
+            with contextlib.suppress(AMQPError, ConnectionError, RuntimeError):
+                await channel.close()
+    return depths

@@ -17,6 +17,7 @@ import pytest
 
 from compose.broker import free_port
 from gateway.activity import Activity
+from gateway.broker import queue_depths
 from gateway.metrics import GatewayMetrics
 from gateway.store import JobStore
 from shared.messages import ClassifyRequest, JobEvent, new_job_id
@@ -186,6 +187,28 @@ def test_long_polls_waiting_and_queue_depth_gauges(cluster: Cluster) -> None:
     poll.join(10)
     assert not poll.is_alive()
     assert _metrics(url).value("imgq_long_polls_waiting") == 0
+
+
+async def _depths(url: str, names: list[str]) -> dict[str, int | None]:
+    connection = await aio_pika.connect(url)
+    async with connection:
+        depths = await queue_depths(connection, names)
+        # The missing queues closed only the probe's channels, never the connection.
+        assert not connection.is_closed
+        return depths
+
+
+@pytest.mark.broker
+def test_queue_depths_survive_a_missing_queue(cluster: Cluster) -> None:
+    # A per-model queue may not exist (yet): it is unknown, and the queues after it still answer.
+    _, url = cluster.start_gateway()
+    api.submit(url, MODEL, "coffee.jpg")
+    names = ["imgq.requests.model.nope", REQUESTS_QUEUE, "imgq.nope.too", REQUESTS_QUEUE]
+    assert asyncio.run(_depths(cluster.node.url, names)) == {
+        "imgq.requests.model.nope": None,
+        REQUESTS_QUEUE: 1,
+        "imgq.nope.too": None,
+    }
 
 
 # -- the replica's /metrics ----------------------------------------------------------------------
