@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 from collections.abc import Sequence
 
@@ -13,6 +12,7 @@ from classifier_service.settings import ClassifierSettings
 from classifier_service.worker import Replica
 from shared import tracing
 from shared.config_reference import service_arguments
+from shared.logs import setup_logging
 from shared.settings import CLASSIFIER, process_env
 
 DESCRIPTION = """\
@@ -42,10 +42,8 @@ async def serve(settings: ClassifierSettings) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     # Before anything is loaded: --help must not cost a model load.
     service_arguments("python -m classifier_service", CLASSIFIER, DESCRIPTION, argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s [classifier] %(name)s: %(message)s"
-    )
     settings = ClassifierSettings.from_env(process_env())
+    setup_logging(settings.logs, "classifier")
     with tracing.started(settings.tracing, "imgq-classifier"):
         asyncio.run(serve(settings))
 

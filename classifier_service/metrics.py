@@ -11,46 +11,59 @@ import logging
 from typing import Final
 
 from aiohttp import web
+from prometheus_client import Counter, Histogram
 
-from shared.metrics import CONTENT_TYPE, Registry
+from shared.metrics import CONTENT_TYPE, expose, new_registry
 
 log = logging.getLogger(__name__)
 
-# Seconds per batch on a CPU: from a few ms (Lite0, one small image) to seconds (big batches).
-INFERENCE_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# Seconds per batch: from 5 ms (Lite0, one small image, on a GPU) to 10 s (a big batch of
+# large models on a busy CPU); 30 s catches what runs toward IMGQ_JOB_TIME_LIMIT.
+INFERENCE_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 # Up to IMGQ_BATCH_SIZE; powers of two cover any sensible setting.
 BATCH_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64)
 
 
 class ReplicaMetrics:
     def __init__(self) -> None:
-        self.registry = Registry()
-        self.inference = self.registry.histogram(
+        self.registry = registry = new_registry()
+        self.inference = Histogram(
             "imgq_inference_seconds",
             "Seconds of inference per batch (decode, preprocess and forward pass), by model.",
-            INFERENCE_BUCKETS,
             ("model",),
+            buckets=INFERENCE_BUCKETS,
+            registry=registry,
         )
-        self.batch_size = self.registry.histogram(
-            "imgq_batch_size", "Jobs per batch run as one forward pass.", BATCH_BUCKETS
+        self.batch_size = Histogram(
+            "imgq_batch_size",
+            "Jobs per batch run as one forward pass, by model.",
+            ("model",),
+            buckets=BATCH_BUCKETS,
+            registry=registry,
         )
-        self.jobs = self.registry.counter(
+        self.jobs = Counter(
             "imgq_jobs_total",
             "Jobs this replica finished, by model and final status.",
             ("model", "status"),
+            registry=registry,
         )
-        self.redeliveries = self.registry.counter(
+        self.redeliveries = Counter(
             "imgq_redeliveries_total",
             "Requests delivered again after a replica failed to finish them (or a requeue).",
+            registry=registry,
         )
-        self.dead_lettered = self.registry.counter(
+        self.dead_lettered = Counter(
             "imgq_dead_lettered_total",
             "Requests this replica rejected to the dead-letter queue as unprocessable.",
+            registry=registry,
         )
 
     def batch_done(self, model: str, jobs: int, seconds: float) -> None:
-        self.inference.observe(seconds, model=model)
-        self.batch_size.observe(jobs)
+        self.inference.labels(model=model).observe(seconds)
+        self.batch_size.labels(model=model).observe(jobs)
+
+    def job_done(self, model: str, status: str) -> None:
+        self.jobs.labels(model=model, status=status).inc()
 
 
 async def start_server(metrics: ReplicaMetrics, host: str, port: int) -> web.AppRunner | None:
@@ -58,11 +71,11 @@ async def start_server(metrics: ReplicaMetrics, host: str, port: int) -> web.App
     if port == 0:
         return None
 
-    async def expose(request: web.Request) -> web.Response:
-        return web.Response(body=metrics.registry.expose(), headers={"Content-Type": CONTENT_TYPE})
+    async def serve_metrics(request: web.Request) -> web.Response:
+        return web.Response(body=expose(metrics.registry), headers={"Content-Type": CONTENT_TYPE})
 
     app = web.Application()
-    app.router.add_get("/metrics", expose)
+    app.router.add_get("/metrics", serve_metrics)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:

@@ -12,6 +12,7 @@ from typing import TypeVar
 
 from shared.catalog import catalog_models
 from shared.errors import SettingsError
+from shared.logs import LogSettings
 from shared.settings import (
     CLASSIFIER,
     Environ,
@@ -201,6 +202,7 @@ class ClassifierSettings:
     job_time_limit: float = _JOB_TIME_LIMIT.default
     # OpenTelemetry (shared/tracing.py): off unless asked for.
     tracing: TracingSettings = field(default_factory=TracingSettings)
+    logs: LogSettings = field(default_factory=LogSettings)
 
     @property
     def prefetch(self) -> int:
@@ -238,6 +240,7 @@ class ClassifierSettings:
             device=_choice(env, _DEVICE, Device),
             model_cache=Path(env_str(env, _MODEL_CACHE.name, str(default_model_cache(env)))),
             tracing=TracingSettings.from_env(env),
+            logs=LogSettings.from_env(env),
         )
 
 

@@ -37,6 +37,7 @@ from classifier_service.settings import ClassifierSettings
 from shared import tracing, wire
 from shared.connect import NodeRing, broker_user, safe_url, watch_channel
 from shared.errors import ImgqError, JobTimedOut, MessageError, UnknownModel
+from shared.logs import job_fields
 from shared.messages import (
     AnnouncedModel,
     ClassifyRequest,
@@ -303,7 +304,12 @@ class Replica:
             except Exception:
                 # A broker failure mid-batch: the confirms or acks did not happen, so the
                 # broker still holds these jobs and will deliver them again.
-                log.exception("batch of %d %s jobs interrupted", len(jobs), model_name)
+                log.exception(
+                    "batch of %d %s jobs interrupted",
+                    len(jobs),
+                    model_name,
+                    extra={"model": model_name},
+                )
                 for message, _ in jobs:
                     self._acks.settled(message)
                     await _nack_quietly(message)
@@ -321,16 +327,29 @@ class Replica:
             await message.reject(requeue=False)
             return None
         if request.job_id in self._cancelled:
-            log.info("skipping job %s: cancelled while queued", request.job_id)
+            log.info(
+                "skipping job %s: cancelled while queued",
+                request.job_id,
+                extra=job_fields(request.job_id, request.model),
+            )
             self._acks.settled(message)
             await message.ack()
             return None
         if request.image_name == self.settings.debug_crash_image:
-            log.error("IMGQ_DEBUG_CRASH_IMAGE: crashing on job %s", request.job_id)
+            log.error(
+                "IMGQ_DEBUG_CRASH_IMAGE: crashing on job %s",
+                request.job_id,
+                extra=job_fields(request.job_id, request.model),
+            )
             os._exit(70)
         if request.model not in self.models:
             error = UnknownModel(request.model, self.models)
-            log.warning("dead-lettering job %s: %s", request.job_id, error.message)
+            log.warning(
+                "dead-lettering job %s: %s",
+                request.job_id,
+                error.message,
+                extra=job_fields(request.job_id, request.model),
+            )
             event = JobEvent.for_request(request, JobStatus.FAILED).advance(
                 JobStatus.FAILED,
                 finished_at=time.time(),
@@ -403,7 +422,9 @@ class Replica:
         await self._acks.ack_batch([message for message, _ in jobs])
         self.jobs_done += len(jobs)
         for final in finals:
-            self.metrics.jobs.inc(model=model_name, status=final.status.value)
+            self.metrics.job_done(model_name, final.status.value)
+            fields = job_fields(final.job_id, model_name)
+            log.info("job %s %s", final.job_id, final.status.value, extra=fields)
 
     def _abandon_inference(self, jobs: int) -> JobTimedOut:
         """The inference thread is stuck past the time limit (a picture that takes minutes to

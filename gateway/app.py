@@ -16,6 +16,7 @@ from gateway.checks import ImageChecks
 from gateway.clients import OpenWaits, RateLimiter
 from gateway.gallery import Gallery
 from gateway.headers import add_security_headers
+from gateway.http_metrics import http_metrics_middleware
 from gateway.limits import MAX_CONCURRENT_CHECKS, MAX_REQUEST_BYTES, MAX_WAITING_CHECKS
 from gateway.metrics import GatewayMetrics
 from gateway.problems import problem_middleware
@@ -46,8 +47,13 @@ async def _release_long_polls(app: web.Application) -> None:
 
 
 def create_app(settings: GatewaySettings) -> web.Application:
-    # Tracing (when on) outermost, so a job's server span also covers problems and refusals.
-    middlewares: list[Middleware] = [*tracing.http_middlewares(), problem_middleware]
+    # Tracing (when on) outermost, so a job's server span also covers problems and refusals;
+    # then the HTTP metrics, which count the status the client actually got.
+    middlewares: list[Middleware] = [
+        *tracing.http_middlewares(),
+        http_metrics_middleware,
+        problem_middleware,
+    ]
     if settings.api_tokens:
         # Inside the problem middleware, so a refusal is a problem like any other.
         middlewares.append(token_middleware(settings.api_tokens))

@@ -20,7 +20,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import partial
 from typing import Any
 
@@ -42,6 +42,7 @@ from shared.connect import (
     watch_channel,
 )
 from shared.errors import BrokerUnavailable, MessageError, QueueFull
+from shared.logs import job_fields
 from shared.messages import ClassifyRequest, JobEvent, JobFailure, JobForgotten, is_job_id
 from shared.states import JobStatus
 from shared.topology import (
@@ -317,35 +318,17 @@ class GatewayBroker:
             for url, up in zip(urls, answers, strict=True)
         ]
 
-    async def queue_depths(self, models: Iterable[str]) -> dict[str, int] | None:
-        """Jobs waiting in each model's queue and in the shared queue of unrouted requests
-        (passive declares, one round trip each); a model without a queue is left out.
+    def work_queues(self, models: Iterable[str]) -> list[str]:
+        """The queues replicas take jobs from, whose depths /status and /metrics report: the
+        shared queue of requests the router could not place, and each model's queue."""
+        return [REQUESTS_QUEUE, *map(model_queue, models)]
 
-        On a channel of its own, opened for the purpose: the broker closes a channel whose
-        passive declare names a missing queue, and the session's channels must not close.
-        """
-        if self._connection is None or self._connection.is_closed or not self.ready:
-            return None
-        try:
-            channel = await self._connection.channel(publisher_confirms=False)
-        except (AMQPError, ConnectionError, RuntimeError):
-            return None
-        depths: dict[str, int] = {}
-        try:
-            for name in (REQUESTS_QUEUE, *map(model_queue, models)):
-                try:
-                    queue = await channel.declare_queue(name, passive=True)
-                except ChannelNotFoundEntity:
-                    channel = await self._connection.channel(publisher_confirms=False)
-                    continue
-                depths[name] = queue.declaration_result.message_count or 0
-        except (AMQPError, ConnectionError, RuntimeError):
-            return None
-        finally:
-            if not channel.is_closed:
-                with contextlib.suppress(Exception):
-                    await channel.close()
-        return depths
+    async def queue_depths(self, names: Sequence[str]) -> dict[str, int | None]:
+        """Jobs waiting in each named queue; None where the broker did not say."""
+        connection = self._connection
+        if connection is None or connection.is_closed:
+            return dict.fromkeys(names)
+        return await queue_depths(connection, names)
 
     # -- consuming -------------------------------------------------------------------------
 
@@ -418,6 +401,36 @@ class GatewayBroker:
             except BrokerUnavailable:
                 await message.nack(requeue=True)
                 return
-            log.warning("job %s dead-lettered (%s)", job_id, reason)
+            log.warning(
+                "job %s dead-lettered (%s)", job_id, reason, extra=job_fields(job_id, event.model)
+            )
         self._metrics.dead_lettered.inc()
         await message.ack()
+
+
+async def queue_depths(
+    connection: AbstractConnection, names: Sequence[str]
+) -> dict[str, int | None]:
+    """Jobs waiting in each named queue (None where the broker did not say), by passive
+    declares: one round trip each.  On a channel of their own, opened for the purpose: the
+    broker closes a channel whose passive declare names a missing queue, and that must never
+    be the one that publishes jobs."""
+    depths: dict[str, int | None] = dict.fromkeys(names)
+    channel: AbstractChannel | None = None
+    try:
+        for name in names:
+            if channel is None or channel.is_closed:
+                channel = await connection.channel(publisher_confirms=False)
+            try:
+                queue = await channel.declare_queue(name, passive=True)
+            except ChannelNotFoundEntity:
+                channel = None  # closed by the broker; the next name gets a new one
+                continue
+            depths[name] = queue.declaration_result.message_count
+    except (AMQPError, ConnectionError, RuntimeError):
+        pass  # the rest stay unknown: a scrape must not fail on a broker hiccup
+    finally:
+        if channel is not None and not channel.is_closed:
+            with contextlib.suppress(AMQPError, ConnectionError, RuntimeError):
+                await channel.close()
+    return depths

@@ -10,10 +10,33 @@ notices queue has competing consumers), which keeps the same property.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Final
 
+from prometheus_client import Counter, Gauge, Histogram
+
 from shared.messages import JobEvent
-from shared.metrics import LATENCY_BUCKETS, Registry
+from shared.metrics import LATENCY_BUCKETS, expose, new_registry
+
+# Seconds to answer an HTTP request: most take milliseconds; long-polls are held up to
+# IMGQ_MAX_WAIT (30 s) and event streams for minutes, so the top buckets catch those.
+HTTP_BUCKETS: Final = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+)
 
 # Jobs accepted here and not yet final.  Bounded: a job whose final event never comes (its
 # log entries expired) must not pin memory forever.
@@ -22,38 +45,67 @@ _MAX_TRACKED: Final = 100_000
 
 class GatewayMetrics:
     def __init__(self) -> None:
-        self.registry = Registry()
-        self.jobs = self.registry.counter(
+        self.registry = registry = new_registry()
+        self.jobs = Counter(
             "imgq_jobs_total",
             "Jobs accepted by this gateway that reached a final state, by model and status.",
             ("model", "status"),
+            registry=registry,
         )
-        self.queue_wait = self.registry.histogram(
+        self.queue_wait = Histogram(
             "imgq_queue_wait_seconds",
             "Seconds from acceptance to a replica starting the job (reused results excluded).",
-            LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
         )
-        self.end_to_end = self.registry.histogram(
+        self.end_to_end = Histogram(
             "imgq_end_to_end_seconds",
             "Seconds from acceptance to the final state (reused results excluded).",
-            LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
         )
-        self.long_polls = self.registry.gauge(
+        self.long_polls = Gauge(
             "imgq_long_polls_waiting",
             "Requests (long-polls and event streams) waiting for a job to change.",
+            registry=registry,
         )
-        self.result_reuse = self.registry.counter(
+        self.result_reuse = Counter(
             "imgq_result_reuse_total",
             "Jobs answered at once with the result of an earlier job on identical input.",
+            registry=registry,
         )
-        self.dead_lettered = self.registry.counter(
+        self.dead_lettered = Counter(
             "imgq_dead_lettered_total",
             "Dead-lettered requests whose notice this gateway handled (the job shows as failed).",
+            registry=registry,
         )
-        self.rejected = self.registry.counter(
+        self.rejected = Counter(
             "imgq_submissions_rejected_total",
             "Submissions refused, by reason (the problem code of the answer).",
             ("reason",),
+            registry=registry,
+        )
+        self.queue_depth = Gauge(
+            "imgq_queue_depth",
+            "Jobs waiting in each work queue, read from the broker when scraped "
+            "(a queue the broker did not answer for is left out).",
+            ("queue",),
+            registry=registry,
+        )
+        # Route is the resource's pattern (/classifications/{job_id}), never the raw path:
+        # one series per job ID would grow without bound.
+        self.http_requests = Counter(
+            "imgq_http_requests_total",
+            "HTTP requests answered, by route pattern, method and status.",
+            ("route", "method", "status"),
+            registry=registry,
+        )
+        self.http_duration = Histogram(
+            "imgq_http_request_duration_seconds",
+            "Seconds from receiving an HTTP request to its handler's return, by route pattern.",
+            ("route",),
+            buckets=HTTP_BUCKETS,
+            registry=registry,
         )
         self._mine: OrderedDict[str, None] = OrderedDict()
 
@@ -79,13 +131,20 @@ class GatewayMetrics:
             self.queue_wait.observe(max(0.0, current.started_at - queued_at))
         if current.status.is_final:
             del self._mine[current.job_id]
-            self.jobs.inc(model=current.model, status=current.status.value)
+            self.jobs.labels(model=current.model, status=current.status.value).inc()
             if current.finished_at is not None and queued_at is not None and not reused:
                 self.end_to_end.observe(max(0.0, current.finished_at - queued_at))
 
     def job_removed(self, job_id: str) -> None:
         self._mine.pop(job_id, None)
 
-    def expose(self, *, long_polls: int) -> bytes:
+    def expose(self, *, long_polls: int, queue_depths: Mapping[str, int | None]) -> bytes:
+        """The exposition, with the values read at scrape time set first."""
         self.long_polls.set(long_polls)
-        return self.registry.expose()
+        # Cleared first: a queue that is gone, or that the broker did not answer for, shows
+        # as absent rather than as its last depth.
+        self.queue_depth.clear()
+        for queue, depth in queue_depths.items():
+            if depth is not None:
+                self.queue_depth.labels(queue=queue).set(depth)
+        return expose(self.registry)

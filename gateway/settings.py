@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.access_log import access_log_enabled
 from gateway.clients import ClientLimits
 from gateway.senders import Senders
 from shared.catalog import catalog_models
 from shared.errors import SettingsError
+from shared.logs import LogSettings
 from shared.settings import (
     GATEWAY,
     Environ,
@@ -84,6 +86,9 @@ class GatewaySettings:
     client_limits: ClientLimits = field(default_factory=ClientLimits)
     # OpenTelemetry (shared/tracing.py): off unless asked for.
     tracing: TracingSettings = field(default_factory=TracingSettings)
+    logs: LogSettings = field(default_factory=LogSettings)
+    # A log line per HTTP request (gateway/access_log.py).
+    access_log: bool = True
 
     @classmethod
     def from_env(cls, env: Environ) -> GatewaySettings:
@@ -110,4 +115,6 @@ class GatewaySettings:
             senders=Senders.from_env(env),
             client_limits=ClientLimits.from_env(env),
             tracing=TracingSettings.from_env(env),
+            logs=LogSettings.from_env(env),
+            access_log=access_log_enabled(env),
         )

@@ -13,7 +13,10 @@ async def status(request: web.Request) -> web.Response:
     """Replicas, queue depth and recent activity: no job IDs, no image names."""
     activity = request.app[keys.ACTIVITY]
     replicas = sorted(request.app[keys.REPLICAS].online(), key=lambda beat: beat.replica)
-    depths = await request.app[keys.BROKER].queue_depths(offered(request))
+    broker = request.app[keys.BROKER]
+    answered = await broker.queue_depths(broker.work_queues(offered(request)))
+    # A queue the broker did not answer for (or that does not exist yet) is left out.
+    depths = {name: depth for name, depth in answered.items() if depth is not None}
     return json_response(
         {
             "replicas": [
@@ -27,9 +30,9 @@ async def status(request: web.Request) -> web.Response:
                 }
                 for beat in replicas
             ],
-            "queue_depth": None if depths is None else sum(depths.values()),
+            "queue_depth": sum(depths.values()) if depths else None,
             # Each model's work queue, and the shared queue of requests no model queue took.
-            "queues": depths,
+            "queues": depths or None,
             # The broker's nodes (one unless it is a cluster), each probed now.
             "broker": {"nodes": await request.app[keys.BROKER].nodes()},
             "jobs_per_second": round(activity.jobs_per_second(), 4),
@@ -39,5 +42,9 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = request.app[keys.METRICS].expose(long_polls=request.app[keys.STORE].waiting)
+    broker = request.app[keys.BROKER]
+    body = request.app[keys.METRICS].expose(
+        long_polls=request.app[keys.STORE].waiting,
+        queue_depths=await broker.queue_depths(broker.work_queues(offered(request))),
+    )
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

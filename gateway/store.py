@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from shared.errors import JobGone, JobNotFound
+from shared.logs import job_fields
 from shared.messages import JobEvent
 from shared.states import JobStatus
 
@@ -97,7 +98,13 @@ class JobStore:
                 return False
             mismatch = _disagreement(current, event)
             if mismatch:
-                log.warning("ignoring %s event of job %s: %s", event.status, event.job_id, mismatch)
+                log.warning(
+                    "ignoring %s event of job %s: %s",
+                    event.status,
+                    event.job_id,
+                    mismatch,
+                    extra=job_fields(event.job_id, event.model),
+                )
                 return False
             # Except a dead letter that could not be read, which knows only the job ID.
             event = event.advance(

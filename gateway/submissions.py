@@ -7,6 +7,7 @@ what may be cancelled) is stated once, whatever protocol the request came in by.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -16,8 +17,11 @@ from gateway.metrics import GatewayMetrics
 from gateway.store import JobStore
 from shared import tracing
 from shared.errors import IdempotencyKeyReused, JobConflict, NotReady
+from shared.logs import job_fields
 from shared.messages import ClassifyRequest, JobEvent, JobFailure, new_job_id
 from shared.states import JobStatus
+
+log = logging.getLogger(__name__)
 
 
 class Publisher(Protocol):
@@ -121,6 +125,7 @@ class Jobs:
         except Exception:
             self._store.discard(request.job_id)
             raise
+        log.info("job %s queued", request.job_id, extra=job_fields(request.job_id, request.model))
         # The answer describes the job as accepted, even if a replica has already started it.
         return Accepted(queued, newest=True)
 
@@ -139,6 +144,12 @@ class Jobs:
         self._metrics.accepted(reused.job_id)
         self._metrics.result_reuse.inc()
         self._store.apply(reused)
+        log.info(
+            "job %s answered with the result of job %s",
+            reused.job_id,
+            earlier.job_id,
+            extra=job_fields(reused.job_id, reused.model),
+        )
         return Accepted(reused)
 
     async def cancel_or_forget(self, job_id: str, owner: str | None = None) -> JobEvent | None:
@@ -156,6 +167,7 @@ class Jobs:
             )
             await self._broker.publish_event(cancelled)
             self._store.apply(cancelled)
+            log.info("job %s cancelled", job_id, extra=job_fields(job_id, job.model))
             return self._store.get(job_id, owner)
         if job.status is JobStatus.STARTED:
             raise JobConflict("the job has already started on a replica and cannot be cancelled")

@@ -197,7 +197,7 @@ async def submit(request: web.Request) -> web.StreamResponse:
     try:
         return await _submit(request)
     except ImgqError as error:
-        request.app[keys.METRICS].rejected.inc(reason=error.code)
+        request.app[keys.METRICS].rejected.labels(reason=error.code).inc()
         raise
 
 

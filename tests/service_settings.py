@@ -18,11 +18,13 @@ SETTINGS_MODULES = (
     "gateway/settings.py",
     "gateway/senders.py",
     "gateway/clients.py",
+    "gateway/access_log.py",
     "classifier_service/settings.py",
     "shared/settings.py",
     "shared/topology.py",
     "shared/catalog.py",
     "shared/tracing.py",
+    "shared/logs.py",
 )
 
 # Names a deployment file may set before the code that reads them lands (each with its reason).

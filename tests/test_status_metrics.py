@@ -17,32 +17,46 @@ import pytest
 
 from compose.broker import free_port
 from gateway.activity import Activity
+from gateway.broker import queue_depths
 from gateway.metrics import GatewayMetrics
 from gateway.store import JobStore
+from shared.catalog import CATALOG
 from shared.messages import ClassifyRequest, JobEvent, new_job_id
+from shared.metrics import CONTENT_TYPE
 from shared.states import JobStatus
-from shared.topology import REQUEST_ROUTING_KEY, REQUESTS_EXCHANGE
+from shared.topology import REQUEST_ROUTING_KEY, REQUESTS_EXCHANGE, REQUESTS_QUEUE, model_queue
 from tests import api, multipart
 from tests.cluster import MODEL, WORK_QUEUE, Cluster
 from tests.conftest import Service
 from tests.openapi_contract import assert_response_matches
 from tests.prometheus import Exposition, parse
 
+# Family names as prometheus_client's parser gives them: a counter's drops "_total".
+PROCESS_METRICS = {
+    "process_resident_memory_bytes": "gauge",
+    "process_cpu_seconds": "counter",
+    "process_open_fds": "gauge",
+}
 GATEWAY_METRICS = {
-    "imgq_jobs_total": "counter",
+    "imgq_jobs": "counter",
     "imgq_queue_wait_seconds": "histogram",
     "imgq_end_to_end_seconds": "histogram",
     "imgq_long_polls_waiting": "gauge",
-    "imgq_result_reuse_total": "counter",
-    "imgq_dead_lettered_total": "counter",
-    "imgq_submissions_rejected_total": "counter",
+    "imgq_result_reuse": "counter",
+    "imgq_dead_lettered": "counter",
+    "imgq_submissions_rejected": "counter",
+    "imgq_queue_depth": "gauge",
+    "imgq_http_requests": "counter",
+    "imgq_http_request_duration_seconds": "histogram",
+    **PROCESS_METRICS,
 }
 REPLICA_METRICS = {
     "imgq_inference_seconds": "histogram",
     "imgq_batch_size": "histogram",
-    "imgq_jobs_total": "counter",
-    "imgq_redeliveries_total": "counter",
-    "imgq_dead_lettered_total": "counter",
+    "imgq_jobs": "counter",
+    "imgq_redeliveries": "counter",
+    "imgq_dead_lettered": "counter",
+    **PROCESS_METRICS,
 }
 _HEX32 = re.compile(rb"[0-9a-f]{32}")
 
@@ -50,7 +64,7 @@ _HEX32 = re.compile(rb"[0-9a-f]{32}")
 def _metrics(url: str) -> Exposition:
     with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
         assert response.status == 200
-        assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+        assert response.headers["Content-Type"] == CONTENT_TYPE
         return parse(response.read().decode())
 
 
@@ -142,13 +156,32 @@ def test_gateway_metrics_count_jobs_reuse_and_rejections(service: Service) -> No
         after.value(rejected, reason="unknown_model")
         == before.value(rejected, reason="unknown_model") + 1
     )
+    # HTTP requests by route pattern: the two polls of the job and the refused submission
+    # (wait_final may poll more than once, so at least).
+    polled = {"route": "/classifications/{job_id}", "method": "GET", "status": "200"}
+    http = "imgq_http_requests_total"
+    assert after.value(http, **polled) >= before.value(http, **polled) + 1
+    refused = {"route": "/classifications", "method": "POST", "status": "422"}
+    assert after.value(http, **refused) == before.value(http, **refused) + 1
+    assert not [
+        s for s in after.series(http) if ("route", f"/classifications/{job['job_id']}") in s
+    ]
+    # One series per work queue: the shared one and each offered model's (their depths are
+    # checked where nothing consumes them).
+    queues = {frozenset({("queue", name)}) for name in (REQUESTS_QUEUE, *map(model_queue, CATALOG))}
+    assert queues <= set(after.series("imgq_queue_depth"))
 
 
 @pytest.mark.broker
-def test_long_polls_waiting_gauge(cluster: Cluster) -> None:
+def test_long_polls_waiting_and_queue_depth_gauges(cluster: Cluster) -> None:
     # No replica: the job stays queued and the poll stays held until the job is cancelled.
     _, url = cluster.start_gateway()
     job = api.submit(url, MODEL, "coffee.jpg")
+    # The broker confirmed the job before the 202, so the scrape finds it in the queue.
+    assert _metrics(url).series("imgq_queue_depth") == {
+        frozenset({("queue", WORK_QUEUE)}): 1,
+        frozenset({("queue", REQUESTS_QUEUE)}): 0,
+    }
     path = f"/classifications/{job['job_id']}?wait=30"
     poll = threading.Thread(target=api.get, args=(url, path))
     poll.start()
@@ -160,6 +193,28 @@ def test_long_polls_waiting_gauge(cluster: Cluster) -> None:
     poll.join(10)
     assert not poll.is_alive()
     assert _metrics(url).value("imgq_long_polls_waiting") == 0
+
+
+async def _depths(url: str, names: list[str]) -> dict[str, int | None]:
+    connection = await aio_pika.connect(url)
+    async with connection:
+        depths = await queue_depths(connection, names)
+        # The missing queues closed only the probe's channels, never the connection.
+        assert not connection.is_closed
+        return depths
+
+
+@pytest.mark.broker
+def test_queue_depths_survive_a_missing_queue(cluster: Cluster) -> None:
+    # A per-model queue may not exist (yet): it is unknown, and the queues after it still answer.
+    _, url = cluster.start_gateway()
+    api.submit(url, MODEL, "coffee.jpg")
+    names = [model_queue("nope"), WORK_QUEUE, "imgq.nope.too", WORK_QUEUE]
+    assert asyncio.run(_depths(cluster.node.url, names)) == {
+        model_queue("nope"): None,
+        WORK_QUEUE: 1,
+        "imgq.nope.too": None,
+    }
 
 
 # -- the replica's /metrics ----------------------------------------------------------------------
@@ -207,8 +262,8 @@ def test_replica_serves_its_own_metrics(cluster: Cluster) -> None:
     assert metrics.value("imgq_jobs_total", model=MODEL, status="succeeded") == 1
     assert metrics.value("imgq_inference_seconds_count", model=MODEL) == 1
     assert metrics.value("imgq_inference_seconds_sum", model=MODEL) > 0
-    assert metrics.value("imgq_batch_size_count") == 1
-    assert metrics.value("imgq_batch_size_sum") == 1
+    assert metrics.value("imgq_batch_size_count", model=MODEL) == 1
+    assert metrics.value("imgq_batch_size_sum", model=MODEL) == 1
     assert metrics.value("imgq_redeliveries_total") == 1
     assert metrics.value("imgq_dead_lettered_total") == 1
     # The gateway turned the dead letter's notice into its own count too.
@@ -267,7 +322,7 @@ def test_gateway_metrics_count_only_this_gateways_jobs() -> None:
             started,
             started.advance(JobStatus.FAILED, finished_at=job.queued_at + 3),  # type: ignore[operator]
         )
-    text = parse(metrics.expose(long_polls=2).decode())
+    text = parse(metrics.expose(long_polls=2, queue_depths={}).decode())
     assert text.value("imgq_jobs_total", model="efficientnet_lite0", status="failed") == 1
     assert text.value("imgq_queue_wait_seconds_sum") == pytest.approx(1)
     assert text.value("imgq_end_to_end_seconds_sum") == pytest.approx(3)

@@ -1,0 +1,232 @@
+"""shared/logs.py and gateway/access_log.py: the log level and format settings, the JSON
+lines, the access log; and both services started with IMGQ_LOG_FORMAT=json."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from gateway.access_log import AccessLogger, access_log_enabled
+from shared.errors import SettingsError
+from shared.logs import JsonFormatter, LogSettings, job_fields, setup_logging
+from tests import api
+from tests.cluster import MODEL, Cluster
+
+JOB_ID = "0123456789abcdef0123456789abcdef"
+
+
+@pytest.fixture
+def root_logger() -> Iterator[logging.Logger]:
+    """The root logger, put back as it was after the test reconfigures it."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield root
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    logging.captureWarnings(False)
+
+
+def test_log_settings_from_the_environment() -> None:
+    assert LogSettings.from_env({}) == LogSettings(level=logging.INFO, json=False)
+    settings = LogSettings.from_env({"IMGQ_LOG_LEVEL": "debug", "IMGQ_LOG_FORMAT": "JSON"})
+    assert settings == LogSettings(level=logging.DEBUG, json=True)
+    with pytest.raises(SettingsError, match="IMGQ_LOG_LEVEL"):
+        LogSettings.from_env({"IMGQ_LOG_LEVEL": "LOUD"})
+    with pytest.raises(SettingsError, match="IMGQ_LOG_FORMAT"):
+        LogSettings.from_env({"IMGQ_LOG_FORMAT": "xml"})
+
+
+def test_access_log_setting() -> None:
+    assert access_log_enabled({}) is True
+    assert access_log_enabled({"IMGQ_ACCESS_LOG": "false"}) is False
+    assert access_log_enabled({"IMGQ_ACCESS_LOG": "True"}) is True
+    with pytest.raises(SettingsError, match="IMGQ_ACCESS_LOG"):
+        access_log_enabled({"IMGQ_ACCESS_LOG": "sometimes"})
+
+
+def _record(**extra: Any) -> logging.LogRecord:
+    record = logging.getLogger("imgq.test").makeRecord(
+        "imgq.test", logging.WARNING, __file__, 1, "job %s: %s", (JOB_ID, 'a "quoted"\nline'), None
+    )
+    record.__dict__.update(extra)
+    return record
+
+
+def test_a_json_line_has_the_fields_and_every_extra() -> None:
+    line = JsonFormatter("gateway").format(_record(**job_fields(JOB_ID, MODEL), size=3))
+    assert "\n" not in line
+    entry = orjson.loads(line)
+    assert entry.pop("time").endswith("+00:00")
+    assert entry == {
+        "level": "WARNING",
+        "service": "gateway",
+        "logger": "imgq.test",
+        "message": f'job {JOB_ID}: a "quoted"\nline',
+        "job_id": JOB_ID,
+        "model": MODEL,
+        "size": 3,
+    }
+
+
+def test_a_json_line_keeps_a_traceback_and_odd_values() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = _record(path=Path("/tmp/x"))
+        record.exc_info = sys.exc_info()
+    entry = orjson.loads(JsonFormatter("classifier").format(record))
+    assert "ValueError: boom" in entry["exception"]
+    assert entry["path"] == "/tmp/x"  # written as text rather than losing the line
+
+
+def test_setup_logging_sets_level_and_format(
+    root_logger: logging.Logger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    setup_logging(LogSettings(level=logging.WARNING, json=True), "gateway")
+    log = logging.getLogger("imgq.test")
+    log.info("not written: below the level")
+    log.warning("job %s gone", JOB_ID, extra=job_fields(JOB_ID, MODEL))
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1
+    assert orjson.loads(lines[0])["job_id"] == JOB_ID
+
+    setup_logging(LogSettings(level=logging.DEBUG, json=False), "classifier")
+    log.debug("now written")
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.endswith(" DEBUG [classifier] imgq.test: now written")
+    assert len(root_logger.handlers) == 1  # replaced, not added to
+
+
+def test_the_access_log_line_and_its_fields(caplog: pytest.LogCaptureFixture) -> None:
+    async def job(request: web.Request) -> web.Response:
+        return web.Response(text="12345")
+
+    app = web.Application()
+    app.router.add_get("/classifications/{job_id}", job)
+    logger = logging.getLogger("imgq.test.access")
+
+    async def scenario() -> None:
+        server = TestServer(app)
+        await server.start_server(access_log=logger, access_log_class=AccessLogger)
+        async with server, aiohttp.ClientSession() as session:
+            url = server.make_url(f"/classifications/{JOB_ID}?wait=1")
+            async with session.get(url) as response:
+                assert await response.text() == "12345"
+            # aiohttp writes the line once the response is sent: give it that moment.
+            for _ in range(100):
+                if caplog.records:
+                    break
+                await asyncio.sleep(0.01)
+
+    with caplog.at_level(logging.INFO, logger.name):
+        asyncio.run(scenario())
+    (record,) = caplog.records
+    fields = record.__dict__
+    assert fields["method"] == "GET"
+    assert fields["path"] == f"/classifications/{JOB_ID}?wait=1"
+    assert fields["status"] == 200
+    # Bytes sent, headers included (as aiohttp's own %b): more than the 5-byte body.
+    assert fields["size"] > 5 + len("HTTP/1.1 200 OK\r\n")
+    assert 0 <= fields["duration"] < 5
+    assert fields["client"] == "127.0.0.1"
+    assert fields["job_id"] == JOB_ID
+    assert record.getMessage().startswith(
+        f"GET /classifications/{JOB_ID}?wait=1 200 {fields['size']} B "
+    )
+
+
+# -- both services, end to end -----------------------------------------------------------------
+
+
+def _json_lines(path: Path) -> list[dict[str, Any]]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert lines, f"{path} is empty"
+    entries = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            entries.append(orjson.loads(line))
+        except orjson.JSONDecodeError:
+            pytest.fail(f"{path.name} line {number} is not JSON: {line!r}")
+    for entry in entries:
+        assert {"time", "level", "logger", "message"} <= set(entry), entry
+    return entries
+
+
+def _wait_for(path: Path, found: Any, what: str) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + 15
+    while True:
+        entries = _json_lines(path)
+        if any(found(entry) for entry in entries):
+            return entries
+        assert time.monotonic() < deadline, f"{path.name}: no {what}"
+        time.sleep(0.2)
+
+
+@pytest.mark.broker
+def test_both_services_write_json_lines_and_job_lines_carry_job_id_and_model(
+    cluster: Cluster,
+) -> None:
+    json_logs = {"IMGQ_LOG_FORMAT": "json"}
+    gateway, url = cluster.start_gateway(**json_logs)
+    replica = cluster.start_replica(**json_logs)
+    cluster.wait_replicas(1)
+    job = api.submit(url, MODEL, "coffee.jpg")
+    job_id = job["job_id"]
+    assert api.wait_final(url, job_id)["status"] == "succeeded"
+    missing = api.get(url, "/no/such/page")
+    assert missing.status == 404
+
+    def about_job(entry: dict[str, Any]) -> bool:
+        return entry.get("job_id") == job_id
+
+    replica_lines = _wait_for(replica.log_file, about_job, "line about the job")
+    gateway_lines = _wait_for(
+        gateway.log_file, lambda e: e.get("path") == "/no/such/page", "access line for the 404"
+    )
+    for lines in (gateway_lines, replica_lines):
+        job_lines = [entry for entry in lines if about_job(entry)]
+        assert job_lines
+        # A line about the job says which model, except the access log's (the URL names
+        # the job; the model is in the answer's body, which the access log does not read).
+        assert all(
+            entry["model"] == MODEL for entry in job_lines if entry["logger"] != "aiohttp.access"
+        ), job_lines
+        assert not [entry for entry in lines if job_id in entry["message"] and not about_job(entry)]
+    assert any("succeeded" in entry["message"] for entry in replica_lines if about_job(entry))
+    assert any(
+        entry["logger"] == "gateway.submissions" and entry["model"] == MODEL
+        for entry in gateway_lines
+        if about_job(entry)
+    )
+    access = [entry for entry in gateway_lines if entry["logger"] == "aiohttp.access"]
+    polls = [entry for entry in access if entry.get("job_id") == job_id]
+    assert polls
+    assert all(entry["method"] == "GET" and entry["status"] == 200 for entry in polls)
+    assert any(entry["path"] == "/no/such/page" and entry["status"] == 404 for entry in access)
+    assert {"method", "path", "status", "size", "duration", "client"} <= set(access[0])
+
+
+@pytest.mark.broker
+def test_the_access_log_can_be_turned_off(cluster: Cluster) -> None:
+    gateway, url = cluster.start_gateway(IMGQ_LOG_FORMAT="json", IMGQ_ACCESS_LOG="false")
+    job = api.submit(url, MODEL, "coffee.jpg")
+    # The job's own line is written: the log is on, only the access log is off.
+    lines = _wait_for(
+        gateway.log_file, lambda e: e.get("job_id") == job["job_id"], "line about the job"
+    )
+    assert api.get(url, "/healthz").status == 200
+    assert not [
+        entry for entry in _json_lines(gateway.log_file) if entry["logger"] == "aiohttp.access"
+    ]
+    assert lines
