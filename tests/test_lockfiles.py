@@ -26,8 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 LOCK_SCRIPT = REPO / "requirements" / "lock"
 # Lock file -> the extras of pyproject.toml it must cover besides the base dependencies.
 LOCKS: dict[str, tuple[str, ...]] = {
-    "requirements/gateway.lock": (),
-    "requirements/classifier.lock": ("classifier",),
+    "requirements/gateway.lock": ("otel",),
+    "requirements/classifier.lock": ("classifier", "otel"),
 }
 # Dockerfile -> the lock file its image installs.
 IMAGES = {
