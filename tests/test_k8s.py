@@ -1218,7 +1218,7 @@ def test_base_has_no_autoscaler_and_leaves_the_count_to_one() -> None:
     assert "replicas" not in named(objects, "Deployment", CLASSIFIER)["spec"]
 
 
-def test_keda_scales_the_classifiers_on_the_work_queue() -> None:
+def test_keda_scales_the_classifiers_on_their_work_queues() -> None:
     objects = render("keda")
     (scaler,) = autoscalers(objects)
     assert scaler["kind"] == "ScaledObject"
@@ -1228,24 +1228,39 @@ def test_keda_scales_the_classifiers_on_the_work_queue() -> None:
     assert target["name"] == CLASSIFIER
     named(objects, "Deployment", CLASSIFIER)
     assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
-    (trigger,) = spec["triggers"]
-    assert trigger["type"] == "rabbitmq"
-    metadata = trigger["metadata"]
-    assert metadata["queueName"] == REQUESTS_QUEUE
-    assert metadata["mode"] == "QueueLength"
-    assert float(metadata["value"]) > 0
-    assert metadata["protocol"] == "http"
-    assert metadata["vhostName"] == "/"
-    host = urlsplit(metadata["host"])
-    assert host.hostname == CLIENT_SERVICE_HOST.format(cluster=CLUSTER, namespace=NAMESPACE)
-    assert host.port == MANAGEMENT_PORT
-    assert host.username is None, "credentials come from the TriggerAuthentication"
-    auth = named(objects, "TriggerAuthentication", trigger["authenticationRef"]["name"])
-    params = {ref["parameter"]: ref for ref in auth["spec"]["secretTargetRef"]}
-    assert set(params) == {"username", "password"}
-    secret = params["username"]["name"]
-    assert params["password"]["name"] == secret
-    assert example_secrets()[secret]["username"] == KEDA_USER
+    # One trigger per queue the Deployment's replicas consume: their models' queues and the
+    # shared queue of unrouted requests.
+    served = catalog_models(literal_env(main_container(objects, CLASSIFIER)))
+    queues = {t["metadata"]["queueName"]: t for t in spec["triggers"]}
+    assert len(queues) == len(spec["triggers"]), "one trigger per queue"
+    assert set(queues) == {REQUESTS_QUEUE, *map(model_queue, served)}
+    for trigger in spec["triggers"]:
+        assert trigger["type"] == "rabbitmq"
+        metadata = trigger["metadata"]
+        assert metadata["mode"] == "QueueLength"
+        assert float(metadata["value"]) > 0
+        assert metadata["protocol"] == "http"
+        assert metadata["vhostName"] == "/"
+        host = urlsplit(metadata["host"])
+        assert host.hostname == CLIENT_SERVICE_HOST.format(cluster=CLUSTER, namespace=NAMESPACE)
+        assert host.port == MANAGEMENT_PORT
+        assert host.username is None, "credentials come from the TriggerAuthentication"
+        auth = named(objects, "TriggerAuthentication", trigger["authenticationRef"]["name"])
+        params = {ref["parameter"]: ref for ref in auth["spec"]["secretTargetRef"]}
+        assert set(params) == {"username", "password"}
+        secret = params["username"]["name"]
+        assert params["password"]["name"] == secret
+        assert example_secrets()[secret]["username"] == KEDA_USER
+    # The replicas share one backlog: scale on the sum of the queues, not on the longest
+    # (which is what the HPA makes of several metrics without a formula).
+    modifiers = spec["advanced"]["scalingModifiers"]
+    terms = re.split(r"\s*\+\s*", modifiers["formula"].strip())
+    names = [t["name"] for t in spec["triggers"]]
+    assert sorted(terms) == sorted(names), "the formula adds every trigger once"
+    assert len(set(names)) == len(names)
+    assert all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) for name in names)
+    assert modifiers["metricType"] == "AverageValue"
+    assert float(modifiers["target"]) > 0
     assert not of_kind(objects, "HorizontalPodAutoscaler"), "KEDA makes its own"
 
 
