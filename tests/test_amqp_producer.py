@@ -32,8 +32,12 @@ from shared.topology import (
     DEAD_LETTER_QUEUE,
     EVENTS_EXCHANGE,
     HEARTBEAT_ROUTING_KEY,
+    MODEL_ROUTER,
     REQUEST_ROUTING_KEY,
     REQUESTS_EXCHANGE,
+    REQUESTS_QUEUE,
+    UNROUTED_EXCHANGE,
+    model_queue,
 )
 from tests import api
 from tests.conftest import REPO, Service
@@ -204,6 +208,27 @@ def test_asyncapi_names_the_real_topology() -> None:
         "autoDelete": False,
         "vhost": "/",
     }
+    # Per-model queues: the router, each model's queue, the fallback to the shared queue.
+    router = channels["modelRouter"]["bindings"]["amqp"]
+    assert (router["is"], router["exchange"]["name"]) == ("routingKey", MODEL_ROUTER)
+    assert router["exchange"]["type"] == "headers"
+    unrouted = channels["unroutedExchange"]["bindings"]["amqp"]
+    assert (unrouted["is"], unrouted["exchange"]["name"]) == ("routingKey", UNROUTED_EXCHANGE)
+    assert unrouted["exchange"]["type"] == "fanout"
+    model_channel = channels["modelRequests"]
+    assert model_channel["address"] == model_queue("{model}")
+    assert set(model_channel["parameters"]) == {"model"}
+    assert model_channel["bindings"]["amqp"]["queue"]["name"] == model_queue("{model}")
+    shared = channels["unroutedRequests"]
+    assert shared["address"] == shared["bindings"]["amqp"]["queue"]["name"] == REQUESTS_QUEUE
+    # Only the shared queue receives version 1 requests (they carry no model header).
+    v1 = "#/components/messages/ClassifyRequestV1"
+    receiving_v1 = {
+        name
+        for name, channel in channels.items()
+        if any(m.get("$ref") == v1 for m in channel.get("messages", {}).values())
+    }
+    assert receiving_v1 == {"requests", "unroutedExchange", "unroutedRequests"}
     for name in ("jobEvents", "jobForgotten", "heartbeats"):
         exchange = channels[name]["bindings"]["amqp"]["exchange"]
         assert (exchange["name"], exchange["type"]) == (EVENTS_EXCHANGE, "topic")

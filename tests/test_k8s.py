@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from compose.permissions import _PRIVATE_QUEUES, CLASSIFIER_USER, GATEWAY_USER, GRANTS, _one_of
+from shared.catalog import catalog_models
 from shared.topology import (
     CANCELLATIONS,
     CANCELLATIONS_ARGUMENTS,
@@ -33,13 +34,19 @@ from shared.topology import (
     DEAD_LETTER_NOTICES,
     DEAD_LETTER_QUEUE,
     EVENT_LOG,
+    MODEL_ROUTER,
+    REQUEST_ROUTING_KEY,
     REQUESTS_EXCHANGE,
     REQUESTS_QUEUE,
+    UNROUTED_EXCHANGE,
     LogRetention,
     QueueBounds,
     Replication,
     declare_event_log,
+    declare_model_queue,
     declare_topology,
+    model_binding,
+    model_queue,
 )
 from tests.service_settings import unknown_variables
 from tests.test_deploy_files import (
@@ -681,18 +688,55 @@ def test_grace_periods_outlast_the_shutdowns() -> None:
 # --------------------------------------------------------------------------- topology
 
 
+# A binding as the broker tells bindings apart: source, destination type ("queue" or
+# "exchange"), destination, routing key, and its arguments (sorted, to be hashable).
+BindingKey = tuple[str, str, str, str, tuple[tuple[str, Any], ...]]
+
+
+def binding_key(
+    source: str,
+    destination_type: str,
+    destination: str,
+    routing_key: str,
+    arguments: Mapping[str, Any] | None,
+) -> BindingKey:
+    return (
+        source,
+        destination_type,
+        destination,
+        routing_key,
+        tuple(sorted((arguments or {}).items())),
+    )
+
+
 @dataclass
 class Declared:
-    """What declare_topology and declare_event_log ask a channel for."""
+    """What declare_topology, declare_event_log and declare_model_queue ask a channel for."""
 
-    exchanges: dict[str, tuple[str, bool]] = field(default_factory=dict)
+    # name -> (type, durable, arguments)
+    exchanges: dict[str, tuple[str, bool, dict[str, Any]]] = field(default_factory=dict)
     queues: dict[str, tuple[bool, dict[str, Any]]] = field(default_factory=dict)
-    bindings: set[tuple[str, str, str]] = field(default_factory=set)
+    bindings: set[BindingKey] = field(default_factory=set)
+    # What was unbound: the manifests must not make these bindings either.
+    unbound: set[BindingKey] = field(default_factory=set)
 
 
 @dataclass
 class _Exchange:
+    declared: Declared
     name: str
+
+    async def bind(
+        self,
+        exchange: _Exchange,
+        routing_key: str = "",
+        *,
+        arguments: Mapping[str, Any] | None = None,
+        **_: Any,
+    ) -> None:
+        # Exchange-to-exchange: ``exchange`` is the source, this one the destination.
+        key = binding_key(exchange.name, "exchange", self.name, routing_key, arguments)
+        self.declared.bindings.add(key)
 
 
 @dataclass
@@ -700,10 +744,35 @@ class _Queue:
     declared: Declared
     name: str
 
-    async def bind(self, exchange: _Exchange, routing_key: str | None = None, **_: Any) -> None:
-        # aio-pika's Queue.bind binds with the queue's own name when given no routing key.
+    def _key(
+        self, exchange: _Exchange, routing_key: str | None, arguments: Mapping[str, Any] | None
+    ) -> BindingKey:
+        # aio-pika's Queue.bind and unbind use the queue's own name when given no routing key.
         key = self.name if routing_key is None else routing_key
-        self.declared.bindings.add((exchange.name, self.name, key))
+        return binding_key(exchange.name, "queue", self.name, key, arguments)
+
+    async def bind(
+        self,
+        exchange: _Exchange,
+        routing_key: str | None = None,
+        *,
+        arguments: Mapping[str, Any] | None = None,
+        **_: Any,
+    ) -> None:
+        self.declared.bindings.add(self._key(exchange, routing_key, arguments))
+
+    async def unbind(
+        self,
+        exchange: _Exchange,
+        routing_key: str | None = None,
+        *,
+        arguments: Mapping[str, Any] | None = None,
+        **_: Any,
+    ) -> None:
+        # As on the broker: removes the binding if it was made, and is a no-op otherwise.
+        key = self._key(exchange, routing_key, arguments)
+        self.declared.bindings.discard(key)
+        self.declared.unbound.add(key)
 
 
 @dataclass
@@ -711,10 +780,19 @@ class _RecordingChannel:
     declared: Declared
 
     async def declare_exchange(
-        self, name: str, type: Any, durable: bool = False, **_: Any
+        self,
+        name: str,
+        type: Any,
+        durable: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+        **_: Any,
     ) -> _Exchange:
-        self.declared.exchanges[name] = (getattr(type, "value", type), durable)
-        return _Exchange(name)
+        self.declared.exchanges[name] = (
+            getattr(type, "value", type),
+            durable,
+            dict(arguments or {}),
+        )
+        return _Exchange(self.declared, name)
 
     async def declare_queue(
         self,
@@ -727,13 +805,20 @@ class _RecordingChannel:
         return _Queue(self.declared, name)
 
 
-def declared_topology(bounds: QueueBounds, retention: LogRetention) -> Declared:
+def declared_topology(
+    bounds: QueueBounds, retention: LogRetention, models: tuple[str, ...] = ()
+) -> Declared:
+    """All a deployment declares: the topology, the event log and the queue of each of
+    ``models`` (what the setup step, gateways and replicas declare for the models they
+    offer and serve)."""
     declared = Declared()
     channel: Any = _RecordingChannel(declared)
 
     async def run() -> None:
         topology = await declare_topology(channel, bounds)
         await declare_event_log(channel, topology.events, retention)
+        for model in models:
+            await declare_model_queue(channel, topology.router, bounds, model)
 
     asyncio.run(run())
     return declared
@@ -763,13 +848,40 @@ def service_bounds(objects: list[Obj]) -> tuple[QueueBounds, LogRetention]:
     return QueueBounds.from_env(gateway), LogRetention.from_env(gateway)
 
 
+def service_models(objects: list[Obj]) -> tuple[str, ...]:
+    """Every model a Deployment offers or serves (IMGQ_MODELS): each has a work queue that
+    gateways (for theirs) and replicas (for theirs) would declare."""
+    models: dict[str, None] = {}
+    for deployment in of_kind(objects, "Deployment"):
+        for container in containers(deployment):
+            env = literal_env(container)
+            if "IMGQ_MODELS" in env:
+                models.update(dict.fromkeys(catalog_models(env)))
+    return tuple(models)
+
+
+def manifest_bindings(objects: list[Obj]) -> set[BindingKey]:
+    return {
+        binding_key(
+            b["spec"]["source"],
+            b["spec"]["destinationType"],
+            b["spec"]["destination"],
+            b["spec"].get("routingKey", ""),
+            b["spec"].get("arguments"),
+        )
+        for b in of_kind(objects, "Binding")
+    }
+
+
 def test_topology_resources_are_what_shared_topology_declares() -> None:
     objects = render("base")
-    declared = declared_topology(*service_bounds(objects))
+    models = service_models(objects)
+    assert models, "the Deployments name no models"
+    declared = declared_topology(*service_bounds(objects), models)
     replicas = broker_replicas(objects)
 
     exchanges = {
-        e["spec"]["name"]: (e["spec"]["type"], e["spec"]["durable"])
+        e["spec"]["name"]: (e["spec"]["type"], e["spec"]["durable"], e["spec"].get("arguments", {}))
         for e in of_kind(objects, "Exchange")
     }
     assert exchanges == declared.exchanges
@@ -784,12 +896,34 @@ def test_topology_resources_are_what_shared_topology_declares() -> None:
         # The services compute the replication from their broker URLs: one per node.
         assert replication(arguments, replicas).items() <= arguments.items(), name
 
-    bindings = {
-        (b["spec"]["source"], b["spec"]["destination"], b["spec"].get("routingKey", ""))
-        for b in of_kind(objects, "Binding")
-    }
-    assert all(b["spec"]["destinationType"] == "queue" for b in of_kind(objects, "Binding"))
+    bindings = manifest_bindings(objects)
     assert bindings == declared.bindings
+    assert not bindings & declared.unbound, "a binding declare_topology removes"
+
+
+def test_requests_reach_the_model_queues_through_the_router() -> None:
+    """The same, spelt out: the exchange-to-exchange hop, the headers bindings, the fallback."""
+    objects = render("base")
+    bounds, _ = service_bounds(objects)
+    exchanges = {e["spec"]["name"]: e["spec"] for e in of_kind(objects, "Exchange")}
+    assert exchanges[MODEL_ROUTER]["type"] == "headers"
+    assert exchanges[MODEL_ROUTER]["arguments"] == {"alternate-exchange": UNROUTED_EXCHANGE}
+    assert exchanges[UNROUTED_EXCHANGE]["type"] == "fanout"
+    bindings = manifest_bindings(objects)
+    hop = binding_key(REQUESTS_EXCHANGE, "exchange", MODEL_ROUTER, REQUEST_ROUTING_KEY, None)
+    assert hop in bindings
+    # The shared queue hears only what the router could not place, never the requests exchange.
+    sources = {b[0] for b in bindings if b[1:3] == ("queue", REQUESTS_QUEUE)}
+    assert sources == {UNROUTED_EXCHANGE}
+    queues = queue_specs(objects)
+    for model in service_models(objects):
+        name = model_queue(model)
+        assert queues[name]["arguments"] == bounds.arguments(), name
+        headers = binding_key(MODEL_ROUTER, "queue", name, name, model_binding(model))
+        assert headers in bindings, name
+    # Every model queue in the manifests belongs to a model a Deployment names.
+    named_models = {model_queue(m) for m in service_models(objects)}
+    assert {n for n in queues if n.startswith("imgq.model.")} == named_models
 
 
 def test_queue_arguments_name_by_name() -> None:
@@ -801,6 +935,8 @@ def test_queue_arguments_name_by_name() -> None:
     stream = {"x-initial-cluster-size": 3}
     assert bounds.replication == retention.replication == Replication(3)
     assert queues[REQUESTS_QUEUE]["arguments"] == bounds.arguments()
+    for model in service_models(objects):
+        assert queues[model_queue(model)]["arguments"] == bounds.arguments()
     assert quorum.items() <= bounds.arguments().items()
     assert queues[EVENT_LOG]["arguments"] == retention.arguments()
     assert stream.items() <= retention.arguments().items()
@@ -830,6 +966,10 @@ def test_topology_comparison_can_fail() -> None:
         REQUESTS_QUEUE
     ]
     assert queue_specs(objects)[REQUESTS_QUEUE]["arguments"] != arguments
+    # A model added to IMGQ_MODELS without its Queue and Binding would be caught too.
+    more = declared_topology(bounds, retention, (*service_models(objects), "resnet50"))
+    assert set(queue_specs(objects)) != set(more.queues)
+    assert manifest_bindings(objects) != more.bindings
 
 
 # --------------------------------------------------------------------------- broker users
@@ -1078,7 +1218,7 @@ def test_base_has_no_autoscaler_and_leaves_the_count_to_one() -> None:
     assert "replicas" not in named(objects, "Deployment", CLASSIFIER)["spec"]
 
 
-def test_keda_scales_the_classifiers_on_the_work_queue() -> None:
+def test_keda_scales_the_classifiers_on_their_work_queues() -> None:
     objects = render("keda")
     (scaler,) = autoscalers(objects)
     assert scaler["kind"] == "ScaledObject"
@@ -1088,24 +1228,39 @@ def test_keda_scales_the_classifiers_on_the_work_queue() -> None:
     assert target["name"] == CLASSIFIER
     named(objects, "Deployment", CLASSIFIER)
     assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
-    (trigger,) = spec["triggers"]
-    assert trigger["type"] == "rabbitmq"
-    metadata = trigger["metadata"]
-    assert metadata["queueName"] == REQUESTS_QUEUE
-    assert metadata["mode"] == "QueueLength"
-    assert float(metadata["value"]) > 0
-    assert metadata["protocol"] == "http"
-    assert metadata["vhostName"] == "/"
-    host = urlsplit(metadata["host"])
-    assert host.hostname == CLIENT_SERVICE_HOST.format(cluster=CLUSTER, namespace=NAMESPACE)
-    assert host.port == MANAGEMENT_PORT
-    assert host.username is None, "credentials come from the TriggerAuthentication"
-    auth = named(objects, "TriggerAuthentication", trigger["authenticationRef"]["name"])
-    params = {ref["parameter"]: ref for ref in auth["spec"]["secretTargetRef"]}
-    assert set(params) == {"username", "password"}
-    secret = params["username"]["name"]
-    assert params["password"]["name"] == secret
-    assert example_secrets()[secret]["username"] == KEDA_USER
+    # One trigger per queue the Deployment's replicas consume: their models' queues and the
+    # shared queue of unrouted requests.
+    served = catalog_models(literal_env(main_container(objects, CLASSIFIER)))
+    queues = {t["metadata"]["queueName"]: t for t in spec["triggers"]}
+    assert len(queues) == len(spec["triggers"]), "one trigger per queue"
+    assert set(queues) == {REQUESTS_QUEUE, *map(model_queue, served)}
+    for trigger in spec["triggers"]:
+        assert trigger["type"] == "rabbitmq"
+        metadata = trigger["metadata"]
+        assert metadata["mode"] == "QueueLength"
+        assert float(metadata["value"]) > 0
+        assert metadata["protocol"] == "http"
+        assert metadata["vhostName"] == "/"
+        host = urlsplit(metadata["host"])
+        assert host.hostname == CLIENT_SERVICE_HOST.format(cluster=CLUSTER, namespace=NAMESPACE)
+        assert host.port == MANAGEMENT_PORT
+        assert host.username is None, "credentials come from the TriggerAuthentication"
+        auth = named(objects, "TriggerAuthentication", trigger["authenticationRef"]["name"])
+        params = {ref["parameter"]: ref for ref in auth["spec"]["secretTargetRef"]}
+        assert set(params) == {"username", "password"}
+        secret = params["username"]["name"]
+        assert params["password"]["name"] == secret
+        assert example_secrets()[secret]["username"] == KEDA_USER
+    # The replicas share one backlog: scale on the sum of the queues, not on the longest
+    # (which is what the HPA makes of several metrics without a formula).
+    modifiers = spec["advanced"]["scalingModifiers"]
+    terms = re.split(r"\s*\+\s*", modifiers["formula"].strip())
+    names = [t["name"] for t in spec["triggers"]]
+    assert sorted(terms) == sorted(names), "the formula adds every trigger once"
+    assert len(set(names)) == len(names)
+    assert all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) for name in names)
+    assert modifiers["metricType"] == "AverageValue"
+    assert float(modifiers["target"]) > 0
     assert not of_kind(objects, "HorizontalPodAutoscaler"), "KEDA makes its own"
 
 
