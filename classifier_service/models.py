@@ -104,7 +104,8 @@ def load_models(settings: ClassifierSettings) -> dict[str, LoadedModel]:
         chosen = _select(settings, builtins_from_repository=True)
         defaults = {}
         loaded = onnx_runtime.load_folders(chosen.folders, settings)
-    defaults |= chosen.defaults
+    # After loading: a version that failed to load is no default (the next highest is).
+    defaults |= chosen.defaults({model.id for model in loaded})
     models = keyed(loaded, defaults)
     if not models:
         raise SettingsError(
@@ -122,7 +123,7 @@ def _select(settings: ClassifierSettings, *, builtins_from_repository: bool) -> 
         return chosen
     # Under torch the built-ins come from their weights, not from their exported folders.
     folders = tuple(f for f in chosen.folders if f.name not in builtins)
-    return Selection(folders, chosen.defaults)
+    return Selection(folders, chosen.found)
 
 
 def keyed(loaded: list[LoadedModel], defaults: Mapping[str, str]) -> dict[str, LoadedModel]:

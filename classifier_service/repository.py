@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -101,15 +101,35 @@ class ModelFolder:
 
 @dataclass(frozen=True, slots=True)
 class Scan:
-    """What a repository holds: its readable folders, each name's default version, and the
+    """What a repository holds: its readable folders (by name, then version order), the
+    version each ``default`` file names (None where it names no readable version), and the
     folders skipped (path, reason)."""
 
     folders: tuple[ModelFolder, ...]
-    defaults: Mapping[str, str]
+    named: Mapping[str, str | None]
     broken: tuple[tuple[Path, str], ...]
 
     def find(self, name: str) -> list[ModelFolder]:
         return [f for f in self.folders if f.name == name]
+
+    @property
+    def defaults(self) -> dict[str, str]:
+        return self.defaults_without(())
+
+    def defaults_without(self, failed: Collection[str]) -> dict[str, str]:
+        """Each name's default version once the ``failed`` ids (folders readable but not
+        loadable: every replica fails them alike) are left out: the named one, else the
+        highest.  A name whose ``default`` file names a version not served has none."""
+        defaults: dict[str, str] = {}
+        for name in dict.fromkeys(f.name for f in self.folders):
+            versions = [f.version for f in self.find(name) if f.id not in failed]
+            if name in self.named:
+                named = self.named[name]
+                if named is not None and named in versions:
+                    defaults[name] = named
+            elif versions:
+                defaults[name] = versions[-1]
+        return defaults
 
 
 def version_order(version: str) -> tuple[tuple[int, int, str], ...]:
@@ -124,7 +144,7 @@ def version_order(version: str) -> tuple[tuple[int, int, str], ...]:
 def scan(directory: Path) -> Scan:
     """Every model folder under ``directory``; each broken one logged and left out."""
     folders: list[ModelFolder] = []
-    defaults: dict[str, str] = {}
+    named: dict[str, str | None] = {}
     broken: list[tuple[Path, str]] = []
 
     def skip(path: Path, reason: str) -> None:
@@ -150,18 +170,21 @@ def scan(directory: Path) -> Scan:
             except BrokenModelFolder as exc:
                 skip(path, str(exc))
         folders += found
-        default = _default_version(name_dir, found)
-        if default is not None:
-            defaults[name_dir.name] = default
-    return Scan(tuple(folders), defaults, tuple(broken))
+        if (name_dir / DEFAULT_FILE).is_file():
+            named[name_dir.name] = _named_default(name_dir, found)
+    return Scan(tuple(folders), named, tuple(broken))
 
 
-def _default_version(name_dir: Path, found: list[ModelFolder]) -> str | None:
+def _named_default(name_dir: Path, found: list[ModelFolder]) -> str | None:
     readable = [f.version for f in found]
     named = name_dir / DEFAULT_FILE
-    if not named.is_file():
-        return readable[-1] if readable else None
-    version = named.read_text(encoding="utf-8").strip()
+    try:
+        version = named.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        log.warning(
+            "model %s has no default version: %s is unreadable: %s", name_dir.name, named, exc
+        )
+        return None
     if version not in readable:
         # Not the highest instead: every replica must mean the same version by `name`.
         log.warning(
@@ -343,10 +366,19 @@ def metadata(
 
 @dataclass(frozen=True, slots=True)
 class Selection:
-    """The folders a replica serves, and the default version of each name it serves."""
+    """The folders a replica serves, from the repository scanned."""
 
     folders: tuple[ModelFolder, ...]
-    defaults: Mapping[str, str]
+    found: Scan
+
+    def defaults(self, loaded: Collection[str]) -> dict[str, str]:
+        """The default version of each name whose default is among the ``loaded`` ids."""
+        failed = {f.id for f in self.folders} - set(loaded)
+        return {
+            name: version
+            for name, version in self.found.defaults_without(failed).items()
+            if model_id(name, version) in loaded
+        }
 
 
 def select(found: Scan, builtins: Iterable[str], serve: Iterable[str]) -> Selection:
@@ -366,8 +398,4 @@ def select(found: Scan, builtins: Iterable[str], serve: Iterable[str]) -> Select
         for entry in serve:
             if entry not in known:
                 log.warning("IMGQ_SERVE names %s, which is not in the repository", entry)
-    ids = {f.id for f in chosen}
-    defaults = {
-        name: version for name, version in found.defaults.items() if model_id(name, version) in ids
-    }
-    return Selection(tuple(chosen), defaults)
+    return Selection(tuple(chosen), found)

@@ -150,15 +150,18 @@ def test_serve_narrows_and_unconfigured_builtins_are_not_served(tmp_path: Path) 
     found = scan(tmp_path)
 
     everything = select(found, ["efficientnet_lite0"], [])
-    assert [f.id for f in everything.folders] == ["colours@1", "colours@2", "shapes@1", "shapes@2"]
-    assert everything.defaults == {"colours": "2", "shapes": "2"}
+    ids = ["colours@1", "colours@2", "shapes@1", "shapes@2"]
+    assert [f.id for f in everything.folders] == ids
+    assert everything.defaults(ids) == {"colours": "2", "shapes": "2"}
+    # A version that fails to load is no default: the next highest is.
+    assert everything.defaults(["colours@1", "shapes@2"]) == {"colours": "1", "shapes": "2"}
     # Configured, a built-in comes first.
     assert select(found, ["efficientnet_lite1"], []).folders[0].id == "efficientnet_lite1@1"
 
     narrowed = select(found, [], ["colours", "shapes@1"])
     assert [f.id for f in narrowed.folders] == ["colours@1", "colours@2", "shapes@1"]
     # shapes@2, its default, is not served: plain "shapes" is not accepted.
-    assert narrowed.defaults == {"colours": "2"}
+    assert narrowed.defaults(["colours@1", "colours@2", "shapes@1"]) == {"colours": "2"}
 
     with pytest.raises(SettingsError, match="IMGQ_SERVE"):
         ClassifierSettings.from_env({"IMGQ_SERVE": "colours,Shapes@1"})
