@@ -8,6 +8,8 @@ before anything in the replica could load torch, for the models its cache lacks
     python -m classifier_service.export                       # IMGQ_MODELS and
                                                               # IMGQ_TORCHVISION_MODELS
     python -m classifier_service.export efficientnet_lite0 --cache /srv/imgq-models
+    python -m classifier_service.export --network /srv/repository/fruit/2   # a repository
+                                                              # TorchScript or state dict
 
 Each model is built exactly as the torch runtime builds it (same module, same weights),
 exported with torch's dynamo exporter (opset 18, batch axis dynamic: replicas batch), checked
