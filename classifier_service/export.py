@@ -8,6 +8,8 @@ before anything in the replica could load torch, for the models its cache lacks
     python -m classifier_service.export                       # IMGQ_MODELS and
                                                               # IMGQ_TORCHVISION_MODELS
     python -m classifier_service.export efficientnet_lite0 --cache /srv/imgq-models
+    python -m classifier_service.export --network /srv/repository/fruit/2   # a repository
+                                                              # TorchScript or state dict
 
 Each model is built exactly as the torch runtime builds it (same module, same weights),
 exported with torch's dynamo exporter (opset 18, batch axis dynamic: replicas batch), checked
@@ -28,15 +30,16 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from classifier_service import model_cache
+from classifier_service import model_cache, repository
 from classifier_service.model_cache import ExportedModel
 from classifier_service.models import installed, weights_path
+from classifier_service.repository import BrokenModelFolder, ModelFolder, NetworkFormat
 from classifier_service.settings import ClassifierSettings
 from shared.catalog import CATALOG, ModelSpec
 from shared.config_reference import environment_help, parser_for
@@ -67,13 +70,34 @@ class Source:
 
     spec: ModelSpec
     weights: Path
+    # A repository folder's TorchScript or state-dict network (spec.name is its id,
+    # name@version, which names its folders in the cache); None for a built-in.
+    network: ModelFolder | None = None
 
     def build(self) -> nn.Module:
         from classifier_service import torch_runtime, torchvision_models
 
+        if self.network is not None:
+            return torch_runtime.build_network(self.network)
         if self.spec.name in CATALOG:
             return torch_runtime.build(self.spec)
         return torchvision_models.build(self.spec.name, self.weights.parent)
+
+    def labels(self) -> tuple[str, ...]:
+        from classifier_service import torch_runtime
+
+        return self.network.labels if self.network is not None else torch_runtime.CATEGORIES
+
+
+def network_source(path: Path) -> tuple[str, Source | str]:
+    """A repository folder's network, by its id; or why it cannot be exported."""
+    try:
+        folder = repository.read_folder(path)
+    except BrokenModelFolder as exc:
+        return f"{path.parent.name}@{path.name}", f"{path}: {exc}"
+    if folder.format is NetworkFormat.ONNX:
+        return folder.id, f"{path}: its network is ONNX already"
+    return folder.id, Source(replace(folder.spec, name=folder.id), folder.network_file, folder)
 
 
 def catalogue_source(name: str) -> Source | str:
@@ -111,31 +135,44 @@ def export(source: Source, cache: Path) -> tuple[ExportedModel, bool]:
 def write_folder(folder: Path, source: Source, weights_sha256: str) -> ExportedModel:
     import torch
 
-    from classifier_service import torch_runtime
-
     started = time.perf_counter()
     module = source.build()
     spec = source.spec
     # Batch 2, not 1: torch.export would specialise a dimension of size 1 to a constant.
     example = torch.zeros(2, 3, spec.input_size, spec.input_size)
+    target = folder / model_cache.MODEL_FILE
     with warnings.catch_warnings(), torch.no_grad():
         # The exporter's own progress lines and deprecation notices from its dependencies:
         # the replica's log should show our one line per model instead.
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            module,
-            (example,),
-            dynamo=True,
-            opset_version=OPSET,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: torch.export.Dim("batch")},),
-            verbose=False,
-        )
-    assert program is not None
-    program.save(str(folder / model_cache.MODEL_FILE))
+        if isinstance(module, torch.jit.ScriptModule):
+            # torch.export cannot trace a TorchScript module; the TorchScript-based exporter
+            # reads its graph as it is.
+            torch.onnx.export(
+                module,
+                (example,),
+                str(target),
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            )
+        else:
+            program = torch.onnx.export(
+                module,
+                (example,),
+                dynamo=True,
+                opset_version=OPSET,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                verbose=False,
+            )
+            assert program is not None
+            program.save(str(target))
     (folder / model_cache.LABELS_FILE).write_text(
-        "\n".join(torch_runtime.CATEGORIES) + "\n", encoding="utf-8"
+        "\n".join(source.labels()) + "\n", encoding="utf-8"
     )
     exported = ExportedModel(
         path=folder,
@@ -192,7 +229,11 @@ class Report:
 
 
 def export_all(
-    catalogue: list[str], torchvision: list[str], cache: Path, weights_dir: Path
+    catalogue: list[str],
+    torchvision: list[str],
+    cache: Path,
+    weights_dir: Path,
+    networks: Sequence[Path] = (),
 ) -> Report:
     from classifier_service import torchvision_models
 
@@ -206,6 +247,7 @@ def export_all(
         torchvision = [name for name in torchvision if name in known]
     sources = {name: catalogue_source(name) for name in catalogue}
     sources |= {name: torchvision_source(name, weights_dir) for name in torchvision}
+    sources |= dict(map(network_source, networks))
     for name, source in sources.items():
         if isinstance(source, str):
             log.warning("cannot export %s: %s", name, source)
@@ -254,6 +296,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="a torchvision classifier to export (IMGQ_TORCHVISION_MODELS); repeatable",
     )
     parser.add_argument(
+        "--network",
+        action="append",
+        default=None,
+        type=Path,
+        metavar="FOLDER",
+        help="a model repository folder (<name>/<version>) whose TorchScript or state-dict "
+        "network to export; repeatable",
+    )
+    parser.add_argument(
         "--cache", type=Path, default=None, help="the model cache (default: IMGQ_MODEL_CACHE)"
     )
     parser.add_argument(
@@ -284,14 +335,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     cache: Path = args.cache or settings.model_cache
     weights_dir: Path = args.weights_dir or settings.weights_dir
     # Named models only, when any are named; else what the replica's settings configure.
-    named = bool(args.models or args.torchvision)
+    named = bool(args.models or args.torchvision or args.network)
     catalogue = list(args.models) if named else list(settings.models)
     torchvision = list(args.torchvision or []) if named else list(settings.torchvision_models)
     # One replica's share of the cores: other replicas may be serving beside this export.
     import torch
 
     torch.set_num_threads(settings.torch_threads)
-    report = export_all(catalogue, torchvision, cache, weights_dir)
+    report = export_all(catalogue, torchvision, cache, weights_dir, args.network or ())
     print(REPORT_PREFIX + json.dumps(report.__dict__), flush=True)
     return report.exit_status()
 

@@ -15,11 +15,14 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from classifier_service import model_cache
 from classifier_service.model_cache import ExportedModel
 from classifier_service.models import installed, weights_path
+from classifier_service.repository import ModelFolder
 from classifier_service.settings import ClassifierSettings
 from shared.catalog import CATALOG
 from shared.errors import ModelExportFailed, SettingsError
@@ -88,39 +91,16 @@ def _export(
         for name in torchvision:
             log.warning("model %s unavailable: %s", name, reason)
         return {}
-    command = [sys.executable, "-m", "classifier_service.export", *catalogue]
-    command += [f"--torchvision={name}" for name in torchvision]
-    command += ["--cache", str(settings.model_cache), "--weights-dir", str(settings.weights_dir)]
-    threads = str(settings.torch_threads)
-    env = {
-        **os.environ,
-        "IMGQ_TORCH_THREADS": threads,
-        "IMGQ_INFERENCE_THREADS": threads,
-        "OMP_NUM_THREADS": threads,
-        "MKL_NUM_THREADS": threads,
-    }
+    args = [*catalogue, *(f"--torchvision={name}" for name in torchvision)]
     names = ", ".join(catalogue + torchvision)
-    log.info("exporting %s to ONNX into %s", names, settings.model_cache)
-    started = time.perf_counter()
-    # Its log goes to our stderr as it comes; stdout carries the report (and anything a
-    # library prints, logged here).
-    result = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True, check=False)
-    report = None
-    for line in result.stdout.splitlines():
-        if line.startswith(_REPORT_PREFIX):
-            report = json.loads(line.removeprefix(_REPORT_PREFIX))
-        elif line.strip():
-            log.info("export: %s", line)
+    report = _run_exporter(settings, args, names)
     if report is None:
-        raise ModelExportFailed(
-            f"exporting {names} failed (exit status {result.returncode}); its log is above"
-        )
+        raise ModelExportFailed(f"exporting {names} failed; its log is above")
     if report["unknown"]:
         raise SettingsError(
             f"IMGQ_TORCHVISION_MODELS names unknown torchvision classifiers {report['unknown']}; "
             "known: see torchvision.models.list_models(module=torchvision.models)"
         )
-    log.info("export finished in %.1f s", time.perf_counter() - started)
     exported: dict[str, ExportedModel] = {}
     for name, path in report["exported"].items():
         folder = ExportedModel.read(Path(path))
@@ -137,3 +117,66 @@ def _export(
             # The exporter logged why too; this line is the replica's own, as under torch.
             log.warning("model %s unavailable: %s", name, report["unavailable"].get(name))
     return exported
+
+
+def repository_networks(
+    settings: ClassifierSettings, folders: Sequence[ModelFolder]
+) -> dict[str, Path | str]:
+    """The ONNX file of each TorchScript or state-dict network, by model id, exported into the
+    model cache (keyed by the network file's sha256) where missing; or why there is none.
+    Never raises for a folder: a network the exporter cannot handle costs only its model."""
+    cache = settings.model_cache
+    found: dict[str, Path | str] = {}
+    missing: list[ModelFolder] = []
+    for folder in folders:
+        exported = model_cache.find(cache, folder.id, model_cache.sha256_file(folder.network_file))
+        if exported is not None and exported.serves(folder.spec):
+            found[folder.id] = exported.model_file
+        else:
+            missing.append(folder)
+    if not missing:
+        return found
+    if not installed("torch"):
+        reason = "not in the model cache, and torch (which exports it to ONNX) is not installed"
+        return found | {folder.id: reason for folder in missing}
+    args = [f"--network={folder.path}" for folder in missing]
+    report = _run_exporter(settings, args, ", ".join(folder.id for folder in missing))
+    for folder in missing:
+        if report is None:
+            found[folder.id] = "the exporter failed; its log is above"
+        elif (path := report["exported"].get(folder.id)) is not None:
+            found[folder.id] = Path(path) / model_cache.MODEL_FILE
+        else:
+            found[folder.id] = report["unavailable"].get(folder.id, "not exported")
+    return found
+
+
+def _run_exporter(settings: ClassifierSettings, args: list[str], names: str) -> Any | None:
+    """Run ``python -m classifier_service.export ARGS`` (torch in its own process): its JSON
+    report, or None when it ended without one (a crash)."""
+    command = [sys.executable, "-m", "classifier_service.export", *args]
+    command += ["--cache", str(settings.model_cache), "--weights-dir", str(settings.weights_dir)]
+    threads = str(settings.torch_threads)
+    env = {
+        **os.environ,
+        "IMGQ_TORCH_THREADS": threads,
+        "IMGQ_INFERENCE_THREADS": threads,
+        "OMP_NUM_THREADS": threads,
+        "MKL_NUM_THREADS": threads,
+    }
+    log.info("exporting %s to ONNX into %s", names, settings.model_cache)
+    started = time.perf_counter()
+    # Its log goes to our stderr as it comes; stdout carries the report (and anything a
+    # library prints, logged here).
+    result = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True, check=False)
+    report = None
+    for line in result.stdout.splitlines():
+        if line.startswith(_REPORT_PREFIX):
+            report = json.loads(line.removeprefix(_REPORT_PREFIX))
+        elif line.strip():
+            log.info("export: %s", line)
+    if report is None:
+        log.error("exporting %s failed (exit status %d)", names, result.returncode)
+    else:
+        log.info("export finished in %.1f s", time.perf_counter() - started)
+    return report

@@ -2,27 +2,29 @@
 
 Importing this module never imports torch: the worker and the inference code import it
 under every runtime.  ``load_models`` picks the runtime (``IMGQ_RUNTIME``) and imports only
-that one's module.  Under ONNX Runtime the models come from exported folders
-(``model_folders.py``); under torch from the weights, as before.
+that one's module.  Under ONNX Runtime every model comes from the model repository
+(``repository.py``); under torch the built-ins come from their weights, as before.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
+from classifier_service import repository
 from classifier_service.preprocess import Pixels
+from classifier_service.repository import BUILTIN_VERSION, BrokenModelFolder, Selection
 from classifier_service.settings import ClassifierSettings, Device, Runtime
-from shared.catalog import CATALOG, ModelSpec
+from shared.catalog import ModelSpec, model_id
 from shared.errors import SettingsError
 
-# (N, 1000) float32 scores before softmax.
+# (N, classes) float32 scores before softmax.
 Logits = npt.NDArray[np.float32]
 # A float32 NCHW batch at ``spec.input_size`` (C-contiguous) -> its logits.
 Forward = Callable[[Pixels], Logits]
@@ -36,6 +38,13 @@ class LoadedModel:
     labels: tuple[str, ...]
     # What runs it, for the logs (e.g. "onnxruntime 1.32.0, CPUExecutionProvider, 1 thread").
     runtime: str = ""
+    # Its version in the model repository (spec.name is its name).
+    version: str = BUILTIN_VERSION
+
+    @property
+    def id(self) -> str:
+        """``name@version``: how a request names exactly this model."""
+        return model_id(self.spec.name, self.version)
 
 
 def weights_path(spec: ModelSpec) -> Path | None:
@@ -66,29 +75,79 @@ def choose_runtime(settings: ClassifierSettings) -> Runtime:
 
 
 def load_models(settings: ClassifierSettings) -> dict[str, LoadedModel]:
-    """Every configured model that can be served here, in the order configured.
+    """Every model this replica serves, keyed by every string a request may name it by:
+    ``name@version`` for each version loaded, and ``name`` for its default version (the same
+    LoadedModel).  Built-ins first, in the order configured.
 
-    A catalogue model (``IMGQ_MODELS``) that cannot be loaded stops the replica with an
-    error; a torchvision model (``IMGQ_TORCHVISION_MODELS``) without weights is logged and
-    left out, so no replica announces it.
+    Under ONNX Runtime everything comes from the model repository (``IMGQ_MODEL_DIR``), the
+    built-ins' folders written first where missing (``builtins.py``).  Under torch the
+    built-ins come from their weights as before, and repository models with a TorchScript or
+    state-dict network load directly.  A catalogue model that cannot be had stops the replica
+    with an error; a broken repository folder is logged and skipped; a replica left with
+    nothing to serve stops with an error.
     """
     runtime = choose_runtime(settings)
+    loaded: list[LoadedModel]
     if runtime is Runtime.TORCH:
         if settings.device is Device.CUDA:
             raise SettingsError("IMGQ_DEVICE=cuda needs IMGQ_RUNTIME=onnxruntime (or auto)")
-        from classifier_service import torch_runtime
+        from classifier_service import builtins, torch_runtime
 
-        return torch_runtime.load_models(settings)
-    from classifier_service import model_folders, onnx_runtime
+        chosen = _select(settings, builtins_from_repository=False)
+        loaded = list(torch_runtime.load_models(builtins.narrowed(settings)).values())
+        defaults = {model.spec.name: model.version for model in loaded}
+        loaded += torch_runtime.load_folders(chosen.folders, settings.torch_threads)
+    else:
+        from classifier_service import builtins, onnx_runtime
 
-    folders = model_folders.resolve(settings)
-    return onnx_runtime.load_all(
-        {
-            # A catalogue model keeps the catalogue's entry (its title may change without a
-            # new export); a torchvision model's is the one its folder was exported with.
-            name: (exported, CATALOG.get(name, exported.spec))
-            for name, exported in folders.items()
-        },
-        settings.torch_threads,
-        settings.device,
-    )
+        builtins.ensure(settings)
+        chosen = _select(settings, builtins_from_repository=True)
+        defaults = {}
+        loaded = onnx_runtime.load_folders(chosen.folders, settings)
+    # After loading: a version that failed to load is no default (the next highest is).
+    defaults |= chosen.defaults({model.id for model in loaded})
+    models = keyed(loaded, defaults)
+    if not models:
+        raise SettingsError(
+            f"no model to serve: none configured, or none of them could be loaded (the log "
+            f"above says why); model repository: {settings.model_dir}"
+        )
+    return models
+
+
+def _select(settings: ClassifierSettings, *, builtins_from_repository: bool) -> Selection:
+    found = repository.scan(settings.model_dir)
+    builtins = (*settings.models, *settings.torchvision_models)
+    chosen = repository.select(found, builtins, settings.serve)
+    if builtins_from_repository:
+        return chosen
+    # Under torch the built-ins come from their weights, not from their exported folders.
+    folders = tuple(f for f in chosen.folders if f.name not in builtins)
+    return Selection(folders, chosen.found)
+
+
+def keyed(loaded: list[LoadedModel], defaults: Mapping[str, str]) -> dict[str, LoadedModel]:
+    """The worker's models dict: ``name`` (default version only), then ``name@version``."""
+    models: dict[str, LoadedModel] = {}
+    for model in loaded:
+        if defaults.get(model.spec.name) == model.version:
+            models[model.spec.name] = model
+        models[model.id] = model
+    return models
+
+
+def check_outputs(model: LoadedModel) -> None:
+    """One forward pass: the network must score exactly one class per label.  Raises
+    BrokenModelFolder, so a mislabelled model is skipped at start-up instead of failing jobs."""
+    size = model.spec.input_size
+    try:
+        logits = model.forward(np.zeros((1, 3, size, size), dtype=np.float32))
+    except Exception as exc:
+        raise BrokenModelFolder(
+            f"the network fails on a 1x3x{size}x{size} input: {type(exc).__name__}: {exc}"
+        ) from None
+    if logits.shape != (1, len(model.labels)):
+        raise BrokenModelFolder(
+            f"the network outputs {logits.shape[1:] or 'a scalar'} per image but "
+            f"{repository.LABELS_FILE} has {len(model.labels)} labels"
+        )

@@ -14,17 +14,17 @@ import ctypes
 import functools
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime
 
-from classifier_service.model_cache import ExportedModel
-from classifier_service.models import LoadedModel, Logits
+from classifier_service.models import LoadedModel, Logits, check_outputs
 from classifier_service.preprocess import Pixels
-from classifier_service.settings import Device
-from shared.catalog import ModelSpec
+from classifier_service.repository import BrokenModelFolder, ModelFolder, NetworkFormat
+from classifier_service.settings import ClassifierSettings, Device
 from shared.errors import SettingsError
 
 log = logging.getLogger(__name__)
@@ -109,34 +109,60 @@ class OnnxForward:
         return result
 
 
-def load(exported: ExportedModel, spec: ModelSpec, threads: int, device: Device) -> LoadedModel:
-    started = time.perf_counter()
+def load_file(model_file: Path, threads: int, device: Device) -> tuple[Any, str]:
+    """An inference session for ``model_file``, and what runs it (for the logs)."""
     chosen = providers(device)
     session = onnxruntime.InferenceSession(
-        str(exported.model_file), session_options(threads), providers=chosen
+        str(model_file), session_options(threads), providers=chosen
     )
-    labels = exported.labels()
-    if len(labels) != 1000:
-        raise SettingsError(f"{exported.path} has {len(labels)} labels, not the 1000 of ImageNet")
     runtime = (
         f"onnxruntime {onnxruntime.__version__}, {session.get_providers()[0]}, "
         f"{threads} thread{'s' if threads > 1 else ''}"
     )
-    log.info(
-        "loaded %s (%s) from %s in %.2f s",
-        spec.name,
-        runtime,
-        exported.path,
-        time.perf_counter() - started,
-    )
-    return LoadedModel(spec, OnnxForward(session), labels, runtime)
+    return session, runtime
 
 
-def load_all(
-    models: Mapping[str, tuple[ExportedModel, ModelSpec]], threads: int, device: Device
-) -> dict[str, LoadedModel]:
-    loaded = {
-        name: load(exported, spec, threads, device) for name, (exported, spec) in models.items()
-    }
+def load_folders(folders: Sequence[ModelFolder], settings: ClassifierSettings) -> list[LoadedModel]:
+    """Each folder's model in a session of its own; a folder that cannot be served is logged
+    and left out.  TorchScript and state-dict networks run as their ONNX export, from the
+    model cache (``model_folders.repository_networks`` exports what it lacks)."""
+    from classifier_service import model_folders
+
+    others = [f for f in folders if f.format is not NetworkFormat.ONNX]
+    exported = model_folders.repository_networks(settings, others) if others else {}
+    loaded = []
+    for folder in folders:
+        started = time.perf_counter()
+        onnx_file = folder.network_file if folder.format is NetworkFormat.ONNX else None
+        try:
+            if onnx_file is None:
+                found = exported.get(folder.id, "not exported")
+                if isinstance(found, str):
+                    raise BrokenModelFolder(f"its {folder.format.value} network: {found}")
+                onnx_file = found
+            try:
+                session, runtime = load_file(onnx_file, settings.torch_threads, settings.device)
+            except SettingsError:
+                raise
+            except Exception as exc:  # onnxruntime raises its own kinds for a bad file
+                raise BrokenModelFolder(
+                    f"ONNX Runtime cannot load {onnx_file.name}: {exc}"
+                ) from None
+            model = LoadedModel(
+                folder.spec, OnnxForward(session), folder.labels, runtime, folder.version
+            )
+            check_outputs(model)
+        except BrokenModelFolder as exc:
+            log.warning("model folder %s skipped: %s", folder.path, exc)
+            continue
+        log.info(
+            "loaded %s (%s, %d classes) from %s in %.2f s",
+            folder.id,
+            runtime,
+            len(folder.labels),
+            onnx_file,
+            time.perf_counter() - started,
+        )
+        loaded.append(model)
     _return_freed_memory()
     return loaded

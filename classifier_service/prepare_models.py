@@ -1,21 +1,26 @@
-"""Download the configured torchvision weights: ``python -m classifier_service.prepare_models``.
+"""The built-in models into the repository: ``python -m classifier_service.prepare_models``.
 
 Reads the replica's settings (``IMGQ_TORCHVISION_MODELS``, ``IMGQ_WEIGHTS_DIR``) and, for
 each model whose weights file is not yet in the weights folder, downloads the file torchvision
 would (``torchvision.models.get_model_weights(name).DEFAULT.url``), checking the hash prefix
-in its name.  Run it once wherever the network allows, before starting replicas; a replica
-never downloads anything itself.  It needs torch (the ``export`` extra), as does exporting the
-models afterwards; the classifier image has neither, but its ``export`` build stage has both,
-and can fill a weights volume and a model-cache volume that replicas mount at ``/models``::
+in its name.  Then it writes the repository folder (``IMGQ_MODEL_DIR``) of every configured
+built-in, the catalogue's (``IMGQ_MODELS``) and the torchvision ones, exporting each to ONNX
+first where the model cache lacks it (``builtins.py``); a replica does that last step itself
+for a built-in its repository lacks.  Run it once wherever the network allows, before
+starting replicas; a replica never downloads anything itself.  It needs torch (the
+``export`` extra) to download and to export; the classifier image has none, but its
+``export`` build stage has it, and can fill a weights volume, a model-cache volume and a
+repository volume that replicas mount::
 
     docker build -f Dockerfile.classifier --target export -t imgq-export .
     docker run --rm -v model-weights:/weights -v model-cache:/models \
-        -e IMGQ_WEIGHTS_DIR=/weights -e IMGQ_TORCHVISION_MODELS=resnet18 imgq-export sh -c \
-        "python -m classifier_service.prepare_models && python -m classifier_service.export \
-        --cache /models"
+        -v model-repository:/repository -e IMGQ_WEIGHTS_DIR=/weights \
+        -e IMGQ_MODEL_CACHE=/models -e IMGQ_MODEL_DIR=/repository \
+        -e IMGQ_TORCHVISION_MODELS=resnet18 imgq-export python -m classifier_service.prepare_models
 
 Where there is no network, fetch the URLs it prints elsewhere and copy the files into the
-weights folder by hand.  Exit status: 0 when every file is present, 1 when any is missing.
+weights folder by hand.  Exit status: 0 when every configured built-in is in the repository,
+1 when any is missing.
 """
 
 from __future__ import annotations
@@ -25,15 +30,18 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from classifier_service import builtins
 from classifier_service.settings import ClassifierSettings
 from shared.config_reference import environment_help, parser_for
-from shared.errors import SettingsError
+from shared.errors import ModelExportFailed, SettingsError
 from shared.settings import VARIABLES, process_env
 
 
 def prepare(names: tuple[str, ...], weights_dir: Path) -> list[str]:
     """Download what is missing; returns the names whose file is still missing."""
-    # Imported here, not above: --help, and a configuration with nothing to prepare, need
+    if not names:
+        return []
+    # Imported here, not above: --help, and a configuration with nothing to download, need
     # no torch (the classifier image has none).
     import torch
 
@@ -67,13 +75,24 @@ def prepare(names: tuple[str, ...], weights_dir: Path) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     environment = environment_help(
-        [VARIABLES[name] for name in ("IMGQ_TORCHVISION_MODELS", "IMGQ_WEIGHTS_DIR")],
+        [
+            VARIABLES[name]
+            for name in (
+                "IMGQ_MODELS",
+                "IMGQ_TORCHVISION_MODELS",
+                "IMGQ_WEIGHTS_DIR",
+                "IMGQ_MODEL_CACHE",
+                "IMGQ_MODEL_DIR",
+            )
+        ],
         "It takes no arguments: it reads the classifier's settings, of which these matter:",
     )
     description = (
         "Download the weights files of the torchvision models a replica is configured to "
-        "serve, where they are missing. Exit status: 0 when every file is present, 1 when "
-        "any is missing, 2 for a bad setting."
+        "serve, where they are missing, then write the model repository folders of every "
+        "configured built-in model (exported to ONNX first where the model cache lacks it). "
+        "Exit status: 0 when every model is in the repository, 1 when any is missing, 2 for a "
+        "bad setting."
     )
     parser_for("python -m classifier_service.prepare_models", description, environment).parse_args(
         argv
@@ -84,10 +103,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(exc, file=sys.stderr)
         return 2
-    if not settings.torchvision_models:
-        print("IMGQ_TORCHVISION_MODELS is empty: nothing to prepare")
-        return 0
-    return 1 if prepare(settings.torchvision_models, settings.weights_dir) else 0
+    missing = prepare(settings.torchvision_models, settings.weights_dir)
+    try:
+        # Every configured built-in into the model repository (exported first where the
+        # model cache lacks it), so replicas start by reading folders.
+        builtins.ensure(settings)
+    except (SettingsError, ModelExportFailed) as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    for name in builtins.configured(settings):
+        place = builtins.folder(settings.model_dir, name)
+        print(
+            f"{name}: {place}" if builtins.present(settings.model_dir, name) else f"{name}: missing"
+        )
+    return 1 if missing else 0
 
 
 if __name__ == "__main__":

@@ -200,8 +200,15 @@ def crop_resized(image: Image.Image, spec: ModelSpec) -> Image.Image:
     """
     size = spec.input_size
     return image.resize(
-        (size, size), Image.Resampling.BILINEAR, box=crop_box(image.width, image.height, spec)
+        (size, size), _RESAMPLING[spec.interpolation], box=crop_box(image.width, image.height, spec)
     )
+
+
+# ModelSpec.interpolation (shared/catalog.py INTERPOLATIONS) to Pillow's filter.
+_RESAMPLING = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+}
 
 
 def to_array(image: Image.Image, spec: ModelSpec, out: Pixels | None = None) -> Pixels:

@@ -10,7 +10,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TypeVar
 
-from shared.catalog import catalog_models
+from shared.catalog import catalog_models, split_model_id
 from shared.errors import SettingsError
 from shared.logs import LogSettings
 from shared.settings import (
@@ -125,6 +125,21 @@ _MODEL_CACHE = variable(
     "exported ONNX models, one folder per model and weights (`/models` in the image)",
     shown="`$XDG_CACHE_HOME/imgq/models` (else `~/.cache/imgq/models`)",
 )
+_MODEL_DIR = variable(
+    "IMGQ_MODEL_DIR",
+    None,
+    CLASSIFIER,
+    "the model repository: `<name>/<version>/` folders of models to serve, found at start-up",
+    shown="`$XDG_CACHE_HOME/imgq/repository` (else `~/.cache/imgq/repository`)",
+)
+_SERVE: Variable[tuple[str, ...]] = variable(
+    "IMGQ_SERVE",
+    (),
+    CLASSIFIER,
+    "the repository models to serve, comma-separated `name` (every version) or `name@version`;"
+    " unset: all",
+    shown="unset (all)",
+)
 _TORCHVISION_MODELS: Variable[tuple[str, ...]] = variable(
     "IMGQ_TORCHVISION_MODELS",
     (),
@@ -194,6 +209,11 @@ class ClassifierSettings:
     # Exported ONNX models, one folder per model and weights hash (classifier_service/
     # model_cache.py): a replica exports a model once, then starts from the folder.
     model_cache: Path = field(default_factory=lambda: default_model_cache(os.environ))
+    # The model repository (classifier_service/repository.py): every model is served from a
+    # folder here; the built-ins' folders are written by prepare_models (or at start-up).
+    model_dir: Path = field(default_factory=lambda: default_model_dir(os.environ))
+    # name or name@version of repository models to serve; empty: all of them.
+    serve: tuple[str, ...] = ()
     # Set by a supervisor that restarted this replica (the local launcher); shown on /status.
     restart_count: int = 0
     # A batch whose decoding and inference take longer fails its jobs (time_limit_exceeded)
@@ -241,6 +261,8 @@ class ClassifierSettings:
             model_cache=Path(env_str(env, _MODEL_CACHE.name, str(default_model_cache(env)))),
             tracing=TracingSettings.from_env(env),
             logs=LogSettings.from_env(env),
+            model_dir=Path(env_str(env, _MODEL_DIR.name, str(default_model_dir(env)))),
+            serve=_serve(env),
         )
 
 
@@ -256,6 +278,23 @@ def default_model_cache(env: Environ) -> Path:
     """``$XDG_CACHE_HOME/imgq/models``, else ``~/.cache/imgq/models``."""
     cache = env.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
     return Path(os.path.expanduser(cache)) / "imgq" / "models"
+
+
+def default_model_dir(env: Environ) -> Path:
+    """``$XDG_CACHE_HOME/imgq/repository``, else ``~/.cache/imgq/repository``: beside the
+    default model cache, and writable by the service user (the built-ins are written there)."""
+    return default_model_cache(env).parent / "repository"
+
+
+def _serve(env: Environ) -> tuple[str, ...]:
+    wanted = env_list(env, _SERVE.name, _SERVE.default)
+    malformed = [entry for entry in wanted if split_model_id(entry) is None]
+    if malformed:
+        raise SettingsError(
+            f"IMGQ_SERVE names {malformed}, which are neither `name` nor `name@version` "
+            "(names: lower case, digits and _ . -; versions may add upper case)"
+        )
+    return wanted
 
 
 def _threads(env: Environ) -> int:

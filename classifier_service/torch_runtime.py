@@ -9,15 +9,18 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from collections.abc import Sequence
 
 import torch
+import torchvision
 from torch import nn
 from torch.jit._trace import TracerWarning
 from torchvision.models import ResNet50_Weights
 
 from classifier_service.efficientnet_lite import EfficientNetLite
-from classifier_service.models import LoadedModel, Logits, weights_path
+from classifier_service.models import LoadedModel, Logits, check_outputs, weights_path
 from classifier_service.preprocess import Pixels
+from classifier_service.repository import BrokenModelFolder, ModelFolder, NetworkFormat
 from classifier_service.settings import ClassifierSettings
 from shared.catalog import CATALOG, ModelSpec
 from shared.errors import SettingsError
@@ -123,3 +126,74 @@ def load_models(settings: ClassifierSettings) -> dict[str, LoadedModel]:
     # Only those whose weights file is present; the others are logged as unavailable.
     models |= torchvision_models.load_available(settings.torchvision_models, settings.weights_dir)
     return models
+
+
+def build_network(folder: ModelFolder) -> nn.Module:
+    """A repository folder's TorchScript or state-dict network, as an eager (or scripted) module:
+    what the exporter exports, and what IMGQ_RUNTIME=torch runs."""
+    if folder.format is NetworkFormat.TORCHSCRIPT:
+        scripted: nn.Module = torch.jit.load(  # type: ignore[no-untyped-call]
+            str(folder.network_file), map_location="cpu"
+        )
+        return scripted.eval()
+    if folder.format is not NetworkFormat.STATE_DICT or folder.architecture is None:
+        raise BrokenModelFolder(f"torch cannot run a {folder.format.value} network")
+    # Imported here: torchvision_models imports this module for CATEGORIES.
+    from classifier_service import torchvision_models
+
+    if folder.architecture not in torchvision_models.known_names():
+        raise BrokenModelFolder(
+            f"network.architecture {folder.architecture!r} is not a torchvision classifier"
+        )
+    # Its own head: as many outputs as the folder has labels.
+    module: nn.Module = torchvision.models.get_model(
+        folder.architecture, weights=None, num_classes=len(folder.labels)
+    )
+    state = torch.load(folder.network_file, map_location="cpu", weights_only=True)
+    module.load_state_dict(state, strict=True)
+    return module.eval()
+
+
+def load_folders(folders: Sequence[ModelFolder], threads: int) -> list[LoadedModel]:
+    """Repository models under torch (IMGQ_RUNTIME=torch): TorchScript and state-dict networks
+    directly; an ONNX-only folder is left out (with a warning), as is any that fails to load."""
+    torch.set_num_threads(threads)
+    loaded = []
+    for folder in folders:
+        if folder.format is NetworkFormat.ONNX:
+            log.warning(
+                "model folder %s skipped: its network is ONNX, which IMGQ_RUNTIME=torch "
+                "does not run",
+                folder.path,
+            )
+            continue
+        started = time.perf_counter()
+        try:
+            try:
+                module = build_network(folder)
+            except BrokenModelFolder:
+                raise
+            except Exception as exc:  # torch's loaders raise many kinds for a bad file
+                raise BrokenModelFolder(
+                    f"cannot load its {folder.format.value} network: {type(exc).__name__}: {exc}"
+                ) from None
+            model = LoadedModel(
+                folder.spec,
+                TorchForward(module),
+                folder.labels,
+                f"torch {torch.__version__}, {folder.format.value}",
+                folder.version,
+            )
+            check_outputs(model)
+        except BrokenModelFolder as exc:
+            log.warning("model folder %s skipped: %s", folder.path, exc)
+            continue
+        log.info(
+            "loaded %s (%s, %d classes) in %.1f s",
+            folder.id,
+            model.runtime,
+            len(folder.labels),
+            time.perf_counter() - started,
+        )
+        loaded.append(model)
+    return loaded

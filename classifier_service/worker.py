@@ -100,7 +100,8 @@ class Replica:
 
     async def warm_up(self) -> None:
         loop = asyncio.get_running_loop()
-        for model in self.models.values():
+        # A default version is in self.models twice (name and name@version): warm it once.
+        for model in {id(m): m for m in self.models.values()}.values():
             await loop.run_in_executor(self._executor, warm_up, model, self.settings.batch_size)
 
     async def run(self) -> None:
@@ -481,6 +482,21 @@ class Replica:
             )
         return sends
 
+    def _announced(self) -> dict[str, AnnouncedModel]:
+        """Each model version served, by ``name@version`` (``self.models`` also holds each
+        default version under its bare name: the same object, announced once)."""
+        return {
+            model.id: AnnouncedModel(
+                title=model.spec.title,
+                input_size=model.spec.input_size,
+                name=model.spec.name,
+                version=model.version,
+                default=self.models.get(model.spec.name) is model,
+                classes=len(model.labels),
+            )
+            for model in self.models.values()
+        }
+
     async def _heartbeat_loop(self) -> None:
         health = Path(self.settings.health_file)
         while True:
@@ -491,10 +507,7 @@ class Replica:
                 busy=self._busy,
                 interval=self.settings.heartbeat_interval,
                 at=time.time(),
-                model_info={
-                    name: AnnouncedModel(model.spec.title, model.spec.input_size)
-                    for name, model in self.models.items()
-                },
+                model_info=self._announced(),
                 restarts=self.settings.restart_count,
             )
             out = wire.heartbeat_message(beat, user_id=self._user)

@@ -12,12 +12,37 @@ the torchvision mean/std would cost about 11 points of top-1.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from shared.errors import SettingsError
 from shared.settings import CLASSIFIER, GATEWAY, SETUP, Environ, env_list, variable
 
 _CROP_PADDING = 32
+
+# A model's name and version in a model repository (classifier_service/repository.py), and so
+# on the wire: a request names ``name`` (its default version) or ``name@version``.  Folder
+# names too, hence no slash, no leading dot, and a name in lower case (one folder per model
+# whatever the file system's case rules).
+MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")
+MODEL_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+VERSION_SEPARATOR = "@"
+# Interpolations the repository may ask for, by Pillow's names in lower case.
+INTERPOLATIONS = ("bilinear", "bicubic")
+
+
+def split_model_id(model_id: str) -> tuple[str, str | None] | None:
+    """``name`` -> (name, None); ``name@version`` -> (name, version); None when malformed."""
+    name, separator, version = model_id.partition(VERSION_SEPARATOR)
+    if not MODEL_NAME.fullmatch(name):
+        return None
+    if not separator:
+        return name, None
+    return (name, version) if MODEL_VERSION.fullmatch(version) else None
+
+
+def model_id(name: str, version: str) -> str:
+    return f"{name}{VERSION_SEPARATOR}{version}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +55,8 @@ class ModelSpec:
     # Short side before the centre crop, when the weights say so (torchvision's weights carry
     # their own, e.g. 256 for a 224 crop); None keeps TensorFlow's input + 32.
     resize: int | None = None
+    # How the crop is resized to ``input_size`` (INTERPOLATIONS); the crop is always central.
+    interpolation: str = "bilinear"
 
     @property
     def resize_size(self) -> int:

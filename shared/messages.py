@@ -316,10 +316,20 @@ class JobForgotten:
 
 @dataclass(frozen=True, slots=True)
 class AnnouncedModel:
-    """What a replica tells the gateways about a model it serves, so they can offer it."""
+    """What a replica tells the gateways about a model version it serves, so they can offer it.
+
+    ``ReplicaHeartbeat.model_info`` is keyed by ``name@version``.  Heartbeats of replicas that
+    predate the model repository carry only title and input size, keyed by a bare name: they
+    read as that name's default version ``1`` of 1000 classes (all they could serve then).
+    """
 
     title: str
     input_size: int
+    name: str = ""
+    version: str = "1"
+    # Whether ``name`` alone means this version (on this replica).
+    default: bool = True
+    classes: int = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,8 +359,15 @@ class ReplicaHeartbeat:
                 "interval": self.interval,
                 "at": self.at,
                 "model_info": {
-                    name: {"title": info.title, "input_size": info.input_size}
-                    for name, info in self.model_info.items()
+                    key: {
+                        "title": info.title,
+                        "input_size": info.input_size,
+                        "name": info.name,
+                        "version": info.version,
+                        "default": info.default,
+                        "classes": info.classes,
+                    }
+                    for key, info in self.model_info.items()
                 },
                 "restarts": self.restarts,
             }
@@ -393,13 +410,23 @@ def _model_info(raw: object) -> dict[str, AnnouncedModel]:
     if not isinstance(raw, dict):
         raise MessageError("'model_info' must be an object")
     info = {}
-    for name, entry in raw.items():
+    for key, entry in raw.items():
         if not isinstance(entry, dict):
-            raise MessageError(f"'model_info' entry {name!r} must be an object")
+            raise MessageError(f"'model_info' entry {key!r} must be an object")
         title, size = entry.get("title"), entry.get("input_size")
         if not isinstance(title, str) or isinstance(size, bool) or not isinstance(size, int):
             raise MessageError(
-                f"'model_info' entry {name!r} needs a string 'title' and an integer 'input_size'"
+                f"'model_info' entry {key!r} needs a string 'title' and an integer 'input_size'"
             )
-        info[name] = AnnouncedModel(title, size)
+        # An older replica's entry: keyed by the bare name, no more said.
+        name, _, version = key.partition("@")
+        name, version = entry.get("name", name), entry.get("version", version or "1")
+        default, classes = entry.get("default", True), entry.get("classes", 1000)
+        if not isinstance(name, str) or not isinstance(version, str):
+            raise MessageError(f"'model_info' entry {key!r}: 'name' and 'version' are strings")
+        if not isinstance(default, bool):
+            raise MessageError(f"'model_info' entry {key!r}: 'default' is true or false")
+        if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
+            raise MessageError(f"'model_info' entry {key!r}: 'classes' is a positive integer")
+        info[key] = AnnouncedModel(title, size, name, version, default, classes)
     return info

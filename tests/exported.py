@@ -25,8 +25,15 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def settings(cache: Path, models: Iterable[str] = tuple(CATALOG), **env: str) -> ClassifierSettings:
+    """A replica's settings with this cache, and a model repository beside it (never the
+    user's own)."""
     return ClassifierSettings.from_env(
-        {"IMGQ_MODELS": ",".join(models), "IMGQ_MODEL_CACHE": str(cache), **env}
+        {
+            "IMGQ_MODELS": ",".join(models),
+            "IMGQ_MODEL_CACHE": str(cache),
+            "IMGQ_MODEL_DIR": str(cache.parent / f"{cache.name}-repository"),
+            **env,
+        }
     )
 
 

@@ -111,7 +111,8 @@ def test_a_model_with_weights_is_exported_and_gives_the_eager_answers(
         IMGQ_RUNTIME="onnxruntime",
     )
     models = load_models(settings)
-    assert list(models) == [MODEL, SMALL]
+    # Each by its name (the default version) and by name@version, from the repository.
+    assert list(models) == [MODEL, f"{MODEL}@1", SMALL, f"{SMALL}@1"]
     assert f"model {MISSING} unavailable: weights file" in caplog.text
     small = models[SMALL]
     assert small.spec == torchvision_models.spec_for(SMALL)

@@ -113,16 +113,19 @@ def test_a_replica_with_three_models_never_imports_torch(
         "print(json.dumps({'models': sorted(models), 'torch': 'torch' in sys.modules,\n"
         "                  'rss_kb': int(status['VmRSS'].split()[0])}))\n"
     )
+    settings = exported.settings(exported.cache_dir(tmp_path_factory))
     env = {
         "PATH": "/usr/bin:/bin",
-        "IMGQ_MODEL_CACHE": str(exported.cache_dir(tmp_path_factory)),
+        "IMGQ_MODEL_CACHE": str(settings.model_cache),
+        "IMGQ_MODEL_DIR": str(settings.model_dir),
         "IMGQ_RUNTIME": "onnxruntime",
     }
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True
     )
     report = json.loads(result.stdout.splitlines()[-1])
-    assert report["models"] == sorted(CATALOG)
+    # Each by its name (its default version) and by name@version.
+    assert report["models"] == sorted([*CATALOG, *(f"{name}@1" for name in CATALOG)])
     assert report["torch"] is False
     rss_mb = report["rss_kb"] / 1024
     figure(f"replica with {len(CATALOG)} models under ONNX Runtime: {rss_mb:.0f} MB resident")

@@ -1,0 +1,87 @@
+"""A model of our own, dropped into the repository, classifies through HTTP and AMQP."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from imgq_cli.amqp import Producer
+from tests import api, multipart, tiny_models
+from tests.cluster import Cluster
+
+ENGLISH = ["red", "green", "blue"]
+FRENCH = ["rouge", "vert", "bleu"]
+
+
+def _top(job: dict[str, object]) -> str:
+    assert job["status"] == "succeeded", job
+    result = job["result"]
+    assert isinstance(result, list)
+    label = result[0]["label"]
+    assert isinstance(label, str)
+    return label
+
+
+def _online(url: str, model: str) -> bool:
+    return any(m["name"] == model and m["online"] for m in api.get(url, "/info").json()["models"])
+
+
+async def _over_amqp(url: str, model: str, data: bytes) -> str:
+    async with Producer(url) as producer:
+        job_id = await producer.submit(model, "red.png", data)
+        async with asyncio.timeout(120):
+            reply = await producer.reply(job_id)
+    assert reply.event.result, reply.event.error
+    return reply.event.result[0].label
+
+
+@pytest.mark.broker
+def test_a_model_of_our_own_classifies_through_http_and_amqp(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    network = tiny_models.trained_network()
+    repository = tmp_path / "repository"
+    # Version 9 as TorchScript (the replica exports it to ONNX), 10 as ONNX with French labels:
+    # 10 is the default (natural order), so the bare name reaches it.
+    tiny_models.write_torchscript(repository / "tiny" / "9", network, ENGLISH)
+    tiny_models.write_onnx(repository / "tiny" / "10", network, FRENCH)
+    # Beside them: a folder that is not JSON, and a version whose labels the network disagrees with.
+    (repository / "broken" / "1").mkdir(parents=True)
+    (repository / "broken" / "1" / "model.json").write_text("{not json")
+    tiny_models.write_onnx(repository / "tiny" / "11", network, ["red", "green"])
+
+    replica = cluster.start_replica(
+        IMGQ_MODEL_DIR=str(repository),
+        IMGQ_MODEL_CACHE=str(tmp_path / "cache"),
+        IMGQ_SERVE="tiny",
+    )
+    _, url = cluster.start_gateway()
+    # Not cluster.wait_replicas: this replica does not serve the gateway's catalogue model.
+    deadline = time.monotonic() + 120
+    while not _online(url, "tiny@9") and time.monotonic() < deadline:
+        assert replica.alive(), replica.log_tail()
+        time.sleep(0.2)
+    assert _online(url, "tiny@10"), replica.log_tail()
+
+    red = tiny_models.picture("red", fmt="PNG")
+    by_http = {
+        model: _top(
+            api.wait_final(
+                url, multipart.accepted(multipart.upload(url, model, "red.png", red))["job_id"]
+            )
+        )
+        for model in ("tiny@9", "tiny@10")
+    }
+    assert by_http == {"tiny@9": "red", "tiny@10": "rouge"}
+
+    broker = cluster.node.url
+    assert asyncio.run(_over_amqp(broker, "tiny@9", red)) == "red"
+    assert asyncio.run(_over_amqp(broker, "tiny", red)) == "rouge"
+
+    log = replica.log_tail(200_000)
+    assert f"model folder {repository / 'broken' / '1'} skipped: model.json is not readable" in log
+    assert f"model folder {repository / 'tiny' / '11'} skipped: the network outputs" in log
+    assert replica.alive()
