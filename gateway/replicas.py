@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 from shared.messages import AnnouncedModel, ReplicaHeartbeat
@@ -40,5 +41,18 @@ class ReplicaRegistry:
         return dict(sorted(models.items()))
 
     def known(self) -> dict[str, AnnouncedModel]:
-        """Every model announced since start-up, live or not (name order)."""
-        return dict(sorted(self._known.items()))
+        """Every model ID announced since start-up, live or not, in name order: each
+        ``name@version``, and ``name`` alone for a default version (a replica takes jobs that
+        name no version for it).  Where replicas disagree on a default, the newer version wins."""
+        ids: dict[str, AnnouncedModel] = {}
+        for key, model in sorted(self._known.items(), key=lambda item: _version_order(item[1])):
+            ids[key] = model
+            if model.default and model.name:
+                ids[model.name] = model
+        return dict(sorted(ids.items()))
+
+
+def _version_order(model: AnnouncedModel) -> tuple[str, tuple[tuple[int, int | str], ...]]:
+    """Natural order of versions within a name: 10 after 9, 2 after 1.5."""
+    parts = re.split(r"(\d+)", model.version)
+    return model.name, tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts if p)

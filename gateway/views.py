@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -55,35 +56,67 @@ def json_response(
     )
 
 
-def offered(request: web.Request) -> dict[str, tuple[str, int]]:
-    """Name -> (title, input size) of every model on offer: the configured catalogue first,
-    then any other model a replica has announced since start-up (repository and torchvision
-    models), online or not: each has a work queue, where its jobs wait for a replica.  A
-    model no replica could load was never announced, so it is never offered."""
+@dataclass(frozen=True, slots=True)
+class OfferedModel:
+    """A model ID a job may name: ``name`` (its default version) or ``name@version``."""
+
+    name: str
+    title: str
+    input_size: int
+    # None for a catalogue model no replica has announced yet.
+    version: str | None = None
+
+
+def offered(request: web.Request) -> dict[str, OfferedModel]:
+    """Every model ID on offer: the configured catalogue first, then every ID a replica has
+    announced since start-up (repository and torchvision models, and their versions), online
+    or not: each has a work queue, where its jobs wait for a replica.  A model no replica
+    could load was never announced, so it is never offered."""
     models = {
-        name: (CATALOG[name].title, CATALOG[name].input_size)
+        name: OfferedModel(name, CATALOG[name].title, CATALOG[name].input_size)
         for name in request.app[keys.SETTINGS].models
     }
-    for name, announced in request.app[keys.REPLICAS].known().items():
-        models.setdefault(name, (announced.title, announced.input_size))
+    for model_id, announced in request.app[keys.REPLICAS].known().items():
+        if model_id in models and models[model_id].version is not None:
+            continue
+        models[model_id] = OfferedModel(
+            announced.name or model_id, announced.title, announced.input_size, announced.version
+        )
     return models
 
 
 async def info(request: web.Request) -> web.Response:
     settings = request.app[keys.SETTINGS]
     replicas = request.app[keys.REPLICAS]
-    models = []
-    for name, (title, input_size) in offered(request).items():
-        serving = replicas.serving(name)
-        models.append(
+    # One entry per name (what a job naming no version gets), with every version on offer.
+    by_name: dict[str, dict[str, Any]] = {}
+    for model_id, model in offered(request).items():
+        entry = by_name.setdefault(
+            model.name,
             {
-                "name": name,
-                "title": title,
-                "input_size": input_size,
-                "online": serving > 0,
-                "replicas": serving,
-            }
+                "name": model.name,
+                "title": model.title,
+                "input_size": model.input_size,
+                "online": replicas.serving(model.name) > 0,
+                "replicas": replicas.serving(model.name),
+                "version": None,
+                "versions": [],
+            },
         )
+        if model_id == model.name:
+            entry.update(title=model.title, input_size=model.input_size, version=model.version)
+        else:
+            serving = replicas.serving(model_id)
+            entry["versions"].append(
+                {
+                    "id": model_id,
+                    "version": model.version,
+                    "title": model.title,
+                    "input_size": model.input_size,
+                    "online": serving > 0,
+                    "replicas": serving,
+                }
+            )
     images = [
         {
             "name": image.name,
@@ -94,7 +127,9 @@ async def info(request: web.Request) -> web.Response:
         }
         for image in request.app[keys.GALLERY]
     ]
-    return json_response({"models": models, "images": images, "max_wait": settings.max_wait})
+    return json_response(
+        {"models": list(by_name.values()), "images": images, "max_wait": settings.max_wait}
+    )
 
 
 async def _read_submission(request: web.Request) -> Submission:

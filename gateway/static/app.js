@@ -72,8 +72,8 @@ let comparison = null; // the comparison being followed: {controller, ticker}
 // ---- small helpers ---------------------------------------------------------------------------
 
 function modelTitle(name) {
-  const model = models.find((m) => m.name === name);
-  if (model) return model.title;
+  const model = choices().find((m) => m.name === name);
+  if (model) return model.version ? `${model.title} v${model.version}` : model.title;
   const option = [...modelSelect.options].find((o) => o.value === name);
   return option ? option.textContent.replace(/ · (online|offline)$/, "") : name;
 }
@@ -119,27 +119,54 @@ function inferenceMs(job) {
 // ---- model list and gallery ------------------------------------------------------------------
 
 function modelLabel(model) {
-  return `${model.title} · ${model.online ? "online" : "offline"}`;
+  const version = model.version ? ` · v${model.version}` : "";
+  return `${model.title}${version} · ${model.online ? "online" : "offline"}`;
+}
+
+// Every choice the picker offers, by the ID a job sends: each model by name (its default
+// version), and each version by name@version where a model has more than one.
+function choices() {
+  const all = [];
+  for (const model of models) {
+    all.push(model);
+    const versions = Array.isArray(model.versions) ? model.versions : [];
+    if (versions.length > 1) {
+      for (const v of versions) all.push({ ...v, name: v.id });
+    }
+  }
+  return all;
+}
+
+function modelOption(model, label) {
+  const option = document.createElement("option");
+  option.value = model.name;
+  option.textContent = label;
+  return option;
 }
 
 function renderModels(list) {
   models = list;
   const chosen = modelSelect.value;
   const options = list.map((model) => {
-    const option = document.createElement("option");
-    option.value = model.name;
-    option.textContent = modelLabel(model);
-    return option;
+    const versions = Array.isArray(model.versions) ? model.versions : [];
+    if (versions.length <= 1) return modelOption(model, modelLabel(model));
+    // A model with several versions: its default first, then each version by name.
+    const group = document.createElement("optgroup");
+    group.label = model.title;
+    group.append(modelOption(model, `${modelLabel(model)} (default)`));
+    for (const v of versions) group.append(modelOption({ name: v.id }, modelLabel(v)));
+    return group;
   });
   modelSelect.replaceChildren(...options);
-  const keep = list.find((m) => m.name === chosen) || list.find((m) => m.online) || list[0];
+  const all = choices();
+  const keep = all.find((m) => m.name === chosen) || list.find((m) => m.online) || list[0];
   if (keep) modelSelect.value = keep.name;
   updateModelNote();
   compareButton.textContent = list.length ? `Compare all ${list.length} models` : "Compare all models";
 }
 
 function updateModelNote() {
-  const model = models.find((m) => m.name === modelSelect.value);
+  const model = choices().find((m) => m.name === modelSelect.value);
   if (!model) {
     modelNote.textContent = "";
     modelNote.dataset.state = "";

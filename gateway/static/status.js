@@ -133,7 +133,11 @@ function render(status) {
   renderRecent(Array.isArray(status.recent) ? status.recent : []);
   if (Number.isFinite(status.queue_depth)) {
     queueDepth.textContent = String(status.queue_depth);
-    queueDepth.title = "";
+    // Each model has its own work queue: the tooltip says where the waiting jobs are.
+    const queues = status.queues && typeof status.queues === "object" ? status.queues : {};
+    queueDepth.title = Object.entries(queues)
+      .map(([name, depth]) => `${name}: ${depth}`)
+      .join("\n");
   } else {
     queueDepth.textContent = "?";
     queueDepth.title = "The broker has not told the gateway how many jobs are waiting.";
