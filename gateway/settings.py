@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.batch_store import BatchLimits
 from gateway.clients import ClientLimits
 from gateway.senders import Senders
 from shared.catalog import catalog_models
@@ -81,6 +82,8 @@ class GatewaySettings:
     senders: Senders = field(default_factory=Senders)
     # Each client's share: submissions a second, open long-polls and streams.
     client_limits: ClientLimits = field(default_factory=ClientLimits)
+    # Images and bytes in one POST /batches.
+    batch_limits: BatchLimits = field(default_factory=BatchLimits)
 
     @classmethod
     def from_env(cls, env: Environ) -> GatewaySettings:
@@ -106,4 +109,5 @@ class GatewaySettings:
             api_tokens=env_list(env, _API_TOKENS.name, _API_TOKENS.default),
             senders=Senders.from_env(env),
             client_limits=ClientLimits.from_env(env),
+            batch_limits=BatchLimits.from_env(env),
         )

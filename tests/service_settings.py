@@ -18,6 +18,7 @@ SETTINGS_MODULES = (
     "gateway/settings.py",
     "gateway/senders.py",
     "gateway/clients.py",
+    "gateway/batch_store.py",
     "classifier_service/settings.py",
     "shared/settings.py",
     "shared/topology.py",
