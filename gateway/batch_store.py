@@ -27,6 +27,9 @@ from shared.settings import GATEWAY, Environ, env_int, variable
 # A batch holds at least one job and IMGQ_MAX_JOBS bounds the jobs; this bounds the records
 # themselves (a few hundred bytes each) even when their jobs are long gone.
 MAX_BATCHES: Final = 10_000
+# The most IMGQ_BATCH_MAX_IMAGES may say: a batch's jobs are keyed '<key>#<index>', and the
+# index must fit beside the key in an Idempotency-Key's 255 characters.
+MAX_BATCH_IMAGES: Final = 10_000
 
 _MAX_IMAGES = variable(
     "IMGQ_BATCH_MAX_IMAGES",
@@ -54,7 +57,9 @@ class BatchLimits:
     @classmethod
     def from_env(cls, env: Environ) -> BatchLimits:
         return cls(
-            max_images=env_int(env, _MAX_IMAGES.name, _MAX_IMAGES.default, minimum=1),
+            max_images=env_int(
+                env, _MAX_IMAGES.name, _MAX_IMAGES.default, minimum=1, maximum=MAX_BATCH_IMAGES
+            ),
             max_bytes=env_int(env, _MAX_BYTES.name, _MAX_BYTES.default, minimum=1024),
         )
 

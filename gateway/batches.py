@@ -18,7 +18,7 @@ import orjson
 from aiohttp import web
 
 from gateway import keys
-from gateway.batch_store import Batch, BatchLimits, is_batch_id
+from gateway.batch_store import MAX_BATCH_IMAGES, Batch, BatchLimits, is_batch_id
 from gateway.store import JobStore
 from gateway.submissions import Accepted, Submission
 from gateway.uploads import Upload, read_batch_form
@@ -50,6 +50,9 @@ _MULTIPART = "multipart/form-data"
 _BATCH_TYPES = (_JSON, _MULTIPART)
 
 Item = str | Upload
+# Room in a job's key (MAX_IDEMPOTENCY_KEY) for the '#<index>' suffix of any image index
+# below MAX_BATCH_IMAGES (batch_store.py): '#9999' is 5 characters.
+MAX_BATCH_KEY = MAX_IDEMPOTENCY_KEY - len(f"#{MAX_BATCH_IMAGES - 1}")
 
 
 async def submit_batch(request: web.Request) -> web.Response:
@@ -72,10 +75,10 @@ async def _submit_batch(request: web.Request) -> web.Response:
         if model not in allowed:
             raise UnknownModel(model, allowed)
     key = _idempotency_key(request)
-    if key is not None and len(_image_key(key, len(items) - 1)) > MAX_IDEMPOTENCY_KEY:
+    if key is not None and len(key) > MAX_BATCH_KEY:
         raise MalformedRequest(
-            f"a batch's Idempotency-Key is suffixed with '#<index>' per image, so it may have "
-            f"at most {MAX_IDEMPOTENCY_KEY - len(_image_key('', len(items) - 1))} characters here"
+            f"a batch's Idempotency-Key may have at most {MAX_BATCH_KEY} characters (each "
+            "image's job is keyed '<key>#<index>')"
         )
     reuse = "no-cache" not in request.headers.get("Cache-Control", "")
     submissions = []
