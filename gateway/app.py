@@ -8,9 +8,10 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from gateway import keys, sse, status, views
+from gateway import batches, keys, sse, status, views
 from gateway.activity import Activity
 from gateway.auth import token_middleware
+from gateway.batch_store import Batches
 from gateway.broker import GatewayBroker
 from gateway.checks import ImageChecks
 from gateway.clients import OpenWaits, RateLimiter
@@ -77,6 +78,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app[keys.BROKER] = broker
     limits = settings.client_limits
     app[keys.JOBS] = Jobs(store, broker, metrics, RateLimiter(limits.rate, limits.burst))
+    app[keys.BATCHES] = Batches(store)
     app[keys.OPEN_WAITS] = OpenWaits(limits.waits, limits.stream_seconds)
     # Threads start only when the first upload is checked.
     app[keys.IMAGE_CHECKS] = ImageChecks(MAX_CONCURRENT_CHECKS, MAX_WAITING_CHECKS)
@@ -92,6 +94,8 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.router.add_get("/classifications/{job_id}", views.job_status)
     app.router.add_delete("/classifications/{job_id}", views.delete_job)
     app.router.add_get("/classifications/{job_id}/events", sse.job_events)
+    app.router.add_post("/batches", batches.submit_batch)
+    app.router.add_get("/batches/{batch_id}", batches.batch_status)
     app.router.add_get("/status", status.status)
     app.router.add_get("/metrics", status.metrics)
     app.router.add_get("/images/{name}", views.gallery_image)

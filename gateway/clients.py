@@ -121,8 +121,9 @@ class RateLimiter:
         self._burst = float(burst)
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
 
-    def take(self, client: Client, now: float | None = None) -> None:
-        """Spend one submission of the client's share, or raise TooManyRequests."""
+    def take(self, client: Client, now: float | None = None, count: int = 1) -> None:
+        """Spend ``count`` submissions of the client's share (a batch of N images is N), or
+        raise TooManyRequests and spend nothing."""
         if self._rate <= 0:
             return
         now = time.monotonic() if now is None else now
@@ -131,14 +132,21 @@ class RateLimiter:
         bucket.at = now
         self._buckets[client.key] = bucket  # most recently used last
         self._prune(now)
-        if bucket.tokens < 1:
-            wait = (1 - bucket.tokens) / self._rate
+        if count > self._burst:
+            # Never enough tokens, however long the client waits: say so rather than retry.
+            raise TooManyRequests(
+                f"{count} submissions at once is more than one client's burst of "
+                f"{self._burst:g}; send fewer images per batch",
+                retry_after=count / self._rate,
+            )
+        if bucket.tokens < count:
+            wait = (count - bucket.tokens) / self._rate
             raise TooManyRequests(
                 f"more than {self._rate:g} submissions a second (bursts of {self._burst:g}) "
                 f"from one client; retry in {wait:.1f} s",
                 retry_after=wait,
             )
-        bucket.tokens -= 1
+        bucket.tokens -= count
 
     def _prune(self, now: float) -> None:
         while self._buckets:

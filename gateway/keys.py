@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.activity import Activity
+from gateway.batch_store import Batches
 from gateway.broker import GatewayBroker
 from gateway.checks import ImageChecks
 from gateway.clients import OpenWaits
@@ -28,3 +29,5 @@ ACTIVITY = web.AppKey("activity", Activity)
 METRICS = web.AppKey("metrics", GatewayMetrics)
 # Threads that check uploaded images (decoding must not block the event loop), bounded.
 IMAGE_CHECKS = web.AppKey("image_checks", ImageChecks)
+# Batches accepted by this gateway (POST /batches): job IDs by batch ID, bounded.
+BATCHES = web.AppKey("batches", Batches)

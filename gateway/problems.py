@@ -11,7 +11,9 @@ import orjson
 from aiohttp import web
 
 from shared.errors import (
+    BatchNotFound,
     BrokerUnavailable,
+    EmptyBatch,
     IdempotencyKeyReused,
     ImageTooLarge,
     ImageUnreadable,
@@ -43,6 +45,7 @@ _STATUS: dict[type[ImgqError], int] = {
     MalformedRequest: 400,
     Unauthorized: 401,
     JobNotFound: 404,
+    BatchNotFound: 404,
     NotFound: 404,
     JobConflict: 409,
     JobGone: 410,
@@ -53,6 +56,7 @@ _STATUS: dict[type[ImgqError], int] = {
     UnknownModel: 422,
     ImageUnreadable: 422,
     UnknownImage: 422,
+    EmptyBatch: 422,
     IdempotencyKeyReused: 422,
     BrokerUnavailable: 503,
     QueueFull: 503,

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.access_log import access_log_enabled
+from gateway.batch_store import BatchLimits
 from gateway.clients import ClientLimits
 from gateway.senders import Senders
 from shared.catalog import catalog_models
@@ -89,6 +90,8 @@ class GatewaySettings:
     logs: LogSettings = field(default_factory=LogSettings)
     # A log line per HTTP request (gateway/access_log.py).
     access_log: bool = True
+    # Images and bytes in one POST /batches.
+    batch_limits: BatchLimits = field(default_factory=BatchLimits)
 
     @classmethod
     def from_env(cls, env: Environ) -> GatewaySettings:
@@ -117,4 +120,5 @@ class GatewaySettings:
             tracing=TracingSettings.from_env(env),
             logs=LogSettings.from_env(env),
             access_log=access_log_enabled(env),
+            batch_limits=BatchLimits.from_env(env),
         )

@@ -7,8 +7,10 @@ what may be cancelled) is stated once, whatever protocol the request came in by.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -79,9 +81,28 @@ class Jobs:
         # First, so a client over its share costs as little as possible (no hashing, no
         # broker): 429 with Retry-After.
         self._rate.take(client)
+        return await self._accept(submission, client.owner)
+
+    async def accept_all(self, submissions: Sequence[Submission], client: Client) -> list[Accepted]:
+        """Accept each submission as ``accept`` would, charged as one submission each up front
+        (all or none).  If one cannot be published, the ones before it that are still queued
+        are cancelled again, so a refused batch leaves no jobs running."""
+        self._rate.take(client, count=len(submissions))
+        accepted: list[Accepted] = []
+        try:
+            for submission in submissions:
+                accepted.append(await self._accept(submission, client.owner))
+        except Exception:
+            for earlier in accepted:
+                with contextlib.suppress(Exception):
+                    if earlier.newest:
+                        await self.cancel_or_forget(earlier.job.job_id, client.owner)
+            raise
+        return accepted
+
+    async def _accept(self, submission: Submission, owner: str | None) -> Accepted:
         if not self._broker.ready:
             raise NotReady("the gateway is still connecting to the broker; try again shortly")
-        owner = client.owner
         request = ClassifyRequest(
             job_id=new_job_id(),
             model=submission.model,

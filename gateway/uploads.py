@@ -60,17 +60,22 @@ class Form:
 
 
 class _Budget:
-    """Bytes left for the whole form: the upload plus its framing."""
+    """Bytes left for the whole form: the upload(s) plus the framing."""
 
-    def __init__(self) -> None:
-        self.left = MAX_REQUEST_BYTES
+    def __init__(
+        self,
+        limit: int = MAX_REQUEST_BYTES,
+        refusal: str = (
+            f"the upload is more than {MAX_UPLOAD_BYTES} bytes; the limit is {MAX_UPLOAD_TEXT}"
+        ),
+    ) -> None:
+        self.left = limit
+        self._refusal = refusal
 
     def spend(self, n: int) -> None:
         self.left -= n
         if self.left < 0:
-            raise PayloadTooLarge(
-                f"the upload is more than {MAX_UPLOAD_BYTES} bytes; the limit is {MAX_UPLOAD_TEXT}"
-            )
+            raise PayloadTooLarge(self._refusal)
 
 
 async def read_form(request: web.Request) -> Form:
@@ -109,6 +114,57 @@ async def read_form(request: web.Request) -> Form:
     except (ValueError, HttpProcessingError) as exc:  # a broken body or part header
         raise MalformedRequest(f"the multipart body cannot be read: {exc}") from None
     raise MalformedRequest(f"a form has at most {MAX_FORM_PARTS} parts")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchForm:
+    model: str | None
+    # In the order sent: a gallery name (an 'image' field) or an upload (a 'file' part).
+    images: list[str | Upload]
+
+
+async def read_batch_form(request: web.Request, max_images: int, max_bytes: int) -> BatchForm:
+    """A batch as multipart/form-data: one ``model`` field and up to ``max_images`` ``file``
+    parts and/or ``image`` fields, in at most ``max_bytes`` in all.  Streamed as ``read_form``
+    is; the answer comes as soon as a limit is passed, before the rest is read."""
+    length = request.content_length
+    too_large = f"the batch is more than {max_bytes} bytes in all; send fewer or smaller images"
+    if length is not None and length > max_bytes:
+        raise PayloadTooLarge(f"the batch is {length} bytes; the limit is {max_bytes} in all")
+    budget = _Budget(max_bytes, too_large)
+    model: str | None = None
+    images: list[str | Upload] = []
+    try:
+        reader = await request.multipart()
+        # The model, the images, and one more part to tell "too many" from "just enough".
+        for _ in range(max_images + 2):
+            part = await reader.next()
+            if part is None:
+                return BatchForm(model, images)
+            if not isinstance(part, BodyPartReader):
+                raise MalformedRequest("nested multipart bodies are not accepted")
+            if part.name == "model":
+                if model is not None:
+                    raise MalformedRequest("send one 'model' per batch")
+                model = await _read_field(part, budget)
+                continue
+            if part.name not in ("file", "image"):
+                raise MalformedRequest(
+                    f"unknown form field {part.name!r}; a batch form has one 'model' and "
+                    "'file' parts and/or 'image' fields"
+                )
+            if len(images) >= max_images:
+                raise PayloadTooLarge(f"a batch has at most {max_images} images")
+            if part.name == "image":
+                images.append(await _read_field(part, budget))
+            else:
+                data = await _read_file(part, budget)
+                # A browser sends an empty part for a file input left empty: no image.
+                if data or part.filename:
+                    images.append(Upload(display_name(part.filename), data))
+    except (ValueError, HttpProcessingError) as exc:  # a broken body or part header
+        raise MalformedRequest(f"the multipart body cannot be read: {exc}") from None
+    raise PayloadTooLarge(f"a batch has at most {max_images} images")
 
 
 async def _read_file(part: BodyPartReader, budget: _Budget) -> bytes:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from imgq.wire import ImageInput
 from imgq_cli import render
 from imgq_cli.client import ApiError, Client, Unreachable
 from imgq_cli.waiting import wait_all
@@ -70,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="classify gallery images or local image files",
         description="Submit one job per image: a PATH that is an existing file is uploaded, "
-        "anything else names a gallery image on the server (see `imgq images`).",
+        "anything else names a gallery image on the server (see `imgq images`). Several "
+        "images go in one request (POST /batches): all are accepted, or none.",
     )
     classify.add_argument("images", nargs="+", metavar="PATH_OR_GALLERY_NAME")
     classify.add_argument("-m", "--model", required=True, help="model name (see `imgq models`)")
@@ -185,7 +187,12 @@ def cmd_classify(client: Client, args: argparse.Namespace) -> int:
     show = _progress_printer(args.wait and not args.quiet)
     jobs: list[dict[str, Any]] = []
     refused = False
-    for target in args.images:
+    batch = _submit_batch(client, args) if len(args.images) > 1 else None
+    if batch is not None:
+        jobs = list(batch.get("jobs") or [])
+        for job in jobs:
+            show(job)
+    for target in args.images if batch is None else ():
         try:
             job = _submit(client, args, target)
         except ApiError as exc:
@@ -259,6 +266,27 @@ def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+
+def _submit_batch(client: Client, args: argparse.Namespace) -> dict[str, Any] | None:
+    """Every image in one request (POST /batches): all accepted, or none, with the server's
+    reason naming the image.  None from a server without batches: submit one by one."""
+    images: list[ImageInput] = []
+    for target in args.images:
+        path = Path(target)
+        if args.gallery or not path.is_file():
+            images.append(target)
+            continue
+        try:
+            images.append((path.name, path.read_bytes()))
+        except OSError as exc:
+            raise ApiError(0, "local_file", f"{target}: cannot read it: {exc.strerror}") from None
+    try:
+        return client.submit_batch(args.model, images, fresh=args.fresh)
+    except ApiError as exc:
+        if exc.status in (404, 405) and exc.code != "batch_not_found":
+            return None  # an imgq gateway from before batches
+        raise
 
 
 def _submit(client: Client, args: argparse.Namespace, target: str) -> dict[str, Any]:

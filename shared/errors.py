@@ -72,6 +72,21 @@ class JobGone(ImgqError):
         super().__init__(f"job {job_id!r} is gone ({reason}); results are kept for a limited time")
 
 
+class BatchNotFound(ImgqError):
+    """No batch with this ID is known here (batches live in the gateway that accepted them)."""
+
+    code = "batch_not_found"
+
+    def __init__(self, batch_id: str) -> None:
+        super().__init__(f"no batch with ID {batch_id!r} on this gateway")
+
+
+class EmptyBatch(ImgqError):
+    """A batch request names no image at all."""
+
+    code = "empty_batch"
+
+
 class JobConflict(ImgqError):
     """The request cannot apply to the job in its current state (e.g. cancel a started job)."""
 

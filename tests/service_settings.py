@@ -19,6 +19,7 @@ SETTINGS_MODULES = (
     "gateway/senders.py",
     "gateway/clients.py",
     "gateway/access_log.py",
+    "gateway/batch_store.py",
     "classifier_service/settings.py",
     "shared/settings.py",
     "shared/topology.py",

@@ -177,6 +177,39 @@ def test_a_local_file_is_uploaded_or_refused_clearly(
 
 
 @pytest.mark.broker
+def test_several_files_go_up_in_one_batch(
+    service: Service, capsys: pytest.CaptureFixture[str], tmp_path: Any
+) -> None:
+    paths = []
+    for name in ("coffee.jpg", "cat.jpg"):
+        path = tmp_path / f"my-{name}"
+        path.write_bytes((REPO / "images" / name).read_bytes())
+        paths.append(str(path))
+    code, out, err = run(
+        capsys, "classify", *paths, "rocket.jpg", "-m", MODEL, "-w", "-q", "--json", "--fresh",
+        "--url", service.base_url,
+    )  # fmt: skip
+    assert code == 0, err
+    jobs = json.loads(out)
+    assert [job["image"] for job in jobs] == [
+        "upload:my-coffee.jpg",
+        "upload:my-cat.jpg",
+        "rocket.jpg",
+    ]
+    assert jobs[0]["result"][0]["label"] == "espresso"
+    # One request: the batch holds all three jobs.
+    assert all(job["status"] == "succeeded" for job in jobs)
+
+    # All or nothing: one bad name refuses the batch, naming it.
+    code, out, err = run(
+        capsys, "classify", paths[0], "nosuch.jpg", "-m", MODEL, "--url", service.base_url
+    )
+    assert code == 1
+    assert out == ""
+    assert err.startswith("error: images[1] (nosuch.jpg): unknown image"), err
+
+
+@pytest.mark.broker
 def test_cancel_forgets_a_finished_job(
     service: Service, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -358,6 +391,20 @@ def test_a_local_file_goes_up_as_multipart_model_and_file(
     assert parts["file"].get_filename() == "cat.jpg"
     assert parts["file"].get_content_type() == "image/jpeg"
     assert parts["file"].get_content() == image.read_bytes()
+
+
+def test_several_images_use_one_batch_request_or_fall_back_to_one_each(
+    fake: tuple[FakeGateway, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    gateway, url = fake
+    # This fake has no /batches (an older gateway): one request per image, as before.
+    assert run(capsys, "classify", "cat.jpg", "cat.jpg", "-m", MODEL, "--url", url)[0] == 0
+    posts = [(r["path"], json.loads(r["body"])) for r in gateway.requests if r["method"] == "POST"]
+    assert posts == [
+        ("/batches", {"model": MODEL, "images": ["cat.jpg", "cat.jpg"]}),
+        ("/classifications", {"model": MODEL, "image": "cat.jpg"}),
+        ("/classifications", {"model": MODEL, "image": "cat.jpg"}),
+    ]
 
 
 def test_gallery_flag_sends_a_name_even_where_a_file_has_it(

@@ -34,6 +34,8 @@ EXPECTED_OPERATIONS: dict[str, dict[str, set[str]]] = {
         "delete": {"200", "204", "401", "404", "409", "410", "503"},
     },
     "/classifications/{job_id}/events": {"get": {"200", "204", "401", "404", "410", "429", "503"}},
+    "/batches": {"post": {"202", "400", "401", "413", "415", "422", "429", "503"}},
+    "/batches/{batch_id}": {"get": {"200", "400", "401", "404", "429"}},
     "/status": {"get": {"200", "401"}},
     "/metrics": {"get": {"200", "401"}},
     "/images/{name}": {"get": {"200", "404"}},
@@ -45,6 +47,8 @@ EXPECTED_OPERATIONS: dict[str, dict[str, set[str]]] = {
 }
 
 EXPECTED_SCHEMAS = {
+    "BatchRequest",
+    "Batch",
     "Info",
     "ModelInfo",
     "ImageInfo",
@@ -67,6 +71,8 @@ PROTECTED = {
     ("/classifications/{job_id}", "get"),
     ("/classifications/{job_id}", "delete"),
     ("/classifications/{job_id}/events", "get"),
+    ("/batches", "post"),
+    ("/batches/{batch_id}", "get"),
     ("/status", "get"),
     ("/metrics", "get"),
 }

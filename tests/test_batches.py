@@ -1,0 +1,156 @@
+"""POST /batches and GET /batches/{id} against the real service: many images, one request."""
+
+from __future__ import annotations
+
+import io
+import random
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from imgq.wire import Upload, encode_multipart
+from tests import api
+from tests.conftest import Service
+from tests.openapi_contract import assert_response_matches
+
+MODEL = "efficientnet_lite0"
+
+
+def small_jpegs(count: int, seed: int) -> list[bytes]:
+    """Distinct little photos (noise), so no job is answered from an earlier result."""
+    rng = random.Random(seed)
+    images = []
+    for _ in range(count):
+        image = Image.new("RGB", (48, 40), tuple(rng.randrange(256) for _ in range(3)))
+        image.putpixel((rng.randrange(48), rng.randrange(40)), (1, 2, 3))
+        out = io.BytesIO()
+        image.save(out, "JPEG", quality=90)
+        images.append(out.getvalue())
+    return images
+
+
+def post_files(
+    base_url: str,
+    files: list[tuple[str, bytes]],
+    model: str = MODEL,
+    names: tuple[str, ...] = (),
+    headers: dict[str, str] | None = None,
+) -> api.Reply:
+    """A multipart batch: the files as 'file' parts, then gallery names as 'image' fields."""
+    parts: list[Upload | tuple[str, str]] = [Upload("file", name, data) for name, data in files]
+    parts += [("image", name) for name in names]
+    content_type, body = encode_multipart({"model": model}, parts)
+    return api.request(
+        base_url, "POST", "/batches", body, {"Content-Type": content_type, **(headers or {})}
+    )
+
+
+def matches(reply: api.Reply, path: str, method: str) -> None:
+    assert_response_matches(path, method, reply.status, reply.content_type, reply.json())
+
+
+def wait_batch(base_url: str, batch_id: str, timeout: float = 120.0) -> dict[str, Any]:
+    for _ in range(int(timeout / 30) + 1):
+        reply = api.get(base_url, f"/batches/{batch_id}?wait=30")
+        assert reply.status == 200, reply.body
+        matches(reply, "/batches/{batch_id}", "get")
+        batch: dict[str, Any] = reply.json()
+        if batch["done"]:
+            return batch
+    raise AssertionError(f"batch {batch_id} not done after {timeout} s")
+
+
+@pytest.mark.broker
+def test_a_batch_of_50_uploads_in_one_request_gets_50_results(service: Service) -> None:
+    images = small_jpegs(50, seed=1)
+    reply = post_files(service.base_url, [(f"photo-{i}.jpg", d) for i, d in enumerate(images)])
+    assert reply.status == 202, reply.body
+    matches(reply, "/batches", "post")
+    accepted = reply.json()
+    assert reply.headers["location"] == f"/batches/{accepted['batch_id']}"
+    assert [job["image"] for job in accepted["jobs"]] == [
+        f"upload:photo-{i}.jpg" for i in range(50)
+    ]
+    assert len({job["job_id"] for job in accepted["jobs"]}) == 50
+
+    batch = wait_batch(service.base_url, accepted["batch_id"])
+    assert batch["counts"]["succeeded"] == 50, batch["counts"]
+    assert [job["job_id"] for job in batch["jobs"]] == [job["job_id"] for job in accepted["jobs"]]
+    assert all(len(job["result"]) == 5 for job in batch["jobs"])
+    # Each job is also an ordinary job, by its own ID.
+    one = api.get(service.base_url, f"/classifications/{batch['jobs'][7]['job_id']}").json()
+    assert one["status"] == "succeeded"
+
+
+@pytest.mark.broker
+def test_a_json_batch_of_gallery_names_and_a_mixed_form(service: Service) -> None:
+    reply = api.post_json(
+        service.base_url,
+        "/batches",
+        {"model": MODEL, "images": ["coffee.jpg", "cat.jpg", "coffee.jpg"]},
+        {"Cache-Control": "no-cache"},
+    )
+    assert reply.status == 202, reply.body
+    batch = wait_batch(service.base_url, reply.json()["batch_id"])
+    assert [job["image"] for job in batch["jobs"]] == ["coffee.jpg", "cat.jpg", "coffee.jpg"]
+    assert batch["jobs"][0]["result"][0]["label"] == "espresso"
+
+    [photo] = small_jpegs(1, seed=2)
+    reply = post_files(service.base_url, [("mine.jpg", photo)], names=("rocket.jpg",))
+    assert reply.status == 202, reply.body
+    assert [job["image"] for job in reply.json()["jobs"]] == ["upload:mine.jpg", "rocket.jpg"]
+
+
+def _problem(reply: api.Reply, status: int, code: str) -> dict[str, Any]:
+    assert reply.status == status, (reply.status, reply.body)
+    assert reply.content_type == "application/problem+json"
+    problem: dict[str, Any] = reply.json()
+    assert problem["code"] == code
+    return problem
+
+
+@pytest.mark.broker
+def test_limits_and_bad_images_refuse_the_whole_batch(service: Service) -> None:
+    url = service.base_url
+    empty = api.post_json(url, "/batches", {"model": MODEL, "images": []})
+    _problem(empty, 422, "empty_batch")
+    _problem(post_files(url, []), 422, "empty_batch")
+    too_many = api.post_json(url, "/batches", {"model": MODEL, "images": ["cat.jpg"] * 65})
+    assert "at most 64" in _problem(too_many, 413, "payload_too_large")["detail"]
+    files = [(f"{i}.jpg", b"\xff\xd8\xff") for i in range(65)]
+    _problem(post_files(url, files), 413, "payload_too_large")
+    unknown = api.post_json(url, "/batches", {"model": "nope", "images": ["cat.jpg"]})
+    _problem(unknown, 422, "unknown_model")
+    wrong_name = api.post_json(url, "/batches", {"model": MODEL, "images": ["cat.jpg", "x.jpg"]})
+    assert _problem(wrong_name, 422, "unknown_image")["detail"].startswith("images[1] (x.jpg): ")
+    good = small_jpegs(2, seed=3)
+    broken = post_files(url, [("a.jpg", good[0]), ("b.txt", b"not an image"), ("c.jpg", good[1])])
+    detail = _problem(broken, 415, "unsupported_media_type")["detail"]
+    assert detail.startswith("images[1] (file 'b.txt'): ")
+    _problem(api.post_json(url, "/batches", {"model": MODEL}), 400, "malformed_request")
+    plain = api.request(url, "POST", "/batches", b"x", {"Content-Type": "text/plain"})
+    _problem(plain, 415, "unsupported_content_type")
+
+
+@pytest.mark.broker
+def test_an_unknown_batch_is_a_404_problem(service: Service) -> None:
+    _problem(api.get(service.base_url, "/batches/" + "0" * 32), 404, "batch_not_found")
+    _problem(api.get(service.base_url, "/batches/not-an-id"), 404, "batch_not_found")
+    reply = api.post_json(service.base_url, "/batches", {"model": MODEL, "images": ["cat.jpg"]})
+    _problem(
+        api.get(service.base_url, reply.headers["location"] + "?wait=99"), 400, "malformed_request"
+    )
+
+
+@pytest.mark.broker
+def test_a_batch_belongs_to_its_token(service: Service) -> None:
+    url = service.extra_gateway(IMGQ_API_TOKENS="alice-token,bob-token")
+    alice = {"Authorization": "Bearer alice-token"}
+    bob = {"Authorization": "Bearer bob-token"}
+    reply = api.post_json(url, "/batches", {"model": MODEL, "images": ["cat.jpg"]}, alice)
+    assert reply.status == 202, reply.body
+    path = reply.headers["location"]
+    assert api.request(url, "GET", path, headers=alice).status == 200
+    _problem(api.request(url, "GET", path, headers=bob), 404, "batch_not_found")
+    _problem(api.get(url, path), 401, "unauthorized")
