@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 LOCK_SCRIPT = REPO / "requirements" / "lock"
 # Lock file -> the extras of pyproject.toml it must cover besides the base dependencies.
 LOCKS: dict[str, tuple[str, ...]] = {
-    "requirements/gateway.lock": ("otel",),
+    "requirements/gateway.lock": ("gateway", "otel"),
     "requirements/classifier.lock": ("classifier", "otel"),
 }
 # Dockerfile -> the lock file its image installs.
