@@ -14,6 +14,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from gateway.views import _IDEMPOTENCY_KEY, served_openapi
+from shared.metrics import CONTENT_TYPE
 from tests.openapi_contract import (
     EVENT_STREAM,
     SPEC_PATH,
@@ -323,7 +324,8 @@ def test_image_media_types() -> None:
 
 
 # Optional fields of otherwise strict schemas (none now: every field is always sent).
-OPTIONAL_FIELDS: dict[str, set[str]] = {}
+# Present only in some answers: a 202's note that no replica serves the job's model right now.
+OPTIONAL_FIELDS: dict[str, set[str]] = {"Job": {"note"}}
 
 
 def test_strict_schemas() -> None:
@@ -403,6 +405,17 @@ def test_helper_accepts_other_responses() -> None:
                 "input_size": 224,
                 "online": True,
                 "replicas": 2,
+                "version": "1",
+                "versions": [
+                    {
+                        "id": "efficientnet_lite0@1",
+                        "version": "1",
+                        "title": "EfficientNet-Lite0",
+                        "input_size": 224,
+                        "online": True,
+                        "replicas": 2,
+                    }
+                ],
             }
         ],
         "images": [
@@ -438,7 +451,8 @@ def _without(base: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 BAD_JOBS = {
-    "four_labels": _mutated(succeeded_job(), result=_labels(4)),
+    # A model may have fewer than 5 classes (its own), so 1 to 5 labels; never none.
+    "no_labels": _mutated(succeeded_job(), result=[]),
     "six_labels": _mutated(succeeded_job(), result=_labels(6)),
     "unknown_status": _mutated(queued_job(), status="running"),
     "extra_property": _mutated(queued_job(), priority=1),
@@ -582,9 +596,7 @@ def test_events_status_and_metrics_media_types() -> None:
     events = _response("/classifications/{job_id}/events", "get", "200")
     assert set(events["content"]) == {"text/event-stream"}
     assert set(_response("/metrics", "get", "200")["content"]) == {"text/plain"}
-    assert_response_matches(
-        "/metrics", "get", 200, "text/plain; version=0.0.4; charset=utf-8", b"# HELP x y\n"
-    )
+    assert_response_matches("/metrics", "get", 200, CONTENT_TYPE, b"# HELP x y\n")
     status = {
         "replicas": [
             {
@@ -597,6 +609,7 @@ def test_events_status_and_metrics_media_types() -> None:
             }
         ],
         "queue_depth": None,
+        "queues": None,
         "broker": {"nodes": [{"name": "127.0.0.1:5672", "running": True, "connected": True}]},
         "jobs_per_second": 0.05,
         "recent": [
@@ -658,7 +671,7 @@ def test_event_stream_schema_describes_each_event_and_its_job() -> None:
 
 
 BAD_STREAMS = {
-    "job_not_matching_its_schema": _events(_mutated(succeeded_job(), result=_labels(4))),
+    "job_not_matching_its_schema": _events(_mutated(succeeded_job(), result=_labels(6))),
     "id_not_a_status": _events(queued_job()).replace("id: queued", "id: 7"),
     "another_event_name": _events(queued_job()).replace("event: job", "event: update"),
     "data_not_json": "event: job\nid: queued\ndata: {not json\n\n",
