@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from shared.topology import (
     CANCELLATIONS,
+    DEAD_LETTER_EXCHANGE,
     DEAD_LETTER_NOTICES,
     EVENT_LOG,
     EVENTS_EXCHANGE,
@@ -64,8 +65,9 @@ GRANTS: dict[str, Grant] = {
         # The queues of the models it serves.
         configure=_one_of(models=True),
         # Publish events, and replies to reply_to queues through the default exchange; bind
-        # its model queues.
-        write=_one_of(EVENTS_EXCHANGE, "amq.default", models=True),
+        # its model queues.  Declaring a queue that dead-letters takes write on its
+        # dead-letter exchange too (the broker checks it at declaration).
+        write=_one_of(EVENTS_EXCHANGE, "amq.default", DEAD_LETTER_EXCHANGE, models=True),
         read=_one_of(REQUESTS_QUEUE, CANCELLATIONS, MODEL_ROUTER, models=True),
     ),
     PRODUCER_USER: Grant(

@@ -56,11 +56,21 @@ def test_classify_wait_json_gives_the_labels(
     assert all(job["status"] == "succeeded" for job in jobs)
     assert jobs[0]["result"][0]["label"] == "espresso"
     assert jobs[1]["result"][0]["label"] in CAT_LABELS
-    # Progress went to stderr, one line per status change, ending with the results.
+    # Progress went to stderr, one line per status change seen, in the job's order: queued
+    # first, succeeded last ("started" shows when a poll saw it: a job can start and finish
+    # between two polls, as both of a batch can).
     lines = err.splitlines()
     assert any("coffee.jpg" in line and "succeeded: espresso" in line for line in lines), err
+    order = ("queued", "started", "succeeded")
     for job in jobs:
-        assert any(job["job_id"][:8] in line and "started" in line for line in lines), err
+        seen = [
+            next(status for status in order if status in line)
+            for line in lines
+            if job["job_id"][:8] in line
+        ]
+        assert seen[0] == "queued", err
+        assert seen[-1] == "succeeded", err
+        assert seen == sorted(set(seen), key=order.index), err
 
 
 @pytest.mark.broker

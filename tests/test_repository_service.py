@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from playwright.sync_api import expect
 
 from imgq_cli.amqp import Producer
 from tests import api, multipart, tiny_models
@@ -25,8 +28,14 @@ def _top(job: dict[str, object]) -> str:
     return label
 
 
-def _online(url: str, model: str) -> bool:
-    return any(m["name"] == model and m["online"] for m in api.get(url, "/info").json()["models"])
+def _online(url: str, model_id: str) -> bool:
+    """Whether /info shows ``model_id`` (``name`` or ``name@version``) online."""
+    for model in api.get(url, "/info").json()["models"]:
+        if model["name"] == model_id and model["online"]:
+            return True
+        if any(v["id"] == model_id and v["online"] for v in model["versions"]):
+            return True
+    return False
 
 
 async def _over_amqp(url: str, model: str, data: bytes) -> str:
@@ -39,8 +48,9 @@ async def _over_amqp(url: str, model: str, data: bytes) -> str:
 
 
 @pytest.mark.broker
+@pytest.mark.browser
 def test_a_model_of_our_own_classifies_through_http_and_amqp(
-    cluster: Cluster, tmp_path: Path
+    cluster: Cluster, tmp_path: Path, browser: Any, figure: Callable[[str], None]
 ) -> None:
     network = tiny_models.trained_network()
     repository = tmp_path / "repository"
@@ -65,6 +75,12 @@ def test_a_model_of_our_own_classifies_through_http_and_amqp(
         assert replica.alive(), replica.log_tail()
         time.sleep(0.2)
     assert _online(url, "tiny@10"), replica.log_tail()
+    (tiny,) = [m for m in api.get(url, "/info").json()["models"] if m["name"] == "tiny"]
+    assert tiny["version"] == "10"
+    assert sorted((v["id"], v["online"]) for v in tiny["versions"]) == [
+        ("tiny@10", True),
+        ("tiny@9", True),
+    ]
 
     red = tiny_models.picture("red", fmt="PNG")
     by_http = {
@@ -73,9 +89,9 @@ def test_a_model_of_our_own_classifies_through_http_and_amqp(
                 url, multipart.accepted(multipart.upload(url, model, "red.png", red))["job_id"]
             )
         )
-        for model in ("tiny@9", "tiny@10")
+        for model in ("tiny@9", "tiny@10", "tiny")
     }
-    assert by_http == {"tiny@9": "red", "tiny@10": "rouge"}
+    assert by_http == {"tiny@9": "red", "tiny@10": "rouge", "tiny": "rouge"}
 
     broker = cluster.node.url
     assert asyncio.run(_over_amqp(broker, "tiny@9", red)) == "red"
@@ -85,3 +101,22 @@ def test_a_model_of_our_own_classifies_through_http_and_amqp(
     assert f"model folder {repository / 'broken' / '1'} skipped: model.json is not readable" in log
     assert f"model folder {repository / 'tiny' / '11'} skipped: the network outputs" in log
     assert replica.alive()
+    figure(
+        "own model (3 classes, trained in the test): tiny@9 (TorchScript) answered "
+        f"{by_http['tiny@9']!r} over HTTP and AMQP, tiny (default: v10, ONNX) {by_http['tiny']!r}"
+    )
+
+    # The page's picker offers the model by name (its default version), then each version.
+    from tests.browser import new_page, open_page
+
+    with new_page(browser, url) as page:
+        open_page(page)
+        group = page.locator('#model-select optgroup[label="Tiny colours"]')
+        options = group.locator("option")
+        expect(options).to_have_count(3)
+        values = options.evaluate_all("els => els.map(e => e.value)")
+        assert values[0] == "tiny"
+        assert sorted(values[1:]) == ["tiny@10", "tiny@9"]
+        expect(options.first).to_contain_text("v10")
+        expect(options.first).to_contain_text("(default)")
+        expect(group.locator('option[value="tiny@9"]')).to_contain_text("v9 · online")

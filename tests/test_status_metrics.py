@@ -99,10 +99,10 @@ def test_status_shows_replicas_queue_and_recent_jobs_without_ids(service: Servic
     replicas = {r["replica"]: r for r in status["replicas"]}
     assert set(replicas) == {"replica-1", "replica-2"}
     for replica in replicas.values():
+        # Every model ID it takes jobs for: each name (its default version) and name@version.
         assert set(replica["models"]) == {
-            "efficientnet_lite0",
-            "efficientnet_lite1",
-            "efficientnet_lite2",
+            *CATALOG,
+            *(f"{name}@1" for name in CATALOG),
         }
         assert abs(replica["last_seen"] - time.time()) < 30
     assert isinstance(status["queue_depth"], int)
