@@ -6,7 +6,6 @@ import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from playwright.sync_api import expect
@@ -50,7 +49,7 @@ async def _over_amqp(url: str, model: str, data: bytes) -> str:
 @pytest.mark.broker
 @pytest.mark.browser
 def test_a_model_of_our_own_classifies_through_http_and_amqp(
-    cluster: Cluster, tmp_path: Path, browser: Any, figure: Callable[[str], None]
+    cluster: Cluster, tmp_path: Path, figure: Callable[[str], None]
 ) -> None:
     network = tiny_models.trained_network()
     repository = tmp_path / "repository"
@@ -107,9 +106,12 @@ def test_a_model_of_our_own_classifies_through_http_and_amqp(
     )
 
     # The page's picker offers the model by name (its default version), then each version.
-    from tests.browser import new_page, open_page
+    # The browser is launched only now, not as a fixture: Playwright's sync API holds an event
+    # loop on this thread while it is open, and the AMQP checks above run one of their own.
+    from tests.browser import launch_browser, new_page, open_page, require_chromium
 
-    with new_page(browser, url) as page:
+    require_chromium()
+    with launch_browser() as browser, new_page(browser, url) as page:
         open_page(page)
         group = page.locator('#model-select optgroup[label="Tiny colours"]')
         options = group.locator("option")
