@@ -87,6 +87,30 @@ def _operation_count() -> int:
     )
 
 
+# A batch is accepted only when every one of its images names a gallery image and its model is
+# on offer (runtime data, listed by GET /info): generated batches almost never are, so the
+# server rightly refuses most (422), and Schemathesis may say POST /batches "mostly rejected
+# generated data".  That warning, for that operation alone, is expected; any other warning
+# fails.  (Schemathesis 4.32 reads this warning's settings from the project, not per operation,
+# so the config file cannot say it for one operation.)
+EXPECTED_WARNINGS = {"Schema validation mismatch": ["POST /batches"]}
+
+
+def _only_expected_warnings(output: str) -> bool:
+    start, end = output.find("= WARNINGS ="), output.find("= SUMMARY =")
+    if start < 0 or end < start:
+        return False
+    found: dict[str, list[str]] = {}
+    current = None
+    for line in output[start:end].splitlines()[1:]:
+        if line.startswith("  - ") and current is not None:
+            found[current].append(line.removeprefix("  - ").strip())
+        elif line and not line.startswith((" ", "=", "💡")):
+            current = line.split(":", 1)[0].strip()
+            found[current] = []
+    return found == EXPECTED_WARNINGS
+
+
 def _assert_no_disagreement(output: str, returncode: int) -> None:
     summary = _summary(output)
     print(summary)
@@ -96,7 +120,7 @@ def _assert_no_disagreement(output: str, returncode: int) -> None:
             f"gateway/openapi.json and the gateway disagree:\n{failures[:20000]}", pytrace=False
         )
     assert returncode == 0, f"schemathesis could not run (exit {returncode}):\n{output[-5000:]}"
-    assert "No issues found" in summary, summary
+    assert "No issues found" in summary or _only_expected_warnings(output), summary
     # Every documented operation was tested, and the stateful phase ran and passed.
     tested = re.search(r"Tested:\s+(\d+)", summary)
     assert tested is not None, summary
