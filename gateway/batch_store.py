@@ -1,12 +1,12 @@
-"""Batches: many jobs accepted by one request, remembered by the gateway that accepted them.
+"""Batches: many jobs accepted by one request.
 
 A batch is only a list of job IDs with an owner; the jobs themselves live in the ``JobStore``
 like any other (and are in the shared event log, so every gateway knows them by ID).  The
-batch record is kept in this gateway's memory only: behind a load balancer, ``GET
-/batches/{id}`` must reach the gateway that answered the ``POST`` (or the client follows the
-jobs by their own IDs, which any gateway answers).  Records are bounded: the oldest batch goes
-first beyond ``MAX_BATCHES``, and a batch whose jobs are all gone (expired, deleted, evicted)
-is dropped when it is next looked at or pushed out.
+gateway that accepted a batch keeps its record; every job also carries its place in the batch
+(``BatchRef``, in its request and events), so behind a load balancer another gateway answers
+``GET /batches/{id}`` from the jobs it has read in the log.  Records are bounded: the oldest
+batch goes first beyond ``MAX_BATCHES``, and a batch whose jobs are all gone (expired,
+deleted, evicted) is dropped when it is next looked at or pushed out.
 
 Imports neither aiohttp nor aio_pika.
 """
@@ -71,12 +71,21 @@ class Batch:
     job_ids: tuple[str, ...]
     owner: str | None
     created_at: float
+    # How many jobs the batch has: more than job_ids while another gateway's batch is still
+    # being read from the event log.
+    size: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return len(self.job_ids) >= self.size
 
 
 class JobLookup(Protocol):
     """What a batch needs of the ``JobStore``: a job by ID, or JobGone / JobNotFound."""
 
     def get(self, job_id: str, owner: str | None = None) -> JobEvent: ...
+
+    def batch_members(self, batch_id: str) -> list[JobEvent]: ...
 
 
 def new_batch_id() -> str:
@@ -97,8 +106,14 @@ class Batches:
     def __len__(self) -> int:
         return len(self._batches)
 
-    def add(self, model: str, job_ids: tuple[str, ...], owner: str | None) -> Batch:
-        batch = Batch(new_batch_id(), model, job_ids, owner, time.time())
+    def add(
+        self,
+        model: str,
+        job_ids: tuple[str, ...],
+        owner: str | None,
+        batch_id: str | None = None,
+    ) -> Batch:
+        batch = Batch(batch_id or new_batch_id(), model, job_ids, owner, time.time(), len(job_ids))
         self._batches[batch.batch_id] = batch
         while len(self._batches) > self._max:
             self._batches.popitem(last=False)
@@ -108,13 +123,30 @@ class Batches:
     def get(self, batch_id: str, owner: str | None = None) -> Batch:
         """The batch, as ``owner`` may see it: another token's batch is "not found" (404),
         exactly as an unknown ID, as for jobs."""
-        batch = self._batches.get(batch_id)
+        batch = self._batches.get(batch_id) or self._from_log(batch_id)
         if batch is None or (owner is not None and batch.owner not in (None, owner)):
             raise BatchNotFound(batch_id)
         if self._all_gone(batch):
-            del self._batches[batch_id]
+            self._batches.pop(batch_id, None)
             raise BatchNotFound(batch_id)
         return batch
+
+    def _from_log(self, batch_id: str) -> Batch | None:
+        """Another gateway's batch, as its jobs' events describe it (each carries its place in
+        the batch).  Not kept: the jobs are, and this is rebuilt from them on each request."""
+        members = self._jobs.batch_members(batch_id)
+        if not members:
+            return None
+        first = members[0]
+        assert first.batch is not None
+        return Batch(
+            batch_id,
+            first.model,
+            tuple(job.job_id for job in members),
+            first.owner,
+            min(job.queued_at or time.time() for job in members),
+            first.batch.size,
+        )
 
     def _drop_oldest_if_gone(self) -> None:
         # Amortised: one look at the oldest record per batch added keeps the gone ones from

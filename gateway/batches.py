@@ -12,13 +12,14 @@ batch record).  The batch record itself lives in this gateway (``gateway/batch_s
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from gateway import keys
-from gateway.batch_store import MAX_BATCH_IMAGES, Batch, BatchLimits, is_batch_id
+from gateway.batch_store import MAX_BATCH_IMAGES, Batch, BatchLimits, is_batch_id, new_batch_id
 from gateway.store import JobStore
 from gateway.submissions import Accepted, Submission
 from gateway.uploads import Upload, read_batch_form
@@ -42,7 +43,7 @@ from shared.errors import (
     UnknownModel,
     UnsupportedContentType,
 )
-from shared.messages import JobEvent
+from shared.messages import BatchRef, JobEvent
 from shared.states import JobStatus
 
 _JSON = "application/json"
@@ -92,9 +93,16 @@ async def _submit_batch(request: web.Request) -> web.Response:
             submission = _with_key(submission, _image_key(key, index))
         submissions.append(submission)
     client = client_of(request)
+    # The ID first: every job carries its place in the batch (its request and its events), so
+    # any gateway can answer GET /batches/{id} from the event log, not only this one.
+    batch_id = new_batch_id()
+    submissions = [
+        replace(s, batch=BatchRef(batch_id, index, len(submissions)))
+        for index, s in enumerate(submissions)
+    ]
     accepted = await request.app[keys.JOBS].accept_all(submissions, client)
     batch = request.app[keys.BATCHES].add(
-        model, tuple(a.job.job_id for a in accepted), client.owner
+        model, tuple(a.job.job_id for a in accepted), client.owner, batch_id=batch_id
     )
     store = request.app[keys.STORE]
     body = batch_body(batch, [a.job for a in accepted], _positions(store, accepted))
@@ -242,7 +250,8 @@ def batch_body(
         "batch_id": batch.batch_id,
         "model": batch.model,
         "created_at": batch.created_at,
-        "done": all(job is None or job.status.is_final for job in jobs),
+        # A batch read from the log before all its jobs' events arrived is not done yet.
+        "done": batch.complete and all(job is None or job.status.is_final for job in jobs),
         "counts": counts,
         "jobs": records,
         "gone": gone,

@@ -393,6 +393,7 @@ class GatewayBroker:
                 queued_at=info.queued_at if info else None,
                 idempotency_key=info.idempotency_key if info else None,
                 owner=info.owner if info else None,
+                batch=info.batch if info else None,
                 finished_at=time.time(),
                 error=JobFailure("dead_lettered", f"the job was dead-lettered: {explanation}"),
             )

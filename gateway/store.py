@@ -61,6 +61,8 @@ class JobStore:
         # Jobs still queued, in acceptance order, per model (each model has its own work queue):
         # a job's position is its index among its model's.
         self._queued: dict[str, OrderedDict[str, None]] = {}
+        # Batch ID -> its jobs by index, from the jobs' own events (any gateway's batches).
+        self._batches: dict[str, dict[int, JobEvent]] = {}
         # Keyed by (owner, key): on a gateway with tokens each client has its own keys.
         self._by_idempotency_key: dict[tuple[str | None, str], str] = {}
         # (model, image digest) -> the latest job that succeeded on exactly those inputs.
@@ -112,6 +114,7 @@ class JobStore:
                 queued_at=event.queued_at or current.queued_at,
                 idempotency_key=event.idempotency_key or current.idempotency_key,
                 image_sha256=event.image_sha256 or current.image_sha256,
+                batch=event.batch or current.batch,
             )
         self._jobs[event.job_id] = event
         if event.status.is_final:
@@ -241,10 +244,18 @@ class JobStore:
             self._queued.setdefault(event.model, OrderedDict())[event.job_id] = None
         else:
             self._dequeue(event)
+        if event.batch is not None:
+            self._batches.setdefault(event.batch.batch_id, {})[event.batch.index] = event
         if event.idempotency_key:
             self._by_idempotency_key.setdefault((event.owner, event.idempotency_key), event.job_id)
         if event.status is JobStatus.SUCCEEDED and event.image_sha256:
             self._by_input[(event.owner, event.model, event.image_sha256)] = event.job_id
+
+    def batch_members(self, batch_id: str) -> list[JobEvent]:
+        """The jobs this gateway knows of batch ``batch_id``, in the batch's order (from the
+        event log: a batch another gateway accepted too).  Empty when none are known."""
+        members = self._batches.get(batch_id, {})
+        return [members[index] for index in sorted(members)]
 
     def _dequeue(self, event: JobEvent) -> None:
         queue = self._queued.get(event.model)
@@ -255,6 +266,12 @@ class JobStore:
 
     def _unindex(self, event: JobEvent) -> None:
         self._dequeue(event)
+        if event.batch is not None:
+            members = self._batches.get(event.batch.batch_id, {})
+            if members.get(event.batch.index) is event:
+                del members[event.batch.index]
+                if not members:
+                    del self._batches[event.batch.batch_id]
         key = event.idempotency_key
         if key and self._by_idempotency_key.get((event.owner, key)) == event.job_id:
             del self._by_idempotency_key[(event.owner, key)]

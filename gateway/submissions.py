@@ -20,7 +20,7 @@ from gateway.store import JobStore
 from shared import tracing
 from shared.errors import IdempotencyKeyReused, JobConflict, NotReady
 from shared.logs import job_fields
-from shared.messages import ClassifyRequest, JobEvent, JobFailure, new_job_id
+from shared.messages import BatchRef, ClassifyRequest, JobEvent, JobFailure, new_job_id
 from shared.states import JobStatus
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,8 @@ class Submission:
     idempotency_key: str | None = None
     # False when the client asked for a fresh run (Cache-Control: no-cache).
     reuse: bool = True
+    # The batch it is part of (POST /batches), carried by the job's request and events.
+    batch: BatchRef | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +110,7 @@ class Jobs:
             model=submission.model,
             image_name=submission.image_name,
             image=submission.image,
+            batch=submission.batch,
             queued_at=time.time(),
             idempotency_key=submission.idempotency_key,
             image_sha256=submission.image_sha256,

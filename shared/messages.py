@@ -128,6 +128,8 @@ class ClassifyRequest:
     owner: str | None = None
     # The schema version the producer wrote: replies to its reply_to queue use the same.
     version: int = SCHEMA_VERSION
+    # Set for a job submitted in a batch (POST /batches).
+    batch: BatchRef | None = None
     # Hashed once: a submission needs it for idempotency, reuse and its events, and an
     # upload can be 10 MiB.  Pass it when known (gallery images are hashed at start-up).
     image_sha256: str = field(default="", repr=False, compare=False)
@@ -177,6 +179,35 @@ class Label:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchRef:
+    """A job's place in the batch that submitted it: the batch's ID, the job's index in it and
+    the batch's size.  Carried by the request and every event of the job, so any gateway can
+    answer for the batch from the event log, not only the one that accepted it.  On the wire
+    one string, ``<batch id>/<index>/<size>``."""
+
+    batch_id: str
+    index: int
+    size: int
+
+    def __str__(self) -> str:
+        return f"{self.batch_id}/{self.index}/{self.size}"
+
+    @classmethod
+    def parse(cls, raw: object) -> BatchRef | None:
+        if raw is None:
+            return None
+        parts = raw.split("/") if isinstance(raw, str) else []
+        if (
+            len(parts) != 3
+            or not is_job_id(parts[0])
+            or not all(p.isdigit() and len(p) <= 6 for p in parts[1:])
+            or not int(parts[1]) < int(parts[2])
+        ):
+            raise MessageError(f"'batch' must be '<32 hex>/<index>/<size>', got {raw!r}")
+        return cls(parts[0], int(parts[1]), int(parts[2]))
+
+
+@dataclass(frozen=True, slots=True)
 class JobFailure:
     code: str
     message: str
@@ -202,6 +233,8 @@ class JobEvent:
     reused_from: str | None = None
     # Broker-only too: a hash of the submitting client's token (None on an open gateway).
     owner: str | None = None
+    # Broker-only: the batch the job was submitted in, if any.
+    batch: BatchRef | None = None
 
     @classmethod
     def for_request(cls, request: ClassifyRequest, status: JobStatus) -> JobEvent:
@@ -214,6 +247,7 @@ class JobEvent:
             image_sha256=request.image_sha256,
             idempotency_key=request.idempotency_key,
             owner=request.owner,
+            batch=request.batch,
         )
 
     def advance(self, status: JobStatus, **changes: Any) -> JobEvent:
@@ -251,6 +285,7 @@ class JobEvent:
                 "image_sha256": self.image_sha256,
                 "idempotency_key": self.idempotency_key,
                 "owner": self.owner,
+                "batch": None if self.batch is None else str(self.batch),
             }
         )
 
@@ -292,6 +327,7 @@ class JobEvent:
             idempotency_key=_opt_str(data, "idempotency_key"),
             reused_from=_opt_str(data, "reused_from"),
             owner=_opt_str(data, "owner"),
+            batch=BatchRef.parse(data.get("batch")),
         )
 
 

@@ -32,6 +32,7 @@ from shared.messages import (
     JSON,
     SCHEMA_VERSION,
     V1,
+    BatchRef,
     ClassifyRequest,
     JobEvent,
     JobForgotten,
@@ -57,6 +58,7 @@ H_IMAGE_NAME: Final = "image_name"
 H_QUEUED_AT_US: Final = "queued_at_us"
 H_IDEMPOTENCY_KEY: Final = "idempotency_key"
 H_OWNER: Final = "owner"
+H_BATCH: Final = "batch"
 # The content type of a request whose producer did not say what the image is; replicas
 # judge the format from the bytes either way.
 OCTET_STREAM: Final = "application/octet-stream"
@@ -97,6 +99,8 @@ def request_message(
         headers[H_IDEMPOTENCY_KEY] = request.idempotency_key
     if request.owner is not None:
         headers[H_OWNER] = request.owner
+    if request.batch is not None:
+        headers[H_BATCH] = str(request.batch)
     message = aio_pika.Message(
         request.image,
         content_type=content_type,
@@ -123,6 +127,7 @@ class RequestInfo:
     idempotency_key: str | None
     version: int
     owner: str | None = None
+    batch: BatchRef | None = None
 
 
 def _header_str(headers: HeadersType, key: str) -> str | None:
@@ -188,6 +193,7 @@ def request_info(message: AbstractIncomingMessage) -> RequestInfo:
         idempotency_key=key or None,
         version=SCHEMA_VERSION,
         owner=_header_str(headers, H_OWNER) or None,
+        batch=BatchRef.parse(_header_str(headers, H_BATCH)),
     )
 
 
@@ -207,6 +213,7 @@ def parse_request(message: AbstractIncomingMessage) -> ClassifyRequest:
         idempotency_key=info.idempotency_key,
         version=info.version,
         owner=info.owner,
+        batch=info.batch,
     )
 
 

@@ -22,6 +22,7 @@ from referencing.jsonschema import DRAFT7
 
 from shared import wire
 from shared.messages import (
+    BatchRef,
     ClassifyRequest,
     JobEvent,
     ReplicaHeartbeat,
@@ -252,7 +253,14 @@ def test_asyncapi_names_the_real_topology() -> None:
 
 def test_asyncapi_payloads_match_the_messages_field_for_field() -> None:
     request = ClassifyRequest(
-        new_job_id(), MODEL, "coffee.jpg", COFFEE, time.time(), idempotency_key="k-1", owner="o"
+        new_job_id(),
+        MODEL,
+        "coffee.jpg",
+        COFFEE,
+        time.time(),
+        idempotency_key="k-1",
+        owner="o",
+        batch=BatchRef(new_job_id(), 3, 50),
     )
     headers = dict(wire.request_message(request).message.headers or {})
     assert _errors("ClassifyRequestHeaders", headers) == []

@@ -12,6 +12,8 @@ import pytest
 from PIL import Image
 
 from imgq.wire import Upload, encode_multipart
+from shared.errors import MessageError
+from shared.messages import BatchRef
 from tests import api
 from tests.conftest import Service
 from tests.openapi_contract import assert_response_matches
@@ -165,3 +167,32 @@ def test_a_batch_belongs_to_its_token(service: Service) -> None:
     assert api.request(url, "GET", path, headers=alice).status == 200
     _problem(api.request(url, "GET", path, headers=bob), 404, "batch_not_found")
     _problem(api.get(url, path), 401, "unauthorized")
+
+
+@pytest.mark.broker
+def test_any_gateway_answers_for_a_batch_from_the_event_log(service: Service) -> None:
+    """Behind a load balancer the GET may reach another gateway than the POST: each job
+    carries its place in the batch, so that gateway rebuilds the batch from the log."""
+    images = small_jpegs(6, seed=7)
+    reply = post_files(service.base_url, [(f"p{i}.jpg", d) for i, d in enumerate(images)])
+    assert reply.status == 202, reply.body
+    accepted = reply.json()
+    other = service.extra_gateway()
+    batch = wait_batch(other, accepted["batch_id"])
+    matches(api.get(other, f"/batches/{accepted['batch_id']}"), "/batches/{batch_id}", "get")
+    assert [job["job_id"] for job in batch["jobs"]] == [job["job_id"] for job in accepted["jobs"]]
+    assert batch["counts"]["succeeded"] == 6
+    assert batch["model"] == MODEL
+    # The accepting gateway and the other one say the same.
+    assert wait_batch(service.base_url, accepted["batch_id"])["jobs"] == batch["jobs"]
+
+
+def test_a_batch_reference_is_checked_where_it_is_read() -> None:
+    batch_id = "0123456789abcdef" * 2
+    ref = BatchRef.parse(f"{batch_id}/2/5")
+    assert ref == BatchRef(batch_id, 2, 5)
+    assert BatchRef.parse(str(ref)) == ref
+    assert BatchRef.parse(None) is None
+    for bad in (f"{batch_id}/5/5", f"{batch_id}/x/5", "nope/0/1", f"{batch_id}/0", 7):
+        with pytest.raises(MessageError):
+            BatchRef.parse(bad)
