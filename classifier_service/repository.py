@@ -32,14 +32,21 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from shared.catalog import INTERPOLATIONS, MODEL_NAME, MODEL_VERSION, ModelSpec, model_id
+from shared.catalog import (
+    INTERPOLATIONS,
+    MODEL_NAME,
+    MODEL_VERSION,
+    TORCHVISION_NAME,
+    ModelSpec,
+    model_id,
+    version_order,
+)
 from shared.errors import SettingsError
 
 log = logging.getLogger(__name__)
@@ -55,9 +62,6 @@ MAX_CLASSES = 100_000
 # Inputs a replica can batch in memory: up to 1024 px square (a batch of 8 is 100 MB).
 MAX_INPUT_SIZE = 1024
 MIN_INPUT_SIZE = 8
-# torchvision's model names (resnet18, mobilenet_v3_small, ...).
-_ARCHITECTURE = re.compile(r"[a-z][a-z0-9_]*")
-_DIGITS = re.compile(r"(\d+)")
 
 
 class NetworkFormat(StrEnum):
@@ -130,15 +134,6 @@ class Scan:
             elif versions:
                 defaults[name] = versions[-1]
         return defaults
-
-
-def version_order(version: str) -> tuple[tuple[int, int, str], ...]:
-    """Natural order: runs of digits compare as numbers (``1.10`` after ``1.9``)."""
-    return tuple(
-        (0, int(part), "") if part.isdigit() else (1, 0, part)
-        for part in _DIGITS.split(version)
-        if part
-    )
 
 
 def scan(directory: Path) -> Scan:
@@ -236,7 +231,7 @@ def read_folder(path: Path) -> ModelFolder:
         raise BrokenModelFolder(f"network file {file_name} is missing")
     architecture = network.get("architecture")
     if network_format is NetworkFormat.STATE_DICT:
-        if not isinstance(architecture, str) or not _ARCHITECTURE.fullmatch(architecture):
+        if not isinstance(architecture, str) or not TORCHVISION_NAME.fullmatch(architecture):
             raise BrokenModelFolder(
                 f"a state_dict network needs network.architecture, a torchvision model name "
                 f"(e.g. resnet18), got {architecture!r}"

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import re
 import socket
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import TypeVar
 
-from shared.catalog import catalog_models, split_model_id
+from shared.catalog import TORCHVISION_NAME, catalog_models, split_model_id
 from shared.errors import SettingsError
 from shared.logs import LogSettings
 from shared.settings import (
@@ -318,15 +317,9 @@ def _choice(env: Environ, setting: Variable[str], kind: type[_Choice]) -> _Choic
         raise SettingsError(f"{setting.name} must be one of {allowed}, got {raw!r}") from None
 
 
-# torchvision's model names (resnet50, mobilenet_v3_small, ...).  Whether a name is one of
-# torchvision's classifiers is checked where torchvision is imported: by the exporter, or by
-# the torch runtime.  A replica on ONNX Runtime never imports torch, not even to check a name.
-_TORCHVISION_NAME = re.compile(r"[a-z][a-z0-9_]*")
-
-
 def _torchvision_models(env: Environ) -> tuple[str, ...]:
     names = env_list(env, _TORCHVISION_MODELS.name, _TORCHVISION_MODELS.default)
-    malformed = [name for name in names if not _TORCHVISION_NAME.fullmatch(name)]
+    malformed = [name for name in names if not TORCHVISION_NAME.fullmatch(name)]
     if malformed:
         raise SettingsError(
             f"IMGQ_TORCHVISION_MODELS names {malformed}, which are not torchvision model names "

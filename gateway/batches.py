@@ -29,6 +29,7 @@ from gateway.views import (
     _read_small_body,
     _wait_seconds,
     client_of,
+    counts_rejections,
     json_response,
     offered,
 )
@@ -56,15 +57,8 @@ Item = str | Upload
 MAX_BATCH_KEY = MAX_IDEMPOTENCY_KEY - len(f"#{MAX_BATCH_IMAGES - 1}")
 
 
-async def submit_batch(request: web.Request) -> web.Response:
-    try:
-        return await _submit_batch(request)
-    except ImgqError as error:
-        request.app[keys.METRICS].rejected.labels(reason=error.code).inc()
-        raise
-
-
-async def _submit_batch(request: web.Request) -> web.Response:
+@counts_rejections
+async def submit_batch(request: web.Request) -> web.StreamResponse:
     limits = request.app[keys.SETTINGS].batch_limits
     model, items = await _read_batch(request, limits)
     if not isinstance(model, str):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import re
 import time
 
+from shared.catalog import version_order
 from shared.messages import AnnouncedModel, ReplicaHeartbeat
 
 # A replica counts as online until it has missed this many heartbeats.
@@ -18,10 +18,15 @@ class ReplicaRegistry:
         # replicas go: its queue exists (replicas declare the queues they serve), so its jobs
         # are still accepted, and wait there for a replica to come back.
         self._known: dict[str, AnnouncedModel] = {}
+        # known(), worked out again only when a heartbeat changes _known: every submission of
+        # a model outside IMGQ_MODELS looks it up, and heartbeats rarely change it.
+        self._ids: dict[str, AnnouncedModel] | None = None
 
     def record(self, beat: ReplicaHeartbeat) -> None:
         self._beats[beat.replica] = beat
-        self._known.update(beat.model_info)
+        if any(self._known.get(key) != model for key, model in beat.model_info.items()):
+            self._known.update(beat.model_info)
+            self._ids = None
 
     def online(self) -> list[ReplicaHeartbeat]:
         now = time.time()
@@ -33,26 +38,19 @@ class ReplicaRegistry:
     def serving(self, model: str) -> int:
         return sum(model in beat.models for beat in self.online())
 
-    def announced(self) -> dict[str, AnnouncedModel]:
-        """Every model a live replica serves, with what it says about it (name order)."""
-        models: dict[str, AnnouncedModel] = {}
-        for beat in self.online():
-            models.update(beat.model_info)
-        return dict(sorted(models.items()))
-
     def known(self) -> dict[str, AnnouncedModel]:
         """Every model ID announced since start-up, live or not, in name order: each
         ``name@version``, and ``name`` alone for a default version (a replica takes jobs that
         name no version for it).  Where replicas disagree on a default, the newer version wins."""
+        if self._ids is not None:
+            return self._ids
         ids: dict[str, AnnouncedModel] = {}
-        for key, model in sorted(self._known.items(), key=lambda item: _version_order(item[1])):
+        newest_last = sorted(
+            self._known.items(), key=lambda item: (item[1].name, version_order(item[1].version))
+        )
+        for key, model in newest_last:
             ids[key] = model
             if model.default and model.name:
                 ids[model.name] = model
-        return dict(sorted(ids.items()))
-
-
-def _version_order(model: AnnouncedModel) -> tuple[str, tuple[tuple[int, int | str], ...]]:
-    """Natural order of versions within a name: 10 after 9, 2 after 1.5."""
-    parts = re.split(r"(\d+)", model.version)
-    return model.name, tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts if p)
+        self._ids = dict(sorted(ids.items()))
+        return self._ids

@@ -61,8 +61,8 @@ class JobStore:
         # Jobs still queued, in acceptance order, per model (each model has its own work queue):
         # a job's position is its index among its model's.
         self._queued: dict[str, OrderedDict[str, None]] = {}
-        # Batch ID -> its jobs by index, from the jobs' own events (any gateway's batches).
-        self._batches: dict[str, dict[int, JobEvent]] = {}
+        # Batch ID -> its jobs' IDs by index, from the jobs' own events (any gateway's batches).
+        self._batches: dict[str, dict[int, str]] = {}
         # Keyed by (owner, key): on a gateway with tokens each client has its own keys.
         self._by_idempotency_key: dict[tuple[str | None, str], str] = {}
         # (model, image digest) -> the latest job that succeeded on exactly those inputs.
@@ -245,7 +245,7 @@ class JobStore:
         else:
             self._dequeue(event)
         if event.batch is not None:
-            self._batches.setdefault(event.batch.batch_id, {})[event.batch.index] = event
+            self._batches.setdefault(event.batch.batch_id, {})[event.batch.index] = event.job_id
         if event.idempotency_key:
             self._by_idempotency_key.setdefault((event.owner, event.idempotency_key), event.job_id)
         if event.status is JobStatus.SUCCEEDED and event.image_sha256:
@@ -255,7 +255,7 @@ class JobStore:
         """The jobs this gateway knows of batch ``batch_id``, in the batch's order (from the
         event log: a batch another gateway accepted too).  Empty when none are known."""
         members = self._batches.get(batch_id, {})
-        return [members[index] for index in sorted(members)]
+        return [self._jobs[members[index]] for index in sorted(members)]
 
     def _dequeue(self, event: JobEvent) -> None:
         queue = self._queued.get(event.model)
@@ -268,7 +268,7 @@ class JobStore:
         self._dequeue(event)
         if event.batch is not None:
             members = self._batches.get(event.batch.batch_id, {})
-            if members.get(event.batch.index) is event:
+            if members.get(event.batch.index) == event.job_id:
                 del members[event.batch.index]
                 if not members:
                     del self._batches[event.batch.batch_id]

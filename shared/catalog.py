@@ -27,6 +27,11 @@ _CROP_PADDING = 32
 MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 MODEL_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 VERSION_SEPARATOR = "@"
+# torchvision's model names (resnet50, mobilenet_v3_small, ...): IMGQ_TORCHVISION_MODELS and a
+# repository state dict's architecture.  Whether a name is one of torchvision's classifiers is
+# checked where torchvision is imported (the exporter, the torch runtime): a replica on ONNX
+# Runtime never imports torch, not even to check a name.
+TORCHVISION_NAME = re.compile(r"[a-z][a-z0-9_]*")
 # Interpolations the repository may ask for, by Pillow's names in lower case.
 INTERPOLATIONS = ("bilinear", "bicubic")
 
@@ -43,6 +48,19 @@ def split_model_id(model_id: str) -> tuple[str, str | None] | None:
 
 def model_id(name: str, version: str) -> str:
     return f"{name}{VERSION_SEPARATOR}{version}"
+
+
+_DIGITS = re.compile(r"(\d+)")
+
+
+def version_order(version: str) -> tuple[tuple[int, int, str], ...]:
+    """Natural order of versions: runs of digits compare as numbers (``10`` after ``9``,
+    ``1.10`` after ``1.9``).  The repository's default and the gateways' agree on it."""
+    return tuple(
+        (0, int(part), "") if part.isdigit() else (1, 0, part)
+        for part in _DIGITS.split(version)
+        if part
+    )
 
 
 @dataclass(frozen=True, slots=True)
