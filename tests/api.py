@@ -86,3 +86,19 @@ def wait_final(base_url: str, job_id: str, timeout: float = 120.0) -> dict[str, 
         if job["status"] in ("succeeded", "failed", "cancelled"):
             return job
     raise AssertionError(f"job {job_id} not final after {timeout} s")
+
+
+def wait_long_polls(base_url: str, count: int, timeout: float = 60.0) -> None:
+    """Until the gateway holds at least ``count`` long-polls or event streams (its
+    ``imgq_long_polls_waiting`` gauge): what a test waits on before acting on held requests,
+    instead of sleeping for however long opening them takes on this machine."""
+    deadline = time.monotonic() + timeout
+    held = 0.0
+    while time.monotonic() < deadline:
+        for line in get(base_url, "/metrics").body.decode().splitlines():
+            if line.startswith("imgq_long_polls_waiting "):
+                held = float(line.split()[1])
+        if held >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the gateway holds {held:g} long-polls after {timeout:g} s, not {count}")

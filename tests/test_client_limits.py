@@ -84,7 +84,7 @@ def test_a_client_holding_too_many_long_polls_gets_429(cluster: Cluster) -> None
     threads = [threading.Thread(target=lambda: held.append(api.get(url, path))) for _ in range(2)]
     for thread in threads:
         thread.start()
-    time.sleep(1.5)
+    api.wait_long_polls(url, 2)
     third = api.get(url, path)
     for thread in threads:
         thread.join()

@@ -132,10 +132,11 @@ def test_killed_replica_and_gateway_are_restarted_and_no_job_is_lost(
 
     thread = threading.Thread(target=load, daemon=True)
     thread.start()
-    time.sleep(3)
+    # Each fault strikes while jobs flow: after so many accepted, not after a guessed time.
+    _wait_accepted(accepted, 20)
     replica = _service_pid(proc.pid, "classifier_service")
     os.kill(replica, signal.SIGKILL)
-    time.sleep(3)
+    _wait_accepted(accepted, len(accepted) + 20)
     gateway = _service_pid(proc.pid, "gateway")
     os.kill(gateway, signal.SIGKILL)
     killed = time.monotonic()
@@ -173,9 +174,19 @@ def test_killed_replica_and_gateway_are_restarted_and_no_job_is_lost(
     children = [pid for pid, _ in _children(proc.pid)]
     proc.send_signal(signal.SIGINT)
     proc.wait(90)
-    time.sleep(1)
-    alive = [pid for pid in children if Path(f"/proc/{pid}").exists() and _not_zombie(pid)]
-    assert not alive, alive
+    # The launcher waits for what it stopped; a process reaped by then is gone from /proc
+    # soon after, so this polls briefly rather than guessing how long that takes.
+    deadline = time.monotonic() + 30
+    while alive := [pid for pid in children if Path(f"/proc/{pid}").exists() and _not_zombie(pid)]:
+        assert time.monotonic() < deadline, alive
+        time.sleep(0.1)
+
+
+def _wait_accepted(accepted: list[str], count: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while len(accepted) < count:
+        assert time.monotonic() < deadline, f"only {len(accepted)} jobs accepted"
+        time.sleep(0.05)
 
 
 def _not_zombie(pid: int) -> bool:
