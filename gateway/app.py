@@ -17,15 +17,14 @@ from gateway.checks import ImageChecks
 from gateway.clients import OpenWaits, RateLimiter
 from gateway.gallery import Gallery
 from gateway.headers import add_security_headers
-from gateway.http_metrics import http_metrics_middleware
 from gateway.limits import MAX_CONCURRENT_CHECKS, MAX_REQUEST_BYTES, MAX_WAITING_CHECKS
 from gateway.metrics import GatewayMetrics
+from gateway.observe import observe_middleware
 from gateway.problems import problem_middleware
 from gateway.replicas import ReplicaRegistry
 from gateway.settings import GatewaySettings
 from gateway.store import JobStore
 from gateway.submissions import Jobs
-from shared import tracing
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +47,9 @@ async def _release_long_polls(app: web.Application) -> None:
 
 
 def create_app(settings: GatewaySettings) -> web.Application:
-    # Tracing (when on) outermost, so a job's server span also covers problems and refusals;
-    # then the HTTP metrics, which count the status the client actually got.
-    middlewares: list[Middleware] = [
-        *tracing.http_middlewares(),
-        http_metrics_middleware,
-        problem_middleware,
-    ]
+    # Observed outermost (metrics and the server span), so what is recorded is what the client
+    # got, problems and refusals included.
+    middlewares: list[Middleware] = [observe_middleware, problem_middleware]
     if settings.api_tokens:
         # Inside the problem middleware, so a refusal is a problem like any other.
         middlewares.append(token_middleware(settings.api_tokens))

@@ -30,9 +30,6 @@ from enum import StrEnum
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
-from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
-
 from shared.errors import ImgqError, SettingsError
 from shared.messages import ClassifyRequest, JobEvent
 from shared.settings import CLASSIFIER, GATEWAY, Environ, variable
@@ -192,53 +189,57 @@ def outgoing_headers() -> dict[str, str]:
 # -- gateway -------------------------------------------------------------------------------
 
 
-def http_middlewares() -> list[Middleware]:
-    """The server-span middleware while tracing is on; to go outermost, so it sees every
-    answer as sent (problems included)."""
-    return [] if _tracer is None else [_server_spans]
+class ServerSpan:
+    """One HTTP request's server span, told how the request ended (``answered``)."""
+
+    def __init__(self, span: Span | None = None) -> None:
+        self._span = span
+
+    def answered(self, status: int | None, error: BaseException | None = None) -> None:
+        """``status`` as sent (None: the client went away, so none was), and an unexpected
+        error, if any, which the span records."""
+        span = self._span
+        if span is None:
+            return
+        from opentelemetry.trace import StatusCode
+
+        if error is not None:
+            span.record_exception(error)
+        if status is not None:
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                span.set_status(StatusCode.ERROR)
 
 
-@web.middleware
-async def _server_spans(request: web.Request, handler: Handler) -> web.StreamResponse:
+@contextlib.contextmanager
+def server_span(
+    method: str, route: str, path: str, scheme: str, headers: Mapping[str, str]
+) -> Iterator[ServerSpan]:
+    """The current span while an HTTP request is handled (the gateway's middleware wraps each
+    request in it): a child of the client's ``traceparent`` when it sent one.  ``route`` is
+    the matched pattern (empty when none matched).  A no-op while tracing is off and for
+    probes and scrapes."""
     tracer = _tracer
-    if tracer is None or request.path in UNTRACED_PATHS:
-        return await handler(request)
-    from opentelemetry.trace import SpanKind, StatusCode
+    if tracer is None or path in UNTRACED_PATHS:
+        yield ServerSpan()
+        return
+    from opentelemetry.trace import SpanKind
 
-    resource = request.match_info.route.resource
-    route = resource.canonical if resource is not None else ""
     attributes = {
-        "http.request.method": request.method,
-        "url.path": request.path,
-        "url.scheme": request.scheme,
+        "http.request.method": method,
+        "url.path": path,
+        "url.scheme": scheme,
         **({"http.route": route} if route else {}),
     }
     with tracer.start_as_current_span(
-        f"{request.method} {route}".strip(),
-        context=_context(request.headers),
+        f"{method} {route}".strip(),
+        context=_context(headers),
         kind=SpanKind.SERVER,
         attributes=attributes,
         record_exception=False,
         set_status_on_exception=False,
     ) as span:
-        # A client that goes away cancels the handler: that span has no status code.
-        status: int | None = None
-        try:
-            response = await handler(request)
-            status = response.status
-            return response
-        except web.HTTPException as exc:
-            status = exc.status
-            raise
-        except Exception as exc:
-            span.record_exception(exc)
-            status = 500
-            raise
-        finally:
-            if status is not None:
-                span.set_attribute("http.response.status_code", status)
-                if status >= 500:
-                    span.set_status(StatusCode.ERROR)
+        yield ServerSpan(span)
 
 
 def publishing(request: ClassifyRequest) -> contextlib.AbstractContextManager[object]:

@@ -18,8 +18,8 @@ from aiohttp.test_utils import TestServer
 from classifier_service.metrics import ReplicaMetrics, start_server
 from compose.broker import free_port
 from gateway import keys
-from gateway.http_metrics import UNMATCHED, http_metrics_middleware
 from gateway.metrics import GatewayMetrics
+from gateway.observe import UNMATCHED, observe_middleware
 from gateway.problems import problem_middleware
 from shared.errors import JobNotFound
 from shared.metrics import CONTENT_TYPE, expose, new_registry
@@ -83,7 +83,7 @@ def _http_app(metrics: GatewayMetrics) -> web.Application:
     async def broken(request: web.Request) -> web.Response:
         raise RuntimeError("a bug")
 
-    app = web.Application(middlewares=[http_metrics_middleware, problem_middleware])
+    app = web.Application(middlewares=[observe_middleware, problem_middleware])
     app[keys.METRICS] = metrics
     app.router.add_get("/classifications/{job_id}", job)
     app.router.add_get("/broken", broken)
