@@ -25,7 +25,8 @@ import numpy as np
 
 from bench.photos import image_files
 from classifier_service.inference import classify_batch, configure_threads, warm_up
-from classifier_service.models import LoadedModel, load_models
+from classifier_service.loaded import LoadedModel
+from classifier_service.models import load_models
 from classifier_service.preprocess import preprocess
 from classifier_service.settings import ClassifierSettings, Runtime
 from shared.catalog import CATALOG, ModelSpec
@@ -35,7 +36,7 @@ from shared.settings import process_env
 def load(model: str, runtime: str, threads: int, *, eager: bool) -> LoadedModel:
     """The model as a replica with these settings would load it (eager: the plain torch module)."""
     if eager:
-        from classifier_service import torch_runtime
+        from classifier_service.torch_tools import runtime as torch_runtime
 
         return torch_runtime.load(CATALOG[model], optimise=False)
     env = {

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from classifier_service.models import LoadedModel, Logits
+from classifier_service.loaded import LoadedModel, Logits
 from classifier_service.preprocess import preprocess
 from shared.errors import ImageDecodeError
 from shared.messages import Label

@@ -66,6 +66,8 @@ def test_a_model_of_our_own_classifies_through_http_and_amqp(
         IMGQ_MODEL_DIR=str(repository),
         IMGQ_MODEL_CACHE=str(tmp_path / "cache"),
         IMGQ_SERVE="tiny",
+        # tiny@9 is TorchScript: code, served only where the operator allows it.
+        IMGQ_ALLOW_TORCHSCRIPT="true",
     )
     _, url = cluster.start_gateway()
     # Not cluster.wait_replicas: this replica does not serve the gateway's catalogue model.
