@@ -493,6 +493,7 @@ class Replica:
                 version=model.version,
                 default=self.models.get(model.spec.name) is model,
                 classes=len(model.labels),
+                precision=model.precision.value,
             )
             for model in self.models.values()
         }

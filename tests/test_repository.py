@@ -247,7 +247,7 @@ def test_torchscript_is_served_only_where_the_operator_allows_it(
 
 
 def test_heartbeats_announce_versions_and_read_old_ones() -> None:
-    info = AnnouncedModel("Tiny", 32, "colours", "2", default=True, classes=3)
+    info = AnnouncedModel("Tiny", 32, "colours", "2", default=True, classes=3, precision="bf16")
     beat = ReplicaHeartbeat("r1", ("colours", "colours@2"), 0, False, 5.0, 1.0, {"colours@2": info})
     assert ReplicaHeartbeat.from_json(beat.to_json()) == beat
     old = (
@@ -256,4 +256,4 @@ def test_heartbeats_announce_versions_and_read_old_ones() -> None:
         b' "at": 1, "model_info": {"resnet18": {"title": "ResNet", "input_size": 224}}}'
     )
     announced = ReplicaHeartbeat.from_json(old).model_info["resnet18"]
-    assert announced == AnnouncedModel("ResNet", 224, "resnet18", "1", True, 1000)
+    assert announced == AnnouncedModel("ResNet", 224, "resnet18", "1", True, 1000, "fp32")
