@@ -1,10 +1,12 @@
 """The arithmetic a model runs in: fp32 (exact, the default) or bfloat16 where the CPU has it.
 
 bfloat16 keeps fp32's exponent and 8 bits of its mantissa: on a CPU with bfloat16 instructions
-(AVX-512 BF16, AMX) OpenVINO runs EfficientNet-Lite0 at 1.7x its fp32 speed with the same top-1
-on 198 of 200 photos (docs/benchmarks.md measures it on the ImageNet sample).  Without such
-instructions it would be emulated, slower than fp32, so a replica runs fp32 there instead and
-says why.  ONNX Runtime's CPU provider has no fast bfloat16 convolutions, hence OpenVINO.
+(AVX-512 BF16, AMX) OpenVINO runs EfficientNet-Lite0 at about 1.7x its fp32 speed (one thread,
+batch 4) with the same top-1 on 97 to 99 % of the ImageNet sample (``python -m bench`` measures
+both: the "bf16 vs fp32" rows).  Without such instructions it would be emulated, slower than
+fp32, so a replica runs fp32 there instead and says why.  ONNX Runtime cannot do it: an ONNX
+Conv takes no bfloat16 input, and its CPU provider has no bfloat16 convolution; OpenVINO lowers
+the same fp32 ONNX graph to bf16 itself.
 """
 
 from __future__ import annotations
