@@ -99,12 +99,12 @@ def allowed(folders: tuple[ModelFolder, ...], settings: ClassifierSettings) -> l
 
 def _select(settings: ClassifierSettings, *, builtins_from_repository: bool) -> Selection:
     found = repository.scan(settings.model_dir)
-    builtins = (*settings.models, *settings.torchvision_models)
-    chosen = repository.select(found, builtins, settings.serve)
+    builtin_names = (*settings.models, *settings.torchvision_models)
+    chosen = repository.select(found, builtin_names, settings.serve)
     if builtins_from_repository:
         return chosen
     # Under torch the built-ins come from their weights, not from their exported folders.
-    folders = tuple(f for f in chosen.folders if f.name not in builtins)
+    folders = tuple(f for f in chosen.folders if f.name not in builtin_names)
     return Selection(folders, chosen.found)
 
 

@@ -385,17 +385,17 @@ class Selection:
         }
 
 
-def select(found: Scan, builtins: Iterable[str], serve: Iterable[str]) -> Selection:
+def select(found: Scan, builtin_names: Iterable[str], serve: Iterable[str]) -> Selection:
     """The folders to serve: the configured built-ins (in that order) then every other model
     (in name order), narrowed to ``serve`` (``name`` or ``name@version``) when it is not empty.
 
     A built-in's folder that is not configured (IMGQ_MODELS narrowed since it was written) is
     not served: IMGQ_MODELS keeps its meaning.
     """
-    builtins = tuple(builtins)
+    builtin_names = tuple(builtin_names)
     serve = tuple(serve)
-    chosen = [f for name in builtins for f in found.find(name)]
-    chosen += [f for f in found.folders if f.name not in builtins and not f.builtin]
+    chosen = [f for name in builtin_names for f in found.find(name)]
+    chosen += [f for f in found.folders if f.name not in builtin_names and not f.builtin]
     if serve:
         chosen = [f for f in chosen if f.name in serve or f.id in serve]
         known = {f.name for f in chosen} | {f.id for f in chosen}

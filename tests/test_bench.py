@@ -179,7 +179,7 @@ def test_accuracy_counts_top1_and_top5_and_failed_photos_as_misses() -> None:
 
 
 def test_the_benchmark_parent_never_imports_torch() -> None:
-    # It starts subprocesses and must never fork with torch loaded (MEASURED.md).
+    # It starts subprocesses and must never fork with torch loaded (forked children hung).
     code = "import sys, bench.__main__; print('torch' in sys.modules)"
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
