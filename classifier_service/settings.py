@@ -217,7 +217,7 @@ class ClassifierSettings:
     metrics_host: str = _METRICS_HOST.default
     metrics_port: int = _METRICS_PORT.default
     # torchvision classifiers to serve besides the catalogue, each only if its weights file
-    # is in weights_dir (see classifier_service/torchvision_models.py).
+    # is in weights_dir (see classifier_service/torch_tools/torchvision_models.py).
     torchvision_models: tuple[str, ...] = ()
     weights_dir: Path = field(default_factory=lambda: default_weights_dir(os.environ))
     runtime: Runtime = Runtime.AUTO
