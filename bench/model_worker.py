@@ -25,17 +25,20 @@ import numpy as np
 
 from bench.photos import image_files
 from classifier_service.inference import classify_batch, configure_threads, warm_up
-from classifier_service.models import LoadedModel, load_models
+from classifier_service.loaded import LoadedModel
+from classifier_service.models import load_models
 from classifier_service.preprocess import preprocess
 from classifier_service.settings import ClassifierSettings, Runtime
 from shared.catalog import CATALOG, ModelSpec
 from shared.settings import process_env
 
 
-def load(model: str, runtime: str, threads: int, *, eager: bool) -> LoadedModel:
+def load(
+    model: str, runtime: str, threads: int, *, eager: bool, precision: str = "fp32"
+) -> LoadedModel:
     """The model as a replica with these settings would load it (eager: the plain torch module)."""
     if eager:
-        from classifier_service import torch_runtime
+        from classifier_service.torch_tools import runtime as torch_runtime
 
         return torch_runtime.load(CATALOG[model], optimise=False)
     env = {
@@ -44,6 +47,7 @@ def load(model: str, runtime: str, threads: int, *, eager: bool) -> LoadedModel:
         "IMGQ_RUNTIME": runtime,
         "IMGQ_TORCH_THREADS": str(threads),
         "IMGQ_TORCHVISION_MODELS": "",
+        "IMGQ_PRECISION": precision,
     }
     env.pop("IMGQ_INFERENCE_THREADS", None)
     return load_models(ClassifierSettings.from_env(env))[model]
@@ -70,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runtime", default=Runtime.AUTO.value, choices=[r.value for r in Runtime])
     parser.add_argument("--eager", action="store_true", help="the plain eager torch module")
     parser.add_argument(
+        "--precision", default="fp32", choices=("fp32", "bf16"), help="as IMGQ_PRECISION"
+    )
+    parser.add_argument(
         "--preprocess-only", action="store_true", help="decode and preprocess, no forward pass"
     )
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -86,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.preprocess_only:
         run = preprocess_only(CATALOG[args.model])
     else:
-        model = load(args.model, args.runtime, threads, eager=args.eager)
+        model = load(args.model, args.runtime, threads, eager=args.eager, precision=args.precision)
         # Set again: loading a torch model is what imports torch.
         configure_threads(threads)
         warm_up(model, args.batch)

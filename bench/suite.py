@@ -2,7 +2,7 @@
 
 1. The bare model in subprocesses (nothing else running): the reference ceiling, with the
    runtime the replicas use (ONNX Runtime where installed) and with frozen TorchScript beside
-   it, and decoding + preprocessing alone.
+   it, decoding + preprocessing alone, and bf16 against fp32 (agreement and speed-up).
 2. A private broker, a gateway whose gallery is the photo folder, one replica using every
    core, then N replicas: throughput and latency over HTTP and over AMQP, the CPU each part
    spends per job, latency at low load, the replicas' memory, and the accuracy of every model.
@@ -16,19 +16,21 @@ import asyncio
 import logging
 import os
 import re
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import accuracy, amqp_load, bare, gateway_load, http_load
+from bench import accuracy, amqp_load, bare, gateway_load, http_load, precision
 from bench.accuracy import Accuracy
 from bench.bare import WorkerSpec
 from bench.gateway_load import LongPollResult, SubmitResult
 from bench.load import LoadResult
 from bench.machine import CpuMeter, ForeignLoad
 from bench.photos import image_files, read_labels
+from bench.precision import PrecisionResult
 from compose.broker import BrokerNode, start_cluster
 from compose.stack import (
     ManagedProcess,
@@ -94,6 +96,8 @@ class Measurements:
     bare_torch: dict[int, float] = field(default_factory=dict)
     # Decoding and preprocessing alone, one thread: milliseconds per image.
     preprocess_ms: float | None = None
+    # bf16 against fp32 on the sample: top-1 agreement, logit difference, forward-pass speed.
+    precision: PrecisionResult | None = None
     # VmRSS of each replica (all catalogue models loaded), after the throughput runs.
     replica_rss_mb: list[float] = field(default_factory=list)
     # End to end over HTTP on a three-node cluster, N replicas.
@@ -161,6 +165,21 @@ def _measure_bare(options: Options, log_dir: Path, m: Measurements) -> None:
     per_s = bare.run_together([prep], options.images, log_dir, seconds=options.bare_seconds)
     m.preprocess_ms = 1000 / per_s.images_per_s if per_s.images_per_s else None
     log.info("decode + preprocess alone: %s ms per image", m.preprocess_ms)
+    try:
+        m.precision = precision.measure(
+            options.images, log_dir, model=MODEL, seconds=options.bare_seconds
+        )
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        m.notes.append(f"bf16 against fp32 not measured: {exc}")
+    else:
+        log.info(
+            "bf16 (%s) against fp32: same top-1 on %d/%d, %.1f vs %.1f images/s",
+            m.precision.precision,
+            m.precision.same_top1,
+            m.precision.photos,
+            m.precision.bf16_images_per_s,
+            m.precision.fp32_images_per_s,
+        )
 
 
 def _start_replicas(

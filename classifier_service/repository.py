@@ -16,16 +16,17 @@ Layout::
      "preprocessing": {"input_size": 224, "resize": 256,     (resize optional: input_size + 32)
                        "crop": "center",                     (optional; the only crop)
                        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-                       "interpolation": "bilinear" | "bicubic"}}   (optional: bilinear)
+                       "interpolation": "bilinear" | "bicubic"},   (optional: bilinear)
+     "precision": "fp32" | "bf16"}            (optional: IMGQ_PRECISION; precision.py)
 
 A model's default version is the one its ``default`` file names, else its highest readable
 version in natural order (``10`` after ``9``).  A folder that cannot be read is logged with the
 reason and skipped: one broken folder never costs the replica the others.  The built-in models
 (the catalogue's and the configured torchvision ones) live here too, written by
-``prepare_models`` or at a replica's start (``builtins.py``), marked ``"builtin": true``.
+``prepare_models`` or at a replica's start (``builtin_models.py``), marked ``"builtin": true``.
 
 Reading a folder needs json only: no torch, no onnxruntime (the serving process loads the
-network, ``models.py``; the exporter turns a non-ONNX one into ONNX, ``export.py``).
+network, ``models.py``; the exporter turns a non-ONNX one into ONNX, ``torch_tools/export.py``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from classifier_service.precision import Precision
 from shared.catalog import (
     INTERPOLATIONS,
     MODEL_NAME,
@@ -93,6 +95,8 @@ class ModelFolder:
     # Written by prepare_models for a catalogue or torchvision model: served only where
     # IMGQ_MODELS / IMGQ_TORCHVISION_MODELS name it.
     builtin: bool = False
+    # The precision model.json asks for; None: the replica's setting (IMGQ_PRECISION).
+    precision: Precision | None = None
 
     @property
     def name(self) -> str:
@@ -244,6 +248,10 @@ def read_folder(path: Path) -> ModelFolder:
     builtin = data.get("builtin", False)
     if not isinstance(builtin, bool):
         raise BrokenModelFolder(f"builtin must be true or false, got {builtin!r}")
+    precision = data.get("precision")
+    if precision is not None and precision not in tuple(Precision):
+        allowed = ", ".join(p.value for p in Precision)
+        raise BrokenModelFolder(f"precision must be one of {allowed}, got {precision!r}")
     return ModelFolder(
         path=path,
         spec=_spec(name, title, preprocessing),
@@ -253,6 +261,7 @@ def read_folder(path: Path) -> ModelFolder:
         architecture=architecture if isinstance(architecture, str) else None,
         labels=read_labels(path / LABELS_FILE),
         builtin=builtin,
+        precision=None if precision is None else Precision(precision),
     )
 
 
@@ -376,17 +385,17 @@ class Selection:
         }
 
 
-def select(found: Scan, builtins: Iterable[str], serve: Iterable[str]) -> Selection:
+def select(found: Scan, builtin_names: Iterable[str], serve: Iterable[str]) -> Selection:
     """The folders to serve: the configured built-ins (in that order) then every other model
     (in name order), narrowed to ``serve`` (``name`` or ``name@version``) when it is not empty.
 
     A built-in's folder that is not configured (IMGQ_MODELS narrowed since it was written) is
     not served: IMGQ_MODELS keeps its meaning.
     """
-    builtins = tuple(builtins)
+    builtin_names = tuple(builtin_names)
     serve = tuple(serve)
-    chosen = [f for name in builtins for f in found.find(name)]
-    chosen += [f for f in found.folders if f.name not in builtins and not f.builtin]
+    chosen = [f for name in builtin_names for f in found.find(name)]
+    chosen += [f for f in found.folders if f.name not in builtin_names and not f.builtin]
     if serve:
         chosen = [f for f in chosen if f.name in serve or f.id in serve]
         known = {f.name for f in chosen} | {f.id for f in chosen}

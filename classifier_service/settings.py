@@ -9,6 +9,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TypeVar
 
+from classifier_service.precision import Precision
 from shared.catalog import TORCHVISION_NAME, catalog_models, split_model_id
 from shared.errors import SettingsError
 from shared.logs import LogSettings
@@ -34,7 +35,8 @@ class Runtime(StrEnum):
 
     AUTO = "auto"
     ONNXRUNTIME = "onnxruntime"
-    # Frozen TorchScript: the fallback, and the source of truth the ONNX export is checked against.
+    # torch itself (frozen TorchScript for the built-ins): the fallback where ONNX Runtime is not
+    # installed, and the reference the ONNX exports are checked against.
     TORCH = "torch"
 
 
@@ -117,6 +119,21 @@ _DEVICE = variable(
     CLASSIFIER,
     "`cpu`, `cuda` (needs `onnxruntime-gpu`), or `auto`: CUDA where available",
 )
+_PRECISION = variable(
+    "IMGQ_PRECISION",
+    Precision.FP32.value,
+    CLASSIFIER,
+    "`fp32` (exact) or `bf16` (faster, near fp32's answers) for models whose `model.json` does "
+    "not say; bf16 runs only on a CPU with bfloat16 instructions and OpenVINO installed (the "
+    "`bf16` extra), else fp32, logged",
+)
+ALLOW_TORCHSCRIPT = variable(
+    "IMGQ_ALLOW_TORCHSCRIPT",
+    "false",
+    CLASSIFIER,
+    "`true`: serve repository models whose network is TorchScript, which runs its own code "
+    "when loaded; `false`: such folders are skipped",
+)
 _MODEL_CACHE = variable(
     "IMGQ_MODEL_CACHE",
     None,
@@ -178,7 +195,7 @@ class ClassifierSettings:
     replica_id: str
     # Inference threads (torch's intra-op pool, or ONNX Runtime's): IMGQ_INFERENCE_THREADS, or
     # its older name IMGQ_TORCH_THREADS.  Replicas x threads must not exceed the cores:
-    # oversubscribed replicas ran 8x slower on this hardware (../shared/MEASURED.md).  Whoever
+    # oversubscribed replicas ran 8x slower on this hardware.  Whoever
     # starts replicas sets this; 1 is the safe default when we cannot know how many run beside us.
     torch_threads: int
     # Up to this many jobs for the same model run as one forward pass.
@@ -200,7 +217,7 @@ class ClassifierSettings:
     metrics_host: str = _METRICS_HOST.default
     metrics_port: int = _METRICS_PORT.default
     # torchvision classifiers to serve besides the catalogue, each only if its weights file
-    # is in weights_dir (see classifier_service/torchvision_models.py).
+    # is in weights_dir (see classifier_service/torch_tools/torchvision_models.py).
     torchvision_models: tuple[str, ...] = ()
     weights_dir: Path = field(default_factory=lambda: default_weights_dir(os.environ))
     runtime: Runtime = Runtime.AUTO
@@ -213,6 +230,10 @@ class ClassifierSettings:
     model_dir: Path = field(default_factory=lambda: default_model_dir(os.environ))
     # name or name@version of repository models to serve; empty: all of them.
     serve: tuple[str, ...] = ()
+    # What a model runs in where its model.json does not say (classifier_service/precision.py).
+    precision: Precision = Precision.FP32
+    # Whether repository folders with a TorchScript network (code, run when loaded) are served.
+    allow_torchscript: bool = False
     # Set by a supervisor that restarted this replica (the local launcher); shown on /status.
     restart_count: int = 0
     # A batch whose decoding and inference take longer fails its jobs (time_limit_exceeded)
@@ -262,6 +283,8 @@ class ClassifierSettings:
             logs=LogSettings.from_env(env),
             model_dir=Path(env_str(env, _MODEL_DIR.name, str(default_model_dir(env)))),
             serve=_serve(env),
+            precision=_choice(env, _PRECISION, Precision),
+            allow_torchscript=_flag(env, ALLOW_TORCHSCRIPT),
         )
 
 
@@ -315,6 +338,13 @@ def _choice(env: Environ, setting: Variable[str], kind: type[_Choice]) -> _Choic
     except ValueError:
         allowed = ", ".join(member.value for member in kind)
         raise SettingsError(f"{setting.name} must be one of {allowed}, got {raw!r}") from None
+
+
+def _flag(env: Environ, setting: Variable[str]) -> bool:
+    raw = env_str(env, setting.name, setting.default).lower()
+    if raw not in ("true", "false"):
+        raise SettingsError(f"{setting.name} must be true or false, got {raw!r}")
+    return raw == "true"
 
 
 def _torchvision_models(env: Environ) -> tuple[str, ...]:

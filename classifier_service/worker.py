@@ -31,8 +31,8 @@ from aio_pika.exceptions import ChannelInvalidStateError, ChannelNotFoundEntity
 
 from classifier_service.acks import AckBook
 from classifier_service.inference import classify_batch, configure_threads, warm_up
+from classifier_service.loaded import LoadedModel
 from classifier_service.metrics import ReplicaMetrics
-from classifier_service.models import LoadedModel
 from classifier_service.settings import ClassifierSettings
 from shared import tracing, wire
 from shared.connect import NodeRing, broker_user, safe_url, watch_channel
@@ -493,6 +493,7 @@ class Replica:
                 version=model.version,
                 default=self.models.get(model.spec.name) is model,
                 classes=len(model.labels),
+                precision=model.precision.value,
             )
             for model in self.models.values()
         }

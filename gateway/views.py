@@ -66,6 +66,8 @@ class OfferedModel:
     input_size: int
     # None for a catalogue model no replica has announced yet.
     version: str | None = None
+    # What the replica that announced it last runs it in ("fp32" until one has).
+    precision: str = "fp32"
 
 
 def offered(request: web.Request) -> dict[str, OfferedModel]:
@@ -81,7 +83,11 @@ def offered(request: web.Request) -> dict[str, OfferedModel]:
         if model_id in models and models[model_id].version is not None:
             continue
         models[model_id] = OfferedModel(
-            announced.name or model_id, announced.title, announced.input_size, announced.version
+            announced.name or model_id,
+            announced.title,
+            announced.input_size,
+            announced.version,
+            announced.precision,
         )
     return models
 
@@ -101,11 +107,17 @@ async def info(request: web.Request) -> web.Response:
                 "online": replicas.serving(model.name) > 0,
                 "replicas": replicas.serving(model.name),
                 "version": None,
+                "precision": model.precision,
                 "versions": [],
             },
         )
         if model_id == model.name:
-            entry.update(title=model.title, input_size=model.input_size, version=model.version)
+            entry.update(
+                title=model.title,
+                input_size=model.input_size,
+                version=model.version,
+                precision=model.precision,
+            )
         else:
             serving = replicas.serving(model_id)
             entry["versions"].append(
@@ -114,6 +126,7 @@ async def info(request: web.Request) -> web.Response:
                     "version": model.version,
                     "title": model.title,
                     "input_size": model.input_size,
+                    "precision": model.precision,
                     "online": serving > 0,
                     "replicas": serving,
                 }

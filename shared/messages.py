@@ -366,6 +366,9 @@ class AnnouncedModel:
     # Whether ``name`` alone means this version (on this replica).
     default: bool = True
     classes: int = 1000
+    # The arithmetic the replica runs it in: "fp32", or "bf16" where the model asked for it
+    # and the replica's CPU has bfloat16 instructions.  Older replicas send none: fp32.
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,6 +405,7 @@ class ReplicaHeartbeat:
                         "version": info.version,
                         "default": info.default,
                         "classes": info.classes,
+                        "precision": info.precision,
                     }
                     for key, info in self.model_info.items()
                 },
@@ -458,11 +462,14 @@ def _model_info(raw: object) -> dict[str, AnnouncedModel]:
         name, _, version = key.partition("@")
         name, version = entry.get("name", name), entry.get("version", version or "1")
         default, classes = entry.get("default", True), entry.get("classes", 1000)
+        precision = entry.get("precision", "fp32")
         if not isinstance(name, str) or not isinstance(version, str):
             raise MessageError(f"'model_info' entry {key!r}: 'name' and 'version' are strings")
         if not isinstance(default, bool):
             raise MessageError(f"'model_info' entry {key!r}: 'default' is true or false")
         if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
             raise MessageError(f"'model_info' entry {key!r}: 'classes' is a positive integer")
-        info[key] = AnnouncedModel(title, size, name, version, default, classes)
+        if not isinstance(precision, str) or not precision:
+            raise MessageError(f"'model_info' entry {key!r}: 'precision' is a non-empty string")
+        info[key] = AnnouncedModel(title, size, name, version, default, classes, precision)
     return info

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from classifier_service import model_folders
+from classifier_service.loaded import LoadedModel
 from classifier_service.model_cache import ExportedModel
-from classifier_service.models import LoadedModel, load_models
+from classifier_service.models import load_models
 from classifier_service.settings import ClassifierSettings
 from shared.catalog import CATALOG
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from bench.accuracy import score
 from bench.load import LoadResult, replica_gaps
 from bench.photos import LabelsError, image_files, read_labels
+from bench.precision import PrecisionResult
 from bench.report import Row, Target, escape, markdown_table, results_table
 from bench.stats import Latency, percentile, rate
 from bench.summary import added_latency_ms
@@ -177,7 +179,7 @@ def test_accuracy_counts_top1_and_top5_and_failed_photos_as_misses() -> None:
 
 
 def test_the_benchmark_parent_never_imports_torch() -> None:
-    # It starts subprocesses and must never fork with torch loaded (MEASURED.md).
+    # It starts subprocesses and must never fork with torch loaded (forked children hung).
     code = "import sys, bench.__main__; print('torch' in sys.modules)"
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
@@ -202,3 +204,66 @@ def test_plumbing_is_service_cpu_per_job_less_the_model() -> None:
     plumbing = summary.plumbing_ms(m, "HTTP, 2", 2)
     assert plumbing == pytest.approx(24.5 - expected_model)
     assert summary.plumbing_ms(m, "AMQP, 2", 2) is None
+
+
+def _precision(**changes: object) -> PrecisionResult:
+    measured = PrecisionResult(
+        model="efficientnet_lite0",
+        photos=100,
+        same_top1=97,
+        max_logit_difference=0.47,
+        cpu_bf16="avx512_bf16",
+        precision="bf16",
+        threads=1,
+        batch=4,
+        fp32_images_per_s=50.0,
+        bf16_images_per_s=87.0,
+        bf16_runtime="openvino 2026.4.1, CPU, 1 thread",
+    )
+    return replace(measured, **changes)
+
+
+def test_bf16_rows_show_agreement_and_speed_up_against_their_targets() -> None:
+    from bench import summary
+    from bench.suite import Measurements
+
+    m = Measurements()
+    m.precision = _precision()
+    agreement, speedup = (row.cells() for row in summary.precision_rows(m))
+    assert agreement[2] == "same top-1 on 97/100 photos, max logit difference 0.47"
+    assert agreement[5:] == ("≥ 0.95", "met")
+    assert speedup[2] == "87.0 vs 50.0 images/s"
+    assert speedup[4:] == ("1.74 × fp32", "≥ 1.5 × fp32", "met")
+    m.precision = _precision(same_top1=90, bf16_images_per_s=60.0)
+    assert [row.cells()[-1] for row in summary.precision_rows(m)] == ["**not met**"] * 2
+
+
+def test_bf16_rows_on_a_cpu_without_it_say_so_and_measure_nothing() -> None:
+    from bench import summary
+    from bench.suite import Measurements
+
+    m = Measurements()
+    assert summary.precision_rows(m) == []
+    # What the worker reports there: the "bf16" model ran fp32, agreeing with itself exactly.
+    m.precision = _precision(cpu_bf16=None, precision="fp32", same_top1=100)
+    for row in summary.precision_rows(m):
+        assert "this CPU has no bfloat16 instructions" in row.result
+        assert row.cells()[-1] == "not measured"
+
+
+def test_precision_result_reads_the_workers_line() -> None:
+    line = {
+        "model": "efficientnet_lite0",
+        "photos": 100,
+        "same_top1": 97,
+        "max_logit_difference": 0.47,
+        "cpu_bf16": "avx512_bf16",
+        "precision": "bf16",
+        "runtime": {"fp32": "onnxruntime", "bf16": "openvino 2026.4.1, CPU, 1 thread"},
+        "threads": 1,
+        "batch": 4,
+        "images_per_s": {"fp32": 50.0, "bf16": 87.0},
+    }
+    assert PrecisionResult.from_json(line) == _precision()
+    assert _precision().speedup == pytest.approx(1.74)
+    assert _precision().agreement == 0.97

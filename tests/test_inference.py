@@ -11,12 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from classifier_service import inference, torch_runtime
-from classifier_service.efficientnet_lite import EfficientNetLite
+from classifier_service import inference
 from classifier_service.inference import classify_batch
-from classifier_service.models import LoadedModel
+from classifier_service.loaded import LoadedModel
 from classifier_service.preprocess import Pixels, decode, preprocess
-from classifier_service.torch_runtime import CATEGORIES
+from classifier_service.torch_tools import runtime as torch_runtime
+from classifier_service.torch_tools.efficientnet_lite import EfficientNetLite
+from classifier_service.torch_tools.torch_forward import CATEGORIES
 from shared.catalog import CATALOG, ModelSpec
 from shared.errors import ImageDecodeError
 from tests import exported
@@ -125,13 +126,15 @@ def test_both_runtimes_give_the_same_top5(lite0: LoadedModel) -> None:
 
 
 def test_everything_the_worker_imports_leaves_torch_out() -> None:
-    """The serving path must not load torch: memory, and no fork with torch loaded."""
+    """The serving path must not load torch (memory, and no fork with torch loaded), nor the
+    classifier's torch tooling, which is kept apart for that reason."""
     code = (
         "import sys\n"
         "import classifier_service.__main__, classifier_service.worker\n"
         "from classifier_service.inference import configure_threads\n"
         "configure_threads(1)\n"
-        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'torchvision'})\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'torchvision'}\n"
+        "    or m.startswith('classifier_service.torch_tools'))\n"
         "print(loaded)\n"
     )
     result = subprocess.run(

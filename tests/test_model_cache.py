@@ -1,21 +1,26 @@
 """The model cache's folders: complete or absent, written once under the lock, found by weights.
 
 These tests write small stand-in folders (no torch, no export): what is under test is the
-layout, the lock and the atomic rename, which the export relies on.
+layout, the lock and the atomic rename, which the export relies on, and what the exporter
+subprocess is started with.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from classifier_service import model_cache, model_folders
+from classifier_service import model_cache, model_folders, repository
 from classifier_service.model_cache import ExportedModel
+from classifier_service.repository import ModelFolder
 from classifier_service.settings import ClassifierSettings, default_model_cache
 from shared.catalog import ModelSpec
 
@@ -141,6 +146,64 @@ def test_torchvision_folders_are_found_by_the_weights_file_they_recorded(tmp_pat
     assert newest is not None
     assert newest.weights_sha256 == "cd" * 32
     assert model_folders.torchvision_folder(cache, "resnet18", weights) is None
+
+
+def test_the_exporter_inherits_no_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It loads networks from the model repository (a TorchScript file runs its own code), so
+    it gets an allow-list of the replica's environment: no broker URL, password or token."""
+    secrets = {
+        "IMGQ_BROKER_URL": "amqp://imgq-classifier:hunter2@rabbit:5672/",
+        "IMGQ_BROKER_URLS": "amqp://imgq-classifier:hunter2@rabbit-1:5672/",
+        "IMGQ_API_TOKENS": "tok1",
+        "IMGQ_CLASSIFIER_PASSWORD": "hunter2",
+        "OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer abc",
+        "AWS_SECRET_ACCESS_KEY": "abc",
+    }
+    needed = {
+        "PATH": "/usr/bin",
+        "HOME": "/home/imgq",
+        "IMGQ_MODEL_CACHE": str(tmp_path),
+        "IMGQ_ALLOW_TORCHSCRIPT": "true",
+        "IMGQ_TORCH_THREADS": "4",  # replaced by the replica's own count
+    }
+    env = model_folders.exporter_env({**secrets, **needed}, 2)
+    assert env == {
+        "PATH": "/usr/bin",
+        "HOME": "/home/imgq",
+        "IMGQ_MODEL_CACHE": str(tmp_path),
+        "IMGQ_ALLOW_TORCHSCRIPT": "true",
+        "IMGQ_INFERENCE_THREADS": "2",
+        "OMP_NUM_THREADS": "2",
+        "MKL_NUM_THREADS": "2",
+    }
+    # And that is what the exporter is started with.
+    started: list[dict[str, str]] = []
+
+    def run(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        started.append(kwargs["env"])
+        return subprocess.CompletedProcess(command, 1, stdout="")
+
+    for name, value in {**secrets, **needed}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(model_folders.subprocess, "run", run)
+    settings = ClassifierSettings.from_env({"IMGQ_MODEL_CACHE": str(tmp_path)})
+    assert model_folders.repository_networks(settings, [_torchscript_folder(tmp_path)])
+    (env_used,) = started
+    assert not set(env_used) & set(secrets)
+    assert "hunter2" not in repr(env_used)
+
+
+def _torchscript_folder(tmp_path: Path) -> ModelFolder:
+    folder = tmp_path / "repository" / "colours" / "1"
+    folder.mkdir(parents=True)
+    (folder / "model.pt").write_bytes(b"not read before the exporter runs")
+    (folder / "labels.txt").write_text("red\ngreen\n")
+    spec = {"format": "torchscript", "file": "model.pt"}
+    preprocessing = {"input_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}
+    (folder / "model.json").write_text(
+        json.dumps({"network": spec, "preprocessing": preprocessing})
+    )
+    return repository.read_folder(folder)
 
 
 def test_default_cache_follows_xdg() -> None:

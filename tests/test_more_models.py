@@ -15,13 +15,14 @@ import pytest
 import torch
 import torchvision
 
-from classifier_service import model_folders, torchvision_models
+from classifier_service import model_folders
 from classifier_service.inference import classify_batch
 from classifier_service.models import load_models
-from classifier_service.prepare_models import prepare
 from classifier_service.preprocess import preprocess
 from classifier_service.settings import ClassifierSettings, default_weights_dir
-from classifier_service.torch_runtime import CATEGORIES
+from classifier_service.torch_tools import torchvision_models
+from classifier_service.torch_tools.prepare_models import prepare
+from classifier_service.torch_tools.torch_forward import CATEGORIES
 from shared.catalog import CATALOG
 from shared.errors import SettingsError
 from tests import api, exported

@@ -20,10 +20,12 @@ import onnxruntime
 import pytest
 import torch
 
-from classifier_service import model_folders, models, onnx_runtime, torch_runtime
-from classifier_service.models import LoadedModel, choose_runtime
+from classifier_service import model_folders, models, onnx_runtime
+from classifier_service.loaded import LoadedModel
+from classifier_service.models import choose_runtime
 from classifier_service.preprocess import Pixels, preprocess
 from classifier_service.settings import ClassifierSettings, Device, Runtime
+from classifier_service.torch_tools import runtime as torch_runtime
 from shared.catalog import CATALOG
 from shared.errors import SettingsError
 from tests import exported

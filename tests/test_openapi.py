@@ -406,12 +406,14 @@ def test_helper_accepts_other_responses() -> None:
                 "online": True,
                 "replicas": 2,
                 "version": "1",
+                "precision": "fp32",
                 "versions": [
                     {
                         "id": "efficientnet_lite0@1",
                         "version": "1",
                         "title": "EfficientNet-Lite0",
                         "input_size": 224,
+                        "precision": "bf16",
                         "online": True,
                         "replicas": 2,
                     }

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from torch import nn
 
-from classifier_service import onnx_runtime, repository
-from classifier_service.models import LoadedModel, keyed
+from classifier_service import models, onnx_models, repository
+from classifier_service.loaded import LoadedModel
+from classifier_service.models import keyed
 from classifier_service.repository import BrokenModelFolder, NetworkFormat, scan, select
 from classifier_service.settings import ClassifierSettings
 from shared.catalog import split_model_id
@@ -200,7 +201,7 @@ def test_a_network_that_disagrees_with_its_labels_or_fails_is_skipped(
     garbage = onnx_folder(tmp_path / "colours" / "3")
     folders = scan(tmp_path).folders
     with caplog.at_level(logging.WARNING):
-        loaded = onnx_runtime.load_folders(folders, _settings(tmp_path))
+        loaded = onnx_models.load_folders(folders, _settings(tmp_path))
     assert [model.id for model in loaded] == ["colours@1"]
     assert f"model folder {four} skipped: the network outputs (3,) per image but labels.txt" in (
         caplog.text
@@ -211,8 +212,42 @@ def test_a_network_that_disagrees_with_its_labels_or_fails_is_skipped(
     assert logits.shape == (2, 3)
 
 
+def test_torchscript_is_served_only_where_the_operator_allows_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, untrained: nn.Module
+) -> None:
+    """A TorchScript file runs its own code when loaded: by default its folder is skipped,
+    saying which setting serves it, and the exporter refuses it too (run by hand)."""
+    from classifier_service.torch_tools.export import network_source
+
+    onnx = tiny_models.write_onnx(tmp_path / "colours" / "1", untrained, LABELS)
+    script = tiny_models.write_torchscript(tmp_path / "colours" / "2", untrained, LABELS)
+    found = scan(tmp_path)
+    assert [f.format for f in found.folders] == [NetworkFormat.ONNX, NetworkFormat.TORCHSCRIPT]
+    with caplog.at_level(logging.WARNING):
+        kept = models.allowed(found.folders, _settings(tmp_path))
+    assert [f.path for f in kept] == [onnx]
+    assert (
+        f"model folder {script} skipped: its network is TorchScript, which runs its own code "
+        "when loaded; IMGQ_ALLOW_TORCHSCRIPT=true serves it"
+    ) in caplog.text
+    # Skipped like a folder that fails to load: the default is the highest version left.
+    selection = select(found, [], [])
+    assert selection.defaults([f.id for f in kept]) == {"colours": "1"}
+    _, refused = network_source(script, allow_torchscript=False)
+    assert isinstance(refused, str)
+    assert "IMGQ_ALLOW_TORCHSCRIPT=true allows it" in refused
+
+    allowed = ClassifierSettings.from_env(
+        {"IMGQ_MODEL_DIR": str(tmp_path), "IMGQ_ALLOW_TORCHSCRIPT": "true"}
+    )
+    assert models.allowed(found.folders, allowed) == list(found.folders)
+    assert not isinstance(network_source(script, allow_torchscript=True)[1], str)
+    with pytest.raises(SettingsError, match="IMGQ_ALLOW_TORCHSCRIPT must be true or false"):
+        ClassifierSettings.from_env({"IMGQ_ALLOW_TORCHSCRIPT": "yes please"})
+
+
 def test_heartbeats_announce_versions_and_read_old_ones() -> None:
-    info = AnnouncedModel("Tiny", 32, "colours", "2", default=True, classes=3)
+    info = AnnouncedModel("Tiny", 32, "colours", "2", default=True, classes=3, precision="bf16")
     beat = ReplicaHeartbeat("r1", ("colours", "colours@2"), 0, False, 5.0, 1.0, {"colours@2": info})
     assert ReplicaHeartbeat.from_json(beat.to_json()) == beat
     old = (
@@ -221,4 +256,4 @@ def test_heartbeats_announce_versions_and_read_old_ones() -> None:
         b' "at": 1, "model_info": {"resnet18": {"title": "ResNet", "input_size": 224}}}'
     )
     announced = ReplicaHeartbeat.from_json(old).model_info["resnet18"]
-    assert announced == AnnouncedModel("ResNet", 224, "resnet18", "1", True, 1000)
+    assert announced == AnnouncedModel("ResNet", 224, "resnet18", "1", True, 1000, "fp32")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +11,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
+from classifier_service import precision
+from classifier_service.installed import installed
 from imgq_cli.amqp import Producer
 from tests import api, multipart, tiny_models
 from tests.cluster import Cluster
@@ -56,7 +59,11 @@ def test_a_model_of_our_own_classifies_through_http_and_amqp(
     # Version 9 as TorchScript (the replica exports it to ONNX), 10 as ONNX with French labels:
     # 10 is the default (natural order), so the bare name reaches it.
     tiny_models.write_torchscript(repository / "tiny" / "9", network, ENGLISH)
-    tiny_models.write_onnx(repository / "tiny" / "10", network, FRENCH)
+    ten = tiny_models.write_onnx(repository / "tiny" / "10", network, FRENCH)
+    # v10 asks for bf16: it gets it where this CPU has bfloat16 instructions, else fp32.
+    metadata = json.loads((ten / "model.json").read_text())
+    (ten / "model.json").write_text(json.dumps({**metadata, "precision": "bf16"}))
+    reduced = "bf16" if precision.native_bf16() and installed("openvino") else "fp32"
     # Beside them: a folder that is not JSON, and a version whose labels the network disagrees with.
     (repository / "broken" / "1").mkdir(parents=True)
     (repository / "broken" / "1" / "model.json").write_text("{not json")
@@ -66,6 +73,8 @@ def test_a_model_of_our_own_classifies_through_http_and_amqp(
         IMGQ_MODEL_DIR=str(repository),
         IMGQ_MODEL_CACHE=str(tmp_path / "cache"),
         IMGQ_SERVE="tiny",
+        # tiny@9 is TorchScript: code, served only where the operator allows it.
+        IMGQ_ALLOW_TORCHSCRIPT="true",
     )
     _, url = cluster.start_gateway()
     # Not cluster.wait_replicas: this replica does not serve the gateway's catalogue model.
@@ -75,10 +84,10 @@ def test_a_model_of_our_own_classifies_through_http_and_amqp(
         time.sleep(0.2)
     assert _online(url, "tiny@10"), replica.log_tail()
     (tiny,) = [m for m in api.get(url, "/info").json()["models"] if m["name"] == "tiny"]
-    assert tiny["version"] == "10"
-    assert sorted((v["id"], v["online"]) for v in tiny["versions"]) == [
-        ("tiny@10", True),
-        ("tiny@9", True),
+    assert (tiny["version"], tiny["precision"]) == ("10", reduced)
+    assert sorted((v["id"], v["online"], v["precision"]) for v in tiny["versions"]) == [
+        ("tiny@10", True, reduced),
+        ("tiny@9", True, "fp32"),
     ]
 
     red = tiny_models.picture("red", fmt="PNG")
@@ -121,4 +130,5 @@ def test_a_model_of_our_own_classifies_through_http_and_amqp(
         assert sorted(values[1:]) == ["tiny@10", "tiny@9"]
         expect(options.first).to_contain_text("v10")
         expect(options.first).to_contain_text("(default)")
+        expect(options.first).to_contain_text(f"· {reduced}")
         expect(group.locator('option[value="tiny@9"]')).to_contain_text("v9 · online")

@@ -11,9 +11,9 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from classifier_service.inference import warm_up
-from classifier_service.models import LoadedModel
+from classifier_service.loaded import LoadedModel
 from classifier_service.preprocess import Pixels, crop_box, decode, preprocess, to_array
-from classifier_service.torch_runtime import load
+from classifier_service.torch_tools.runtime import load
 from shared.catalog import CATALOG, ModelSpec
 from tests.api import REPO
 

@@ -75,7 +75,7 @@ function modelTitle(name) {
   const model = choices().find((m) => m.name === name);
   if (model) return model.version ? `${model.title} v${model.version}` : model.title;
   const option = [...modelSelect.options].find((o) => o.value === name);
-  return option ? option.textContent.replace(/ · (online|offline)$/, "") : name;
+  return option ? option.textContent.replace(/ · (online|offline)( · [a-z0-9]+)?$/, "") : name;
 }
 
 /** "upload:photo.png" -> "photo.png (your file)"; gallery names stay as they are. */
@@ -118,9 +118,11 @@ function inferenceMs(job) {
 
 // ---- model list and gallery ------------------------------------------------------------------
 
+// The arithmetic the replicas run it in: fp32, or bf16 (bfloat16) on CPUs that have it.
 function modelLabel(model) {
   const version = model.version ? ` · v${model.version}` : "";
-  return `${model.title}${version} · ${model.online ? "online" : "offline"}`;
+  const precision = model.precision ? ` · ${model.precision}` : "";
+  return `${model.title}${version} · ${model.online ? "online" : "offline"}${precision}`;
 }
 
 // Every choice the picker offers, by the ID a job sends: each model by name (its default
@@ -175,8 +177,10 @@ function updateModelNote() {
   modelNote.dataset.state = model.online ? "online" : "offline";
   const n = Number(model.replicas) || 0;
   const replicas = n ? ` · ${n} replica${n === 1 ? "" : "s"}` : "";
+  const precision =
+    model.precision === "bf16" ? " · bf16 (faster, near fp32's answers)" : " · fp32";
   modelNote.textContent = model.online
-    ? `Online${replicas} · input ${model.input_size} px`
+    ? `Online${replicas} · input ${model.input_size} px${precision}`
     : "No replica is serving this model right now; a job will wait in the queue.";
 }
 

@@ -1,8 +1,8 @@
 """The built-in models' repository folders: the catalogue's and the configured torchvision ones.
 
 They are served like any other repository folder (``repository.py``); this module only puts
-them there.  Each is exported to ONNX into the model cache as before (``model_folders.py``:
-a subprocess, so the serving process never imports torch), then its ONNX file and labels are
+them there.  Each is exported to ONNX into the model cache first (``model_folders.py``: a
+subprocess, so the serving process never imports torch), then its ONNX file and labels are
 linked (or copied) into ``<IMGQ_MODEL_DIR>/<name>/1/`` with a ``model.json`` saying how to
 prepare its pixels.  ``python -m classifier_service.prepare_models`` does it ahead of time; a
 replica does it at start-up for a configured built-in its repository lacks.
@@ -59,7 +59,7 @@ def ensure(settings: ClassifierSettings) -> None:
     broken), exporting what the model cache lacks first.
 
     Raises as ``model_folders.resolve`` does for a catalogue model that cannot be had here;
-    a torchvision model without weights is logged and left out, as before.
+    a torchvision model without weights is logged and left out.
     """
     names = configured(settings)
     missing = [name for name in names if not present(settings.model_dir, name)]

@@ -1,7 +1,7 @@
 """The models as torch modules: eager (what ``export.py`` exports, and the reference the ONNX
 models are tested against) or frozen TorchScript (``IMGQ_RUNTIME=torch``).
 
-Only the exporter, the torch runtime and the tests import this module: it loads torch.
+Only the exporter, the loader's torch branch and the tests import this module: it loads torch.
 """
 
 from __future__ import annotations
@@ -15,34 +15,18 @@ import torch
 import torchvision
 from torch import nn
 from torch.jit._trace import TracerWarning
-from torchvision.models import ResNet50_Weights
 
-from classifier_service.efficientnet_lite import EfficientNetLite
-from classifier_service.models import LoadedModel, Logits, check_outputs, weights_path
-from classifier_service.preprocess import Pixels
+from classifier_service.installed import weights_path
+from classifier_service.loaded import LoadedModel, load_each
 from classifier_service.repository import BrokenModelFolder, ModelFolder, NetworkFormat
 from classifier_service.settings import ClassifierSettings
+from classifier_service.torch_tools import torchvision_models
+from classifier_service.torch_tools.efficientnet_lite import EfficientNetLite
+from classifier_service.torch_tools.torch_forward import CATEGORIES, TorchForward
 from shared.catalog import CATALOG, ModelSpec
 from shared.errors import SettingsError
 
 log = logging.getLogger(__name__)
-
-# torchvision's ImageNet category list (the order of the 1000 class indices).  Reading the
-# enum's metadata downloads nothing.  The exporter writes it to each model's labels.txt.
-CATEGORIES: tuple[str, ...] = tuple(ResNet50_Weights.IMAGENET1K_V2.meta["categories"])
-
-
-class TorchForward:
-    """A module behind the runtime-neutral ``LoadedModel.forward``: numpy in, numpy out."""
-
-    def __init__(self, module: nn.Module) -> None:
-        self.module = module
-
-    def __call__(self, batch: Pixels) -> Logits:
-        with torch.inference_mode():
-            logits: torch.Tensor = self.module(torch.from_numpy(batch))
-        result: Logits = logits.numpy()
-        return result
 
 
 def build(spec: ModelSpec) -> nn.Module:
@@ -117,9 +101,6 @@ def load(spec: ModelSpec, *, optimise: bool = True) -> LoadedModel:
 
 def load_models(settings: ClassifierSettings) -> dict[str, LoadedModel]:
     """Every configured model under torch (``IMGQ_RUNTIME=torch``)."""
-    # Imported here: torchvision_models imports this module for CATEGORIES.
-    from classifier_service import torchvision_models
-
     torch.set_num_threads(settings.torch_threads)
     models = {name: load(CATALOG[name]) for name in settings.models}
     torchvision_models.check_names(settings.torchvision_models)
@@ -138,9 +119,6 @@ def build_network(folder: ModelFolder) -> nn.Module:
         return scripted.eval()
     if folder.format is not NetworkFormat.STATE_DICT or folder.architecture is None:
         raise BrokenModelFolder(f"torch cannot run a {folder.format.value} network")
-    # Imported here: torchvision_models imports this module for CATEGORIES.
-    from classifier_service import torchvision_models
-
     if folder.architecture not in torchvision_models.known_names():
         raise BrokenModelFolder(
             f"network.architecture {folder.architecture!r} is not a torchvision classifier"
@@ -158,42 +136,24 @@ def load_folders(folders: Sequence[ModelFolder], threads: int) -> list[LoadedMod
     """Repository models under torch (IMGQ_RUNTIME=torch): TorchScript and state-dict networks
     directly; an ONNX-only folder is left out (with a warning), as is any that fails to load."""
     torch.set_num_threads(threads)
-    loaded = []
-    for folder in folders:
-        if folder.format is NetworkFormat.ONNX:
-            log.warning(
-                "model folder %s skipped: its network is ONNX, which IMGQ_RUNTIME=torch "
-                "does not run",
-                folder.path,
-            )
-            continue
-        started = time.perf_counter()
-        try:
-            try:
-                module = build_network(folder)
-            except BrokenModelFolder:
-                raise
-            except Exception as exc:  # torch's loaders raise many kinds for a bad file
-                raise BrokenModelFolder(
-                    f"cannot load its {folder.format.value} network: {type(exc).__name__}: {exc}"
-                ) from None
-            model = LoadedModel(
-                folder.spec,
-                TorchForward(module),
-                folder.labels,
-                f"torch {torch.__version__}, {folder.format.value}",
-                folder.version,
-            )
-            check_outputs(model)
-        except BrokenModelFolder as exc:
-            log.warning("model folder %s skipped: %s", folder.path, exc)
-            continue
-        log.info(
-            "loaded %s (%s, %d classes) in %.1f s",
-            folder.id,
-            model.runtime,
-            len(folder.labels),
-            time.perf_counter() - started,
-        )
-        loaded.append(model)
-    return loaded
+    return load_each(folders, load_folder)
+
+
+def load_folder(folder: ModelFolder) -> LoadedModel:
+    if folder.format is NetworkFormat.ONNX:
+        raise BrokenModelFolder("its network is ONNX, which IMGQ_RUNTIME=torch does not run")
+    try:
+        module = build_network(folder)
+    except BrokenModelFolder:
+        raise
+    except Exception as exc:  # torch's loaders raise many kinds for a bad file
+        raise BrokenModelFolder(
+            f"cannot load its {folder.format.value} network: {type(exc).__name__}: {exc}"
+        ) from None
+    return LoadedModel(
+        folder.spec,
+        TorchForward(module),
+        folder.labels,
+        f"torch {torch.__version__}, {folder.format.value}",
+        folder.version,
+    )

@@ -28,8 +28,8 @@ import torch
 import torchvision
 from torchvision.models import WeightsEnum
 
-from classifier_service.models import LoadedModel
-from classifier_service.torch_runtime import CATEGORIES, TorchForward
+from classifier_service.loaded import LoadedModel
+from classifier_service.torch_tools.torch_forward import CATEGORIES, TorchForward
 from shared.catalog import ModelSpec
 from shared.errors import SettingsError
 
