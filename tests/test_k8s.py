@@ -25,7 +25,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from compose.permissions import _PRIVATE_QUEUES, CLASSIFIER_USER, GATEWAY_USER, GRANTS, _one_of
+from compose.permissions import CLASSIFIER_USER, GATEWAY_USER, GRANTS, PRODUCER_USER
 from shared.catalog import catalog_models
 from shared.topology import (
     CANCELLATIONS,
@@ -35,6 +35,7 @@ from shared.topology import (
     DEAD_LETTER_QUEUE,
     EVENT_LOG,
     MODEL_ROUTER,
+    REPLIES_EXCHANGE,
     REQUEST_ROUTING_KEY,
     REQUESTS_EXCHANGE,
     REQUESTS_QUEUE,
@@ -74,14 +75,6 @@ CLASSIFIER = "imgq-classifier"
 # and policy/v1 are older) and the newest whose schemas kubernetes-validate 1.37 ships.
 KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
 
-# Planned in the brief for compose/permissions.py but not there yet: an AMQP producer publishes
-# jobs and reads its own server-named reply queue. Used until GRANTS has a producer.
-PRODUCER_USER = "imgq-producer"
-PLANNED_PRODUCER_GRANT = (
-    f"^{_PRIVATE_QUEUES}$",
-    _one_of(REQUESTS_EXCHANGE),
-    f"^{_PRIVATE_QUEUES}$",
-)
 # KEDA's user (overlays/keda) only reads queue lengths from the management API.
 KEDA_USER = "imgq-keda"
 NOTHING = "^$"
@@ -779,6 +772,11 @@ class _Queue:
 class _RecordingChannel:
     declared: Declared
 
+    @property
+    def default_exchange(self) -> _Exchange:
+        # Always there, never declared: what declare_topology gives a replica to reply through.
+        return _Exchange(self.declared, "")
+
     async def declare_exchange(
         self,
         name: str,
@@ -1005,18 +1003,12 @@ def test_service_users_have_exactly_the_compose_grants() -> None:
     for username, grant in GRANTS.items():
         assert granted.get(username) == (grant.configure, grant.write, grant.read), username
     users = users_by_username(objects)
-    for username in (*GRANTS, PRODUCER_USER):
+    for username in GRANTS:
         assert not users[username]["spec"].get("tags"), f"{username} needs no management access"
 
 
 def test_producer_may_only_publish_jobs_and_read_its_replies() -> None:
-    granted = grants(render("base"))
-    expected = PLANNED_PRODUCER_GRANT
-    planned = GRANTS.get(PRODUCER_USER)
-    if planned is not None:  # once compose/permissions.py has it, that is the truth
-        expected = (planned.configure, planned.write, planned.read)
-    assert granted[PRODUCER_USER] == expected
-    configure, write, read = granted[PRODUCER_USER]
+    configure, write, read = grants(render("base"))[PRODUCER_USER]
     assert re.fullmatch(write, REQUESTS_EXCHANGE)
     others = ("imgq.events", EVENT_LOG, CANCELLATIONS, DEAD_LETTER_QUEUE, DEAD_LETTER_NOTICES)
     for name in (*others, "amq.default"):
@@ -1025,8 +1017,32 @@ def test_producer_may_only_publish_jobs_and_read_its_replies() -> None:
     # The work queue shares the exchange's name: never take jobs off it, nor delete it.
     assert not re.fullmatch(read, REQUESTS_QUEUE)
     assert not re.fullmatch(configure, REQUESTS_QUEUE)
+    # Its reply queue: declare it, bind it to imgq.replies (write on the queue, read on the
+    # exchange) and consume it; never publish a reply itself.
     assert re.fullmatch(read, "amq.gen-Xb3")
     assert re.fullmatch(configure, "amq.gen-Xb3")
+    assert re.fullmatch(write, "amq.gen-Xb3")
+    assert re.fullmatch(read, REPLIES_EXCHANGE)
+    assert not re.fullmatch(write, REPLIES_EXCHANGE)
+    assert not re.fullmatch(configure, REPLIES_EXCHANGE)
+
+
+@pytest.mark.parametrize("username", sorted(GRANTS))
+def test_no_user_may_publish_through_the_default_exchange(username: str) -> None:
+    # RabbitMQ checks a publish against its exchange only, never the routing key: write on the
+    # default exchange would be write into every queue by name, the work queues included.
+    _, write, _ = grants(render("base"))[username]
+    assert not re.fullmatch(write, "amq.default"), username
+
+
+def test_classifiers_reply_through_the_replies_exchange() -> None:
+    _, write, read = grants(render("base"))[CLASSIFIER_USER]
+    assert re.fullmatch(write, REPLIES_EXCHANGE)
+    # Not read: binding a queue to it (a model queue, say) takes read on the exchange.
+    assert not re.fullmatch(read, REPLIES_EXCHANGE)
+    exchanges = {e["spec"]["name"]: e["spec"] for e in of_kind(render("base"), "Exchange")}
+    # Direct: a reply reaches exactly the queue bound under its name, never a pattern.
+    assert exchanges[REPLIES_EXCHANGE]["type"] == "direct"
 
 
 def test_users_are_the_same_in_every_overlay() -> None:
