@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from compose.permissions import CLASSIFIER_USER, GATEWAY_USER
+from gateway.senders import Senders
 from shared.topology import QueueBounds
 from tests.service_settings import unknown_variables
 from tests.test_deploy_files import (
@@ -236,6 +237,21 @@ def test_services_get_every_node_as_their_own_user(
     for node in NODES:
         assert depends_on[node] == {"condition": "service_healthy"}
     assert depends_on["broker-setup"] == {"condition": "service_completed_successfully"}
+
+
+def test_gateway_trusts_each_event_only_from_its_senders() -> None:
+    senders = Senders.from_env(env_of("gateway"))
+    users = {
+        name: {urlsplit(url).username for url in env_of(name)["IMGQ_BROKER_URLS"].split(",")}
+        for name in BUILT
+    }
+    assert users == {"gateway": {GATEWAY_USER}, "classifier": {CLASSIFIER_USER}}
+    assert senders.gateways == users["gateway"]
+    assert senders.classifiers == users["classifier"]
+    # The same as compose.yaml's.
+    single = environment(load(SINGLE_FILE)["services"]["gateway"])
+    for key in ("IMGQ_GATEWAY_USERS", "IMGQ_CLASSIFIER_USERS"):
+        assert environment(service("gateway"))[key] == single[key]
 
 
 @pytest.mark.parametrize("name", sorted(BUILT))

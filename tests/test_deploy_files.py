@@ -27,9 +27,12 @@ import yaml
 from compose.broker import MAX_MESSAGE_BYTES
 from compose.permissions import CLASSIFIER_USER, GATEWAY_USER, GRANTS, PRODUCER_USER
 from gateway.limits import MAX_REQUEST_BYTES, MAX_UPLOAD_BYTES
+from gateway.senders import Senders
 from gateway.settings import GatewaySettings
 from gateway.sse import KEEPALIVE_SECONDS
 from shared.errors import NotReady, PayloadTooLarge
+from shared.messages import JobEvent, new_job_id
+from shared.states import JobStatus
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "compose" / "compose.yaml"
@@ -505,6 +508,24 @@ def test_each_service_connects_as_its_own_least_privilege_user(
     assert (depends_on.get("broker-setup") or {}).get("condition") == (
         "service_completed_successfully"
     )
+
+
+def test_gateway_trusts_each_event_only_from_its_senders() -> None:
+    env = {k: interpolate(v, OPERATOR_ENV) for k, v in environment(service("gateway")).items()}
+    senders = Senders.from_env(env)
+    # The users the services connect as, which broker-setup creates.
+    gateway_user = urlsplit(env["IMGQ_BROKER_URL"]).username
+    classifier_user = urlsplit(
+        interpolate(environment(service("classifier"))["IMGQ_BROKER_URL"], OPERATOR_ENV)
+    ).username
+    assert (gateway_user, classifier_user) == (GATEWAY_USER, CLASSIFIER_USER)
+    assert senders.gateways == {GATEWAY_USER}
+    assert senders.classifiers == {CLASSIFIER_USER}
+    queued = JobEvent(new_job_id(), JobStatus.QUEUED, "efficientnet_lite0", "cat.jpg")
+    assert senders.refuses(queued, CLASSIFIER_USER) is not None
+    assert senders.refuses(queued, PRODUCER_USER) is not None
+    assert senders.refuses(queued.advance(JobStatus.SUCCEEDED), GATEWAY_USER) is not None
+    assert senders.refuses(queued.advance(JobStatus.SUCCEEDED), CLASSIFIER_USER) is None
 
 
 def test_broker_setup_runs_the_setup_module_as_the_operator() -> None:

@@ -26,7 +26,10 @@ import pytest
 import yaml
 
 from compose.permissions import CLASSIFIER_USER, GATEWAY_USER, GRANTS, PRODUCER_USER
+from gateway.senders import Senders
 from shared.catalog import catalog_models
+from shared.messages import JobEvent, new_job_id
+from shared.states import JobStatus
 from shared.topology import (
     CANCELLATIONS,
     CANCELLATIONS_ARGUMENTS,
@@ -1101,6 +1104,40 @@ def test_services_only_look_the_topology_up() -> None:
     objects = render("base")
     for deployment in (GATEWAY, CLASSIFIER):
         assert literal_env(main_container(objects, deployment))["IMGQ_DECLARE_TOPOLOGY"] == "false"
+
+
+def resolved_env(container: Obj) -> dict[str, str]:
+    """The container's variables as the pod sees them, with each Secret key read from
+    secrets.example.yaml (whose only values are the usernames) and $(NAME) expanded."""
+    secrets = example_secrets()
+    env: dict[str, str] = {}
+    for entry in container.get("env", []):
+        if "value" in entry:
+            value = re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], str(entry["value"]))
+        else:
+            ref = entry["valueFrom"]["secretKeyRef"]
+            value = secrets[ref["name"]][ref["key"]]
+        env[entry["name"]] = value
+    return env
+
+
+def test_gateway_trusts_each_event_only_from_its_senders() -> None:
+    objects = render("base")
+    env = resolved_env(main_container(objects, GATEWAY))
+    senders = Senders.from_env(env)
+    assert senders.enforced, "IMGQ_GATEWAY_USERS and IMGQ_CLASSIFIER_USERS must be set"
+    # The users the services really connect as: their broker URLs' usernames.
+    gateway_user = urlsplit(env["IMGQ_BROKER_URLS"].split(",")[0]).username
+    classifier_env = resolved_env(main_container(objects, CLASSIFIER))
+    classifier_user = urlsplit(classifier_env["IMGQ_BROKER_URLS"].split(",")[0]).username
+    assert (gateway_user, classifier_user) == (GATEWAY_USER, CLASSIFIER_USER)
+    assert senders.gateways == {gateway_user}
+    assert senders.classifiers == {classifier_user}
+    queued = JobEvent(new_job_id(), JobStatus.QUEUED, "efficientnet_lite0", "cat.jpg")
+    assert senders.refuses(queued, classifier_user) is not None
+    assert senders.refuses(queued.advance(JobStatus.STARTED), gateway_user) is not None
+    assert senders.refuses(queued.advance(JobStatus.STARTED), classifier_user) is None
+    assert senders.refuses(queued, "imgq-producer") is not None
 
 
 def test_gateway_listens_for_the_service_and_requires_tokens() -> None:
