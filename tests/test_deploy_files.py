@@ -720,6 +720,26 @@ def test_broker_refuses_messages_over_16_mib() -> None:
     assert conf[0][2:] == ["ro"]
 
 
+# The oldest RabbitMQ release line the files may run: 4.4 is the one RabbitMQ supports as of
+# December 2026 (only the newest minor series gets fixes), and no 4.x before 4.3.1 lets a
+# least-privilege service look the topology up (passive declarations needed configure).
+SUPPORTED_RABBITMQ_LINE = (4, 4)
+
+
+def test_broker_runs_a_supported_release_line() -> None:
+    image = service("broker")["image"]
+    name, _, tag = image.partition(":")
+    assert name == "rabbitmq"
+    # A release line (major.minor), so patch releases come with each pull, never "latest".
+    match = re.fullmatch(r"(\d+)\.(\d+)-management", tag)
+    assert match, f"{image}: pin a release line, <major>.<minor>-management"
+    line = (int(match.group(1)), int(match.group(2)))
+    assert line >= SUPPORTED_RABBITMQ_LINE, f"{image} is older than the supported line"
+    # The Kubernetes notes say what running it, while the suite runs 3.10, means.
+    notes = (REPO / "k8s" / "README.md").read_text(encoding="utf-8")
+    assert f"rabbitmq:{tag}" in notes
+
+
 def test_gallery_is_mounted_read_only_where_the_gateway_looks() -> None:
     svc = service("gateway")
     gallery_dir = environment(svc).get("IMGQ_GALLERY_DIR")

@@ -25,6 +25,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from compose.broker import MAX_MESSAGE_BYTES
 from compose.permissions import CLASSIFIER_USER, GATEWAY_USER, GRANTS, PRODUCER_USER
 from gateway.senders import Senders
 from shared.catalog import catalog_models
@@ -59,6 +60,7 @@ from tests.test_deploy_files import (
     module_source,
     parse_dockerfile,
     python_module,
+    rabbitmq_settings,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -1248,6 +1250,19 @@ def test_broker_cluster() -> None:
         assert legacy == "true", "this RabbitMQ lacks the operator's HTTP startup check"
     else:
         assert legacy is None, "the legacy probe is only for RabbitMQ before 4.2.4"
+    # Every setting compose's nodes read (compose/rabbitmq.conf: the 16 MiB message cap), with
+    # the same value: the limits must not depend on where the broker runs.
+    additional = spec["rabbitmq"]["additionalConfig"]
+    cluster_settings = dict(
+        (key.strip(), value.strip())
+        for key, _, value in (
+            line.partition("=")
+            for line in additional.splitlines()
+            if line.strip() and not line.strip().startswith("#")
+        )
+    )
+    assert rabbitmq_settings().items() <= cluster_settings.items()
+    assert int(cluster_settings["max_message_size"]) == MAX_MESSAGE_BYTES == 16 << 20
     override = spec["override"]["statefulSet"]["spec"]["template"]["spec"]
     assert override["securityContext"]["runAsNonRoot"] is True
     assert override["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
