@@ -1272,6 +1272,198 @@ def test_broker_cluster() -> None:
     assert rabbitmq["securityContext"]["capabilities"] == {"drop": ["ALL"]}
 
 
+# --------------------------------------------------------------------------- network policies
+
+
+@dataclass(frozen=True)
+class Pod:
+    """A pod as NetworkPolicies see it: its namespace's labels, its own, its named ports."""
+
+    namespace: str
+    labels: Mapping[str, str]
+    ports: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def namespace_labels(self) -> dict[str, str]:
+        # Kubernetes labels every namespace with its own name (1.22 and later).
+        return {"kubernetes.io/metadata.name": self.namespace}
+
+
+def selects(selector: Obj | None, labels: Mapping[str, str]) -> bool:
+    """A label selector as Kubernetes applies it (matchLabels and matchExpressions)."""
+    selector = selector or {}
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values")
+        present = key in labels
+        if operator == "In" and not (present and labels[key] in values):
+            return False
+        if operator == "NotIn" and present and labels[key] in values:
+            return False
+        if operator == "Exists" and not present:
+            return False
+        if operator == "DoesNotExist" and present:
+            return False
+    return True
+
+
+def _peer_matches(peer: Obj, source: Pod, policy_namespace: str) -> bool:
+    assert "ipBlock" not in peer, "imgq's policies select pods, not addresses"
+    if "namespaceSelector" in peer:
+        if not selects(peer["namespaceSelector"], source.namespace_labels):
+            return False
+    elif source.namespace != policy_namespace:
+        return False  # a podSelector alone means pods of the policy's own namespace
+    return selects(peer.get("podSelector"), source.labels)
+
+
+def _port_matches(entry: Obj, target: Pod, port: int) -> bool:
+    assert entry.get("protocol", "TCP") == "TCP"
+    wanted = entry.get("port")
+    if wanted is None:
+        return True
+    if isinstance(wanted, str):
+        return target.ports.get(wanted) == port
+    return int(wanted) <= port <= int(entry.get("endPort", wanted))
+
+
+def may_connect(objects: list[Obj], source: Pod, target: Pod, port: int) -> bool:
+    """Whether the policies let ``source`` open a TCP connection to ``target``'s ``port``."""
+    isolating = [
+        policy
+        for policy in of_kind(objects, "NetworkPolicy")
+        if policy["metadata"]["namespace"] == target.namespace
+        and selects(policy["spec"]["podSelector"], target.labels)
+        and "Ingress" in policy["spec"].get("policyTypes", ["Ingress"])
+    ]
+    if not isolating:
+        return True
+    return any(
+        (
+            not rule.get("from")
+            or any(_peer_matches(peer, source, NAMESPACE) for peer in rule["from"])
+        )
+        and (not rule.get("ports") or any(_port_matches(e, target, port) for e in rule["ports"]))
+        for policy in isolating
+        for rule in policy["spec"].get("ingress", [])
+    )
+
+
+# The labels the Cluster Operator gives the RabbitmqCluster's pods (the anti-affinity in
+# rabbitmqcluster.yaml selects them the same way).
+BROKER_POD = Pod(
+    NAMESPACE,
+    {
+        "app.kubernetes.io/name": CLUSTER,
+        "app.kubernetes.io/component": "rabbitmq",
+        "app.kubernetes.io/part-of": "rabbitmq",
+    },
+)
+# Where the operators, KEDA and Prometheus run, as they install by default.
+TOPOLOGY_OPERATOR = Pod(
+    "rabbitmq-system",
+    {
+        "app.kubernetes.io/name": "messaging-topology-operator",
+        "app.kubernetes.io/component": "rabbitmq-operator",
+    },
+)
+KEDA_OPERATOR = Pod("keda", {"app.kubernetes.io/name": "keda-operator", "app": "keda-operator"})
+PROMETHEUS = Pod("monitoring", {"app.kubernetes.io/name": "prometheus"})
+INGRESS_CONTROLLER = Pod("ingress-nginx", {"app.kubernetes.io/name": "ingress-nginx"})
+# Anything else that happens to run in the namespace (a debugging pod, a compromised job).
+STRANGER = Pod(NAMESPACE, {"run": "debug"})
+AMQP, BROKER_HTTP_API, BROKER_METRICS = AMQP_PORT, MANAGEMENT_PORT, 15692
+
+
+def workload_pod(objects: list[Obj], deployment: str, namespace: str = NAMESPACE) -> Pod:
+    workload = named(objects, "Deployment", deployment)
+    ports = {
+        p["name"]: p["containerPort"] for c in containers(workload) for p in c.get("ports", [])
+    }
+    return Pod(namespace, workload["spec"]["template"]["metadata"]["labels"], ports)
+
+
+def test_every_pod_of_the_namespace_is_closed_by_default() -> None:
+    objects = render("base")
+    closed = [
+        policy
+        for policy in of_kind(objects, "NetworkPolicy")
+        if policy["spec"]["podSelector"] == {} and not policy["spec"].get("ingress")
+    ]
+    assert closed, "a default-deny policy selecting every pod"
+    assert "Ingress" in closed[0]["spec"]["policyTypes"]
+    for pod in (workload_pod(objects, GATEWAY), workload_pod(objects, CLASSIFIER), BROKER_POD):
+        assert not may_connect(objects, STRANGER, pod, 12345)
+
+
+@pytest.mark.parametrize("overlay", ALL)
+def test_only_the_services_reach_amqp(overlay: str) -> None:
+    objects = render(overlay)
+    gateway, classifier = workload_pod(objects, GATEWAY), workload_pod(objects, CLASSIFIER)
+    assert may_connect(objects, gateway, BROKER_POD, AMQP)
+    assert may_connect(objects, classifier, BROKER_POD, AMQP)
+    for source in (STRANGER, PROMETHEUS, TOPOLOGY_OPERATOR, KEDA_OPERATOR, INGRESS_CONTROLLER):
+        assert not may_connect(objects, source, BROKER_POD, AMQP), source
+    # The services' labels count only inside the namespace: elsewhere anyone can set them.
+    lookalike = workload_pod(objects, GATEWAY, namespace="elsewhere")
+    assert not may_connect(objects, lookalike, BROKER_POD, AMQP)
+    # And the services reach nothing else on the broker.
+    for port in (BROKER_HTTP_API, 25672, 4369):
+        assert not may_connect(objects, gateway, BROKER_POD, port), port
+
+
+@pytest.mark.parametrize("overlay", ALL)
+def test_only_the_gateways_http_port_is_offered(overlay: str) -> None:
+    objects = render(overlay)
+    gateway, classifier = workload_pod(objects, GATEWAY), workload_pod(objects, CLASSIFIER)
+    http = gateway.ports["http"]
+    for source in (INGRESS_CONTROLLER, STRANGER, PROMETHEUS):
+        assert may_connect(objects, source, gateway, http)
+        assert not may_connect(objects, source, gateway, http + 1)
+    # A replica takes its work from the broker: nothing connects to it but the scraper.
+    metrics = classifier.ports["metrics"]
+    for source in (INGRESS_CONTROLLER, STRANGER, gateway, BROKER_POD):
+        assert not may_connect(objects, source, classifier, metrics)
+    assert may_connect(objects, PROMETHEUS, classifier, metrics)
+    assert may_connect(objects, PROMETHEUS, BROKER_POD, BROKER_METRICS)
+    # Every named port a policy opens is one its pods have.
+    for policy in of_kind(objects, "NetworkPolicy"):
+        for rule in policy["spec"].get("ingress", []):
+            for entry in rule.get("ports", []):
+                if isinstance(entry["port"], str):
+                    assert entry["port"] in gateway.ports | classifier.ports, entry
+
+
+@pytest.mark.parametrize("overlay", ALL)
+def test_broker_nodes_cluster_and_operators_reconcile(overlay: str) -> None:
+    objects = render(overlay)
+    # Erlang distribution, epmd, stream replication, CLI tools.
+    for port in (25672, 4369, 6000, 6500, 35672, 35682, AMQP):
+        assert may_connect(objects, BROKER_POD, BROKER_POD, port), port
+    assert may_connect(objects, TOPOLOGY_OPERATOR, BROKER_POD, BROKER_HTTP_API)
+    impostor = Pod(NAMESPACE, TOPOLOGY_OPERATOR.labels)
+    assert not may_connect(objects, impostor, BROKER_POD, BROKER_HTTP_API)
+    # KEDA reads the queues' lengths from the HTTP API only where it scales the classifiers.
+    assert may_connect(objects, KEDA_OPERATOR, BROKER_POD, BROKER_HTTP_API) is (overlay == "keda")
+    assert not may_connect(objects, KEDA_OPERATOR, BROKER_POD, AMQP)
+
+
+def test_policies_select_the_pods_they_mean() -> None:
+    objects = render("base")
+    policies = {
+        p["metadata"]["name"]: p["spec"]["podSelector"] for p in of_kind(objects, "NetworkPolicy")
+    }
+    assert selects(policies["imgq-broker"], BROKER_POD.labels)
+    # The broker's anti-affinity names its pods by the same label.
+    affinity = named(objects, "RabbitmqCluster", CLUSTER)["spec"]["affinity"]["podAntiAffinity"]
+    (term,) = affinity["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["labelSelector"] == policies["imgq-broker"]
+    assert selects(policies["imgq-gateway"], workload_pod(objects, GATEWAY).labels)
+    assert not selects(policies["imgq-gateway"], workload_pod(objects, CLASSIFIER).labels)
+    assert selects(policies["imgq-classifier"], workload_pod(objects, CLASSIFIER).labels)
+
+
 # --------------------------------------------------------------------------- autoscaling
 
 
