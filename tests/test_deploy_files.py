@@ -26,6 +26,7 @@ import yaml
 
 from compose.broker import MAX_MESSAGE_BYTES
 from compose.permissions import CLASSIFIER_USER, GATEWAY_USER, GRANTS, PRODUCER_USER
+from gateway.batch_store import BatchLimits
 from gateway.limits import MAX_REQUEST_BYTES, MAX_UPLOAD_BYTES
 from gateway.senders import Senders
 from gateway.settings import GatewaySettings
@@ -580,11 +581,21 @@ def test_gateways_scale_behind_the_load_balancer() -> None:
 JOB_PATH = "/classifications/" + "0" * 32
 EVENTS_PATH = JOB_PATH + "/events"
 SUBMIT_PATH = "/classifications"
+BATCH_PATH = "/batches"
 
 
 def proxied_locations() -> list[tuple[str, Directive]]:
     _, server = nginx_server()
-    paths = ["/", "/info", "/readyz", SUBMIT_PATH, JOB_PATH, EVENTS_PATH, "/images/coffee.jpg"]
+    paths = [
+        "/",
+        "/info",
+        "/readyz",
+        SUBMIT_PATH,
+        BATCH_PATH,
+        JOB_PATH,
+        EVENTS_PATH,
+        "/images/coffee.jpg",
+    ]
     return [(path, nginx_location(server, path)) for path in paths]
 
 
@@ -673,9 +684,44 @@ def test_nginx_limits_each_client_address() -> None:
         assert int(count) >= 6, f"{path}: a browser alone opens 6 connections"
 
 
+def test_nginx_batch_body_limit_is_the_gateways() -> None:
+    http, server = nginx_server()
+    batches = nginx_location(server, BATCH_PATH)
+    assert batches.args == ("=", BATCH_PATH), "batches need a location of their own"
+    limit = nginx_bytes(nginx_setting("client_max_body_size", batches, server, http)[0])
+    gateway_env = {
+        k: interpolate(v, OPERATOR_ENV) for k, v in environment(service("gateway")).items()
+    }
+    assert limit == BatchLimits.from_env(gateway_env).max_bytes == 64 * 1024 * 1024
+    # Streamed through, never spooled to disk, and never sent to a second gateway once sent.
+    assert nginx_setting("proxy_request_buffering", batches, server) == ("off",)
+    retried = nginx_setting("proxy_next_upstream", batches, server)
+    assert "http_503" not in retried
+    assert "non_idempotent" not in retried
+    # Everywhere else stays at one upload's limit.
+    for path in (SUBMIT_PATH, "/", JOB_PATH):
+        location = nginx_location(server, path)
+        assert nginx_bytes(nginx_setting("client_max_body_size", location, server, http)[0]) == (
+            MAX_REQUEST_BYTES
+        ), path
+
+
+def _error_pages(level: Directive) -> dict[str, str]:
+    return {code: d.args[-1] for d in level.all("error_page") for code in d.args[:-1]}
+
+
 def test_nginx_refusals_are_problem_details() -> None:
     _, server = nginx_server()
-    pages = {code: d.args[-1] for d in server.all("error_page") for code in d.args[:-1]}
+    # nginx inherits error_page only into a level that sets none: check each level that does.
+    for level in [server, *(loc for loc in server.all("location") if loc.all("error_page"))]:
+        _check_refusals(server, _error_pages(level))
+    # A batch refused by nginx says so, not that one upload was too large.
+    batch_page = _error_pages(nginx_location(server, BATCH_PATH))["413"].removeprefix("=")
+    (named,) = [loc for loc in server.all("location") if loc.args == (batch_page,)]
+    assert "batch" in json.loads(named.one("return").args[1])["detail"]
+
+
+def _check_refusals(server: Directive, pages: dict[str, str]) -> None:
     # The codes the gateway gives the same refusals (shared/errors.py).
     expected_codes = {"413": PayloadTooLarge.code, "429": "too_many_requests", "502": NotReady.code}
     for status, code in expected_codes.items():
