@@ -35,6 +35,7 @@ from tests.test_deploy_files import (
     environment,
     interpolate,
     module_source,
+    published_addresses,
     python_module,
     rabbitmq_settings,
     walk_strings,
@@ -292,6 +293,14 @@ def test_load_balancer_and_tokens_as_in_compose_yaml() -> None:
     tokens = environment(service("gateway"))["IMGQ_API_TOKENS"]
     assert tokens == environment(single["gateway"])["IMGQ_API_TOKENS"]
     assert interpolate(tokens, {"IMGQ_API_TOKENS": "tok1"}) == "tok1"
+
+
+def test_nothing_is_published_beyond_this_machine_by_default() -> None:
+    published = published_addresses(load(), OPERATOR_ENV)
+    assert published
+    assert set(published.values()) == {"127.0.0.1"}, published
+    asked = published_addresses(load(), {**OPERATOR_ENV, "IMGQ_GATEWAY_ADDRESS": "0.0.0.0"})
+    assert asked["lb:8080"] == "0.0.0.0"
 
 
 def test_every_imgq_variable_is_one_a_service_reads() -> None:

@@ -552,6 +552,40 @@ def test_broker_keeps_its_data_in_a_named_volume() -> None:
     assert named[0][0] in volumes, f"{named[0][0]!r} is not a declared named volume"
 
 
+def published_addresses(compose: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, str]:
+    """Each published port ("service:host_port") and the host address it is bound to, as
+    compose would publish it with ``env`` set ("" = every address of the machine)."""
+    published = {}
+    for name, svc in compose["services"].items():
+        for port in svc.get("ports") or []:
+            assert isinstance(port, str), f"{name}: use the short syntax, which these tests read"
+            parts = interpolate(port, env).split(":")
+            assert len(parts) in (2, 3), f"{name}: {port} publishes a port on no host port"
+            address = parts[0] if len(parts) == 3 else ""
+            published[f"{name}:{parts[-2]}"] = address
+    return published
+
+
+def test_nothing_is_published_beyond_this_machine_by_default() -> None:
+    # Without tokens the API lets anyone who reaches it submit, read and delete jobs, and the
+    # management UI is the operator's: both stay on loopback unless the operator says otherwise.
+    published = published_addresses(load_compose(), OPERATOR_ENV)
+    assert published, "the load balancer and the management UI publish ports"
+    assert set(published.values()) == {"127.0.0.1"}, published
+    with_tokens = {**OPERATOR_ENV, "IMGQ_API_TOKENS": "tok1"}
+    assert set(published_addresses(load_compose(), with_tokens).values()) == {"127.0.0.1"}
+
+
+def test_the_api_is_published_beyond_this_machine_only_when_asked() -> None:
+    env = {**OPERATOR_ENV, "IMGQ_API_TOKENS": "tok1", "IMGQ_GATEWAY_ADDRESS": "0.0.0.0"}
+    published = published_addresses(load_compose(), env)
+    assert published["lb:8080"] == "0.0.0.0"
+    # Only the API: the management UI stays on loopback whatever IMGQ_GATEWAY_ADDRESS says.
+    others = {key: address for key, address in published.items() if key != "lb:8080"}
+    assert others, "the management UI is published too"
+    assert set(others.values()) == {"127.0.0.1"}
+
+
 def test_gateways_scale_behind_the_load_balancer() -> None:
     svc = service("gateway")
     env = environment(svc)
