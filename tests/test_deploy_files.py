@@ -873,10 +873,15 @@ def test_service_runs_an_existing_module(name: str) -> None:
     assert module_source(module), f"python -m {module}: no {module}/__main__.py or {module}.py"
 
 
-def test_classifier_healthcheck_module_exists() -> None:
-    module = python_module(compose_healthcheck(service("classifier")))
+def test_classifier_healthcheck_asks_for_readiness() -> None:
+    # Compose restarts nothing on a health check: it orders start-up and answers `up --wait`,
+    # so, as the gateway's, the check is readiness (connected and consuming), and a broker
+    # outage marks the replicas unhealthy without restarting any.
+    argv = compose_healthcheck(service("classifier"))
+    module = python_module(argv)
     assert module == "classifier_service.healthcheck"
     assert module_source(module), f"python -m {module}: no such module in the repo"
+    assert argv[argv.index(module) + 1 :] == ["--ready"]
 
 
 def test_load_balancer_healthcheck_reaches_a_ready_gateway() -> None:

@@ -201,8 +201,13 @@ MANAGEMENT_PORT = 15672
 HTTP_STARTUP_PROBE_SINCE = (4, 2, 4)
 LEGACY_STARTUP_PROBE = "rabbitmq.com/legacy-startup-probe"
 
-# The gateway's replay of the event log may take a while: its startup probe must allow this.
-GATEWAY_STARTUP_BUDGET_SECONDS = 300
+# Before liveness checks begin, a gateway gets this long to start answering /healthz.
+GATEWAY_STARTUP_BUDGET_SECONDS = 60
+# The classifier's health check: `--live` (the process: its loop runs, it is not stalled)
+# restarts a pod, `--ready` (the broker: connected and consuming) only takes it out of service.
+HEALTHCHECK_MODULE = "classifier_service.healthcheck"
+LIVE = ["python", "-m", HEALTHCHECK_MODULE, "--live"]
+READY = ["python", "-m", HEALTHCHECK_MODULE, "--ready"]
 # The classifier drains in-flight work for IMGQ_DRAIN_TIMEOUT after SIGTERM (default below).
 CLASSIFIER_DRAIN_DEFAULT_SECONDS = 20.0
 
@@ -629,7 +634,13 @@ def test_gateway_probes_ask_the_real_endpoints() -> None:
     container = main_container(render("base"), GATEWAY)
     routes = gateway_routes()
     assert {"/healthz", "/readyz"} <= routes, "gateway/app.py no longer routes the probes"
-    expected = {"livenessProbe": "/healthz", "readinessProbe": "/readyz", "startupProbe": "/readyz"}
+    # Only liveness restarts a pod: the process alone, never the broker, so a broker outage
+    # makes gateways unready and restarts none, those starting during it included.
+    expected = {
+        "livenessProbe": "/healthz",
+        "startupProbe": "/healthz",
+        "readinessProbe": "/readyz",
+    }
     http_port = int(literal_env(container)["IMGQ_HTTP_PORT"])
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     for probe_name, path in expected.items():
@@ -638,21 +649,37 @@ def test_gateway_probes_ask_the_real_endpoints() -> None:
         port = probe["port"]
         assert (ports[port] if isinstance(port, str) else port) == http_port, probe_name
     startup = container["startupProbe"]
-    budget = startup["periodSeconds"] * startup["failureThreshold"]
-    assert budget >= GATEWAY_STARTUP_BUDGET_SECONDS, "the event-log replay needs time"
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= GATEWAY_STARTUP_BUDGET_SECONDS
 
 
 def test_classifier_probes_run_its_health_check() -> None:
     container = main_container(render("base"), CLASSIFIER)
-    expected = dockerfile_healthcheck("Dockerfile.classifier")
-    module = python_module(expected)
-    assert module == "classifier_service.healthcheck"
-    assert module_source(module), f"no module {module}"
-    for probe_name in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert container[probe_name]["exec"]["command"] == expected, probe_name
+    assert module_source(HEALTHCHECK_MODULE), f"no module {HEALTHCHECK_MODULE}"
+    # Liveness (and the startup probe, which holds liveness off while the models load) asks
+    # for the process alone; readiness for the broker, as the image's own HEALTHCHECK does.
+    assert container["startupProbe"]["exec"]["command"] == LIVE
+    assert container["livenessProbe"]["exec"]["command"] == LIVE
+    assert container["readinessProbe"]["exec"]["command"] == READY
+    assert dockerfile_healthcheck("Dockerfile.classifier") == READY
+    assert python_module(READY) == python_module(LIVE) == HEALTHCHECK_MODULE
     startup = container["startupProbe"]
     # At least the image's own HEALTHCHECK start period (models load before the first beat).
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 60
+
+
+@pytest.mark.parametrize("deployment", [GATEWAY, CLASSIFIER])
+def test_only_liveness_restarts_and_it_tolerates_a_slow_moment(deployment: str) -> None:
+    container = main_container(render("base"), deployment)
+    for name in ("startupProbe", "livenessProbe"):
+        probe = container[name]
+        # Never the readiness check: that one fails whenever the broker is away.
+        assert probe != container["readinessProbe"], name
+        assert probe.get("httpGet", {}).get("path") != "/readyz", name
+        assert "--ready" not in probe.get("exec", {}).get("command", []), name
+    liveness = container["livenessProbe"]
+    # A restart only after several checks in a row have failed, each given a few seconds.
+    assert liveness["failureThreshold"] >= 3
+    assert liveness["timeoutSeconds"] >= 3
 
 
 @pytest.mark.parametrize("deployment", [GATEWAY, CLASSIFIER])
