@@ -76,7 +76,7 @@ class Replica:
         # Set while the batch loop waits on an empty inbox: nothing is in flight.
         self._idle = asyncio.Event()
         self._events: AbstractExchange | None = None
-        self._default: AbstractExchange | None = None
+        self._replies: AbstractExchange | None = None
         self._busy = False
         # Deliveries not yet settled, so a batch can be acked with one frame when it can.
         self._acks = AckBook()
@@ -158,7 +158,7 @@ class Replica:
                 self._cancellations_deleted
             )
             self._events = topology.events
-            self._default = channel.default_exchange
+            self._replies = topology.replies
             queues = [*(await self._model_queues(channel, topology)), topology.requests_queue]
             for queue in queues:
                 self._consumers.append((queue, await queue.consume(self._on_message)))
@@ -175,7 +175,7 @@ class Replica:
         finally:
             self._consumers = []
             self._events = None
-            self._default = None
+            self._replies = None
             # What this connection delivered and we have not settled is the broker's again.
             self._drop_inbox_of_closed_channels()
             if not connection.is_closed:
@@ -457,7 +457,7 @@ class Replica:
         """Send ``event`` to the events exchange and, for a final event whose producer asked,
         to its ``reply_to`` queue.  Returns the confirms to wait for; the frames are written
         in call order, so events of one job reach the log in the order they were sent."""
-        if self._events is None or self._default is None:
+        if self._events is None or self._replies is None:
             raise ConnectionError("not connected to the broker")
         out = wire.event_message(event, user_id=self._user)
         # mandatory=False: no gateway may be listening right now, which is not an error.
@@ -477,7 +477,7 @@ class Replica:
             reply = wire.reply_message(event, message, request.version, user_id=self._user)
             sends.append(
                 asyncio.ensure_future(
-                    self._default.publish(reply.message, reply.routing_key, mandatory=False)
+                    self._replies.publish(reply.message, reply.routing_key, mandatory=False)
                 )
             )
         return sends

@@ -5,7 +5,8 @@ or delete a resource), *write* (publish to an exchange, bind a queue) and *read*
 (consume from a queue, bind from an exchange).  With these grants a gateway cannot
 take jobs off the work queue and a classifier cannot submit jobs or read the event
 log; neither can declare or delete the shared topology, which the setup step
-(``python -m compose.setup_broker``) declares with the operator's account.
+(``python -m compose.setup_broker``) declares with the operator's account.  No user may
+publish to the default exchange, which reaches every queue by its name.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from shared.topology import (
     EVENTS_EXCHANGE,
     MODEL_QUEUE_PREFIX,
     MODEL_ROUTER,
+    REPLIES_EXCHANGE,
     REQUESTS_EXCHANGE,
     REQUESTS_QUEUE,
 )
@@ -64,17 +66,22 @@ GRANTS: dict[str, Grant] = {
     CLASSIFIER_USER: Grant(
         # The queues of the models it serves.
         configure=_one_of(models=True),
-        # Publish events, and replies to reply_to queues through the default exchange; bind
-        # its model queues.  Declaring a queue that dead-letters takes write on its
-        # dead-letter exchange too (the broker checks it at declaration).
-        write=_one_of(EVENTS_EXCHANGE, "amq.default", DEAD_LETTER_EXCHANGE, models=True),
+        # Publish events, and replies through imgq.replies; bind its model queues.  Declaring
+        # a queue that dead-letters takes write on its dead-letter exchange too (the broker
+        # checks it at declaration).  Never the default exchange ("amq.default"): the broker
+        # checks only the exchange of a publish, never its routing key, so write there would
+        # be write into every queue by name, the work queues included.
+        write=_one_of(EVENTS_EXCHANGE, REPLIES_EXCHANGE, DEAD_LETTER_EXCHANGE, models=True),
         read=_one_of(REQUESTS_QUEUE, CANCELLATIONS, MODEL_ROUTER, models=True),
     ),
     PRODUCER_USER: Grant(
-        # Declare its own server-named reply queue, publish jobs, read its replies: nothing
-        # else (it cannot read the event log, other jobs, or the work queue).
+        # Declare its own server-named reply queue and bind it to imgq.replies (binding takes
+        # write on the queue and read on the exchange), publish jobs, read its replies:
+        # nothing else (it cannot read the event log, other jobs, or the work queue, nor
+        # publish a reply).  Its queue is exclusive, so no other connection may consume,
+        # bind or delete it.
         configure=f"^{_PRIVATE_QUEUES}$",
-        write=_one_of(REQUESTS_EXCHANGE),
-        read=f"^{_PRIVATE_QUEUES}$",
+        write=_one_of(REQUESTS_EXCHANGE, private=True),
+        read=_one_of(REPLIES_EXCHANGE, private=True),
     ),
 }

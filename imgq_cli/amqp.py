@@ -26,7 +26,7 @@ from aio_pika.exceptions import ChannelClosed, DeliveryError, PublishError
 
 from shared.errors import MessageError
 from shared.messages import ClassifyRequest, JobEvent, new_job_id
-from shared.topology import REQUESTS_EXCHANGE
+from shared.topology import REPLIES_EXCHANGE, REQUESTS_EXCHANGE
 from shared.wire import OCTET_STREAM, request_message
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,15 @@ class Producer:
                 ) from None
             # Exclusive, server-named, deleted with our connection.
             self._replies = await self._channel.declare_queue(exclusive=True, auto_delete=True)
+            # Bound under its own name, so that a replica that may not publish to the default
+            # exchange (a least-privilege deployment) can still reach it (docs/amqp.md).
+            try:
+                await self._replies.bind(REPLIES_EXCHANGE, routing_key=self._replies.name)
+            except ChannelClosed:
+                raise ProducerError(
+                    f"exchange {REPLIES_EXCHANGE!r} does not exist on this broker: "
+                    "its imgq services predate direct replies through it"
+                ) from None
             await self._replies.consume(self._on_reply, no_ack=True, exclusive=True)
         except BaseException:
             await self._connection.close()

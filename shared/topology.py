@@ -57,6 +57,14 @@ DEAD_LETTER_ARGUMENTS: Final[dict[str, aio_pika.abc.FieldValue]] = {
     "x-overflow": "drop-head",
     "x-message-ttl": 7 * 24 * 3600 * 1000,
 }
+# Direct replies (a producer's reply_to) from a replica that may not publish to the default
+# exchange: a producer binds its server-named reply queue here with the queue's own name as
+# the routing key.  RabbitMQ checks a publish only against its exchange, and write on the
+# default exchange is write into every queue by name (the work queues included), so
+# least-privilege replicas reply here instead (compose/permissions.py).  Direct (exact keys,
+# no wildcards): binding a queue with someone else's reply queue name is the only way to read
+# their replies, and those names are the broker's random ones.
+REPLIES_EXCHANGE: Final = "imgq.replies"
 # Job events (queued, started, succeeded, failed, cancelled, forgotten) and replica
 # heartbeats, topic-routed.
 EVENTS_EXCHANGE: Final = "imgq.events"
@@ -247,6 +255,11 @@ class Topology:
     # The shared queue of requests the router could not place (see UNROUTED_EXCHANGE).
     requests_queue: AbstractQueue
     router: AbstractExchange
+    # Where a replica publishes direct replies, routing key = the request's reply_to: the
+    # default exchange for a service that declares the topology (it may publish anywhere, and
+    # so reaches reply queues that were never bound to imgq.replies), imgq.replies for a
+    # least-privilege one (find_topology).
+    replies: AbstractExchange
 
 
 async def declare_topology(channel: AbstractChannel, bounds: QueueBounds) -> Topology:
@@ -266,6 +279,7 @@ async def declare_topology(channel: AbstractChannel, bounds: QueueBounds) -> Top
     events = await channel.declare_exchange(
         EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
     )
+    await channel.declare_exchange(REPLIES_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True)
     dead = await channel.declare_exchange(
         DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True
     )
@@ -287,7 +301,13 @@ async def declare_topology(channel: AbstractChannel, bounds: QueueBounds) -> Top
     # Before model queues, this queue was bound to the requests exchange directly; that binding
     # would now give it a second copy of every request.  Unbinding what is not bound is a no-op.
     await queue.unbind(requests, REQUEST_ROUTING_KEY)
-    return Topology(requests=requests, events=events, requests_queue=queue, router=router)
+    return Topology(
+        requests=requests,
+        events=events,
+        requests_queue=queue,
+        router=router,
+        replies=channel.default_exchange,
+    )
 
 
 async def declare_model_queue(
@@ -321,6 +341,7 @@ async def find_topology(channel: AbstractChannel) -> Topology:
         events=await channel.get_exchange(EVENTS_EXCHANGE),
         requests_queue=await channel.get_queue(REQUESTS_QUEUE),
         router=await channel.get_exchange(MODEL_ROUTER),
+        replies=await channel.get_exchange(REPLIES_EXCHANGE),
     )
 
 

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from compose.permissions import CLASSIFIER_USER, GATEWAY_USER
+from gateway.senders import Senders
 from shared.topology import QueueBounds
 from tests.service_settings import unknown_variables
 from tests.test_deploy_files import (
@@ -34,6 +35,7 @@ from tests.test_deploy_files import (
     environment,
     interpolate,
     module_source,
+    published_addresses,
     python_module,
     rabbitmq_settings,
     walk_strings,
@@ -238,6 +240,21 @@ def test_services_get_every_node_as_their_own_user(
     assert depends_on["broker-setup"] == {"condition": "service_completed_successfully"}
 
 
+def test_gateway_trusts_each_event_only_from_its_senders() -> None:
+    senders = Senders.from_env(env_of("gateway"))
+    users = {
+        name: {urlsplit(url).username for url in env_of(name)["IMGQ_BROKER_URLS"].split(",")}
+        for name in BUILT
+    }
+    assert users == {"gateway": {GATEWAY_USER}, "classifier": {CLASSIFIER_USER}}
+    assert senders.gateways == users["gateway"]
+    assert senders.classifiers == users["classifier"]
+    # The same as compose.yaml's.
+    single = environment(load(SINGLE_FILE)["services"]["gateway"])
+    for key in ("IMGQ_GATEWAY_USERS", "IMGQ_CLASSIFIER_USERS"):
+        assert environment(service("gateway"))[key] == single[key]
+
+
 @pytest.mark.parametrize("name", sorted(BUILT))
 def test_services_run_existing_modules_and_the_images_health_checks(name: str) -> None:
     dockerfile, module = BUILT[name]
@@ -276,6 +293,14 @@ def test_load_balancer_and_tokens_as_in_compose_yaml() -> None:
     tokens = environment(service("gateway"))["IMGQ_API_TOKENS"]
     assert tokens == environment(single["gateway"])["IMGQ_API_TOKENS"]
     assert interpolate(tokens, {"IMGQ_API_TOKENS": "tok1"}) == "tok1"
+
+
+def test_nothing_is_published_beyond_this_machine_by_default() -> None:
+    published = published_addresses(load(), OPERATOR_ENV)
+    assert published
+    assert set(published.values()) == {"127.0.0.1"}, published
+    asked = published_addresses(load(), {**OPERATOR_ENV, "IMGQ_GATEWAY_ADDRESS": "0.0.0.0"})
+    assert asked["lb:8080"] == "0.0.0.0"
 
 
 def test_every_imgq_variable_is_one_a_service_reads() -> None:

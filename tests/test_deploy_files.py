@@ -26,10 +26,14 @@ import yaml
 
 from compose.broker import MAX_MESSAGE_BYTES
 from compose.permissions import CLASSIFIER_USER, GATEWAY_USER, GRANTS, PRODUCER_USER
+from gateway.batch_store import BatchLimits
 from gateway.limits import MAX_REQUEST_BYTES, MAX_UPLOAD_BYTES
+from gateway.senders import Senders
 from gateway.settings import GatewaySettings
 from gateway.sse import KEEPALIVE_SECONDS
 from shared.errors import NotReady, PayloadTooLarge
+from shared.messages import JobEvent, new_job_id
+from shared.states import JobStatus
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "compose" / "compose.yaml"
@@ -507,6 +511,24 @@ def test_each_service_connects_as_its_own_least_privilege_user(
     )
 
 
+def test_gateway_trusts_each_event_only_from_its_senders() -> None:
+    env = {k: interpolate(v, OPERATOR_ENV) for k, v in environment(service("gateway")).items()}
+    senders = Senders.from_env(env)
+    # The users the services connect as, which broker-setup creates.
+    gateway_user = urlsplit(env["IMGQ_BROKER_URL"]).username
+    classifier_user = urlsplit(
+        interpolate(environment(service("classifier"))["IMGQ_BROKER_URL"], OPERATOR_ENV)
+    ).username
+    assert (gateway_user, classifier_user) == (GATEWAY_USER, CLASSIFIER_USER)
+    assert senders.gateways == {GATEWAY_USER}
+    assert senders.classifiers == {CLASSIFIER_USER}
+    queued = JobEvent(new_job_id(), JobStatus.QUEUED, "efficientnet_lite0", "cat.jpg")
+    assert senders.refuses(queued, CLASSIFIER_USER) is not None
+    assert senders.refuses(queued, PRODUCER_USER) is not None
+    assert senders.refuses(queued.advance(JobStatus.SUCCEEDED), GATEWAY_USER) is not None
+    assert senders.refuses(queued.advance(JobStatus.SUCCEEDED), CLASSIFIER_USER) is None
+
+
 def test_broker_setup_runs_the_setup_module_as_the_operator() -> None:
     svc = service("broker-setup")
     argv = svc.get("command")
@@ -528,6 +550,40 @@ def test_broker_keeps_its_data_in_a_named_volume() -> None:
     named = [m for m in mounts if len(m) >= 2 and m[1] == "/var/lib/rabbitmq"]
     assert named, "broker needs a volume at /var/lib/rabbitmq"
     assert named[0][0] in volumes, f"{named[0][0]!r} is not a declared named volume"
+
+
+def published_addresses(compose: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, str]:
+    """Each published port ("service:host_port") and the host address it is bound to, as
+    compose would publish it with ``env`` set ("" = every address of the machine)."""
+    published = {}
+    for name, svc in compose["services"].items():
+        for port in svc.get("ports") or []:
+            assert isinstance(port, str), f"{name}: use the short syntax, which these tests read"
+            parts = interpolate(port, env).split(":")
+            assert len(parts) in (2, 3), f"{name}: {port} publishes a port on no host port"
+            address = parts[0] if len(parts) == 3 else ""
+            published[f"{name}:{parts[-2]}"] = address
+    return published
+
+
+def test_nothing_is_published_beyond_this_machine_by_default() -> None:
+    # Without tokens the API lets anyone who reaches it submit, read and delete jobs, and the
+    # management UI is the operator's: both stay on loopback unless the operator says otherwise.
+    published = published_addresses(load_compose(), OPERATOR_ENV)
+    assert published, "the load balancer and the management UI publish ports"
+    assert set(published.values()) == {"127.0.0.1"}, published
+    with_tokens = {**OPERATOR_ENV, "IMGQ_API_TOKENS": "tok1"}
+    assert set(published_addresses(load_compose(), with_tokens).values()) == {"127.0.0.1"}
+
+
+def test_the_api_is_published_beyond_this_machine_only_when_asked() -> None:
+    env = {**OPERATOR_ENV, "IMGQ_API_TOKENS": "tok1", "IMGQ_GATEWAY_ADDRESS": "0.0.0.0"}
+    published = published_addresses(load_compose(), env)
+    assert published["lb:8080"] == "0.0.0.0"
+    # Only the API: the management UI stays on loopback whatever IMGQ_GATEWAY_ADDRESS says.
+    others = {key: address for key, address in published.items() if key != "lb:8080"}
+    assert others, "the management UI is published too"
+    assert set(others.values()) == {"127.0.0.1"}
 
 
 def test_gateways_scale_behind_the_load_balancer() -> None:
@@ -559,11 +615,21 @@ def test_gateways_scale_behind_the_load_balancer() -> None:
 JOB_PATH = "/classifications/" + "0" * 32
 EVENTS_PATH = JOB_PATH + "/events"
 SUBMIT_PATH = "/classifications"
+BATCH_PATH = "/batches"
 
 
 def proxied_locations() -> list[tuple[str, Directive]]:
     _, server = nginx_server()
-    paths = ["/", "/info", "/readyz", SUBMIT_PATH, JOB_PATH, EVENTS_PATH, "/images/coffee.jpg"]
+    paths = [
+        "/",
+        "/info",
+        "/readyz",
+        SUBMIT_PATH,
+        BATCH_PATH,
+        JOB_PATH,
+        EVENTS_PATH,
+        "/images/coffee.jpg",
+    ]
     return [(path, nginx_location(server, path)) for path in paths]
 
 
@@ -652,9 +718,44 @@ def test_nginx_limits_each_client_address() -> None:
         assert int(count) >= 6, f"{path}: a browser alone opens 6 connections"
 
 
+def test_nginx_batch_body_limit_is_the_gateways() -> None:
+    http, server = nginx_server()
+    batches = nginx_location(server, BATCH_PATH)
+    assert batches.args == ("=", BATCH_PATH), "batches need a location of their own"
+    limit = nginx_bytes(nginx_setting("client_max_body_size", batches, server, http)[0])
+    gateway_env = {
+        k: interpolate(v, OPERATOR_ENV) for k, v in environment(service("gateway")).items()
+    }
+    assert limit == BatchLimits.from_env(gateway_env).max_bytes == 64 * 1024 * 1024
+    # Streamed through, never spooled to disk, and never sent to a second gateway once sent.
+    assert nginx_setting("proxy_request_buffering", batches, server) == ("off",)
+    retried = nginx_setting("proxy_next_upstream", batches, server)
+    assert "http_503" not in retried
+    assert "non_idempotent" not in retried
+    # Everywhere else stays at one upload's limit.
+    for path in (SUBMIT_PATH, "/", JOB_PATH):
+        location = nginx_location(server, path)
+        assert nginx_bytes(nginx_setting("client_max_body_size", location, server, http)[0]) == (
+            MAX_REQUEST_BYTES
+        ), path
+
+
+def _error_pages(level: Directive) -> dict[str, str]:
+    return {code: d.args[-1] for d in level.all("error_page") for code in d.args[:-1]}
+
+
 def test_nginx_refusals_are_problem_details() -> None:
     _, server = nginx_server()
-    pages = {code: d.args[-1] for d in server.all("error_page") for code in d.args[:-1]}
+    # nginx inherits error_page only into a level that sets none: check each level that does.
+    for level in [server, *(loc for loc in server.all("location") if loc.all("error_page"))]:
+        _check_refusals(server, _error_pages(level))
+    # A batch refused by nginx says so, not that one upload was too large.
+    batch_page = _error_pages(nginx_location(server, BATCH_PATH))["413"].removeprefix("=")
+    (named,) = [loc for loc in server.all("location") if loc.args == (batch_page,)]
+    assert "batch" in json.loads(named.one("return").args[1])["detail"]
+
+
+def _check_refusals(server: Directive, pages: dict[str, str]) -> None:
     # The codes the gateway gives the same refusals (shared/errors.py).
     expected_codes = {"413": PayloadTooLarge.code, "429": "too_many_requests", "502": NotReady.code}
     for status, code in expected_codes.items():
@@ -697,6 +798,26 @@ def test_broker_refuses_messages_over_16_mib() -> None:
     assert [(COMPOSE_FILE.parent / m[0]).resolve() for m in conf] == [RABBITMQ_CONF]
     assert conf[0][1].endswith(".conf")
     assert conf[0][2:] == ["ro"]
+
+
+# The oldest RabbitMQ release line the files may run: 4.4 is the one RabbitMQ supports as of
+# December 2026 (only the newest minor series gets fixes), and no 4.x before 4.3.1 lets a
+# least-privilege service look the topology up (passive declarations needed configure).
+SUPPORTED_RABBITMQ_LINE = (4, 4)
+
+
+def test_broker_runs_a_supported_release_line() -> None:
+    image = service("broker")["image"]
+    name, _, tag = image.partition(":")
+    assert name == "rabbitmq"
+    # A release line (major.minor), so patch releases come with each pull, never "latest".
+    match = re.fullmatch(r"(\d+)\.(\d+)-management", tag)
+    assert match, f"{image}: pin a release line, <major>.<minor>-management"
+    line = (int(match.group(1)), int(match.group(2)))
+    assert line >= SUPPORTED_RABBITMQ_LINE, f"{image} is older than the supported line"
+    # The Kubernetes notes say what running it, while the suite runs 3.10, means.
+    notes = (REPO / "k8s" / "README.md").read_text(encoding="utf-8")
+    assert f"rabbitmq:{tag}" in notes
 
 
 def test_gallery_is_mounted_read_only_where_the_gateway_looks() -> None:
@@ -752,10 +873,15 @@ def test_service_runs_an_existing_module(name: str) -> None:
     assert module_source(module), f"python -m {module}: no {module}/__main__.py or {module}.py"
 
 
-def test_classifier_healthcheck_module_exists() -> None:
-    module = python_module(compose_healthcheck(service("classifier")))
+def test_classifier_healthcheck_asks_for_readiness() -> None:
+    # Compose restarts nothing on a health check: it orders start-up and answers `up --wait`,
+    # so, as the gateway's, the check is readiness (connected and consuming), and a broker
+    # outage marks the replicas unhealthy without restarting any.
+    argv = compose_healthcheck(service("classifier"))
+    module = python_module(argv)
     assert module == "classifier_service.healthcheck"
     assert module_source(module), f"python -m {module}: no such module in the repo"
+    assert argv[argv.index(module) + 1 :] == ["--ready"]
 
 
 def test_load_balancer_healthcheck_reaches_a_ready_gateway() -> None:

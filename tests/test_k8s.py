@@ -25,8 +25,12 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from compose.permissions import _PRIVATE_QUEUES, CLASSIFIER_USER, GATEWAY_USER, GRANTS, _one_of
+from compose.broker import MAX_MESSAGE_BYTES
+from compose.permissions import CLASSIFIER_USER, GATEWAY_USER, GRANTS, PRODUCER_USER
+from gateway.senders import Senders
 from shared.catalog import catalog_models
+from shared.messages import JobEvent, new_job_id
+from shared.states import JobStatus
 from shared.topology import (
     CANCELLATIONS,
     CANCELLATIONS_ARGUMENTS,
@@ -35,6 +39,7 @@ from shared.topology import (
     DEAD_LETTER_QUEUE,
     EVENT_LOG,
     MODEL_ROUTER,
+    REPLIES_EXCHANGE,
     REQUEST_ROUTING_KEY,
     REQUESTS_EXCHANGE,
     REQUESTS_QUEUE,
@@ -55,6 +60,7 @@ from tests.test_deploy_files import (
     module_source,
     parse_dockerfile,
     python_module,
+    rabbitmq_settings,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,14 +80,6 @@ CLASSIFIER = "imgq-classifier"
 # and policy/v1 are older) and the newest whose schemas kubernetes-validate 1.37 ships.
 KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
 
-# Planned in the brief for compose/permissions.py but not there yet: an AMQP producer publishes
-# jobs and reads its own server-named reply queue. Used until GRANTS has a producer.
-PRODUCER_USER = "imgq-producer"
-PLANNED_PRODUCER_GRANT = (
-    f"^{_PRIVATE_QUEUES}$",
-    _one_of(REQUESTS_EXCHANGE),
-    f"^{_PRIVATE_QUEUES}$",
-)
 # KEDA's user (overlays/keda) only reads queue lengths from the management API.
 KEDA_USER = "imgq-keda"
 NOTHING = "^$"
@@ -203,8 +201,13 @@ MANAGEMENT_PORT = 15672
 HTTP_STARTUP_PROBE_SINCE = (4, 2, 4)
 LEGACY_STARTUP_PROBE = "rabbitmq.com/legacy-startup-probe"
 
-# The gateway's replay of the event log may take a while: its startup probe must allow this.
-GATEWAY_STARTUP_BUDGET_SECONDS = 300
+# Before liveness checks begin, a gateway gets this long to start answering /healthz.
+GATEWAY_STARTUP_BUDGET_SECONDS = 60
+# The classifier's health check: `--live` (the process: its loop runs, it is not stalled)
+# restarts a pod, `--ready` (the broker: connected and consuming) only takes it out of service.
+HEALTHCHECK_MODULE = "classifier_service.healthcheck"
+LIVE = ["python", "-m", HEALTHCHECK_MODULE, "--live"]
+READY = ["python", "-m", HEALTHCHECK_MODULE, "--ready"]
 # The classifier drains in-flight work for IMGQ_DRAIN_TIMEOUT after SIGTERM (default below).
 CLASSIFIER_DRAIN_DEFAULT_SECONDS = 20.0
 
@@ -631,7 +634,13 @@ def test_gateway_probes_ask_the_real_endpoints() -> None:
     container = main_container(render("base"), GATEWAY)
     routes = gateway_routes()
     assert {"/healthz", "/readyz"} <= routes, "gateway/app.py no longer routes the probes"
-    expected = {"livenessProbe": "/healthz", "readinessProbe": "/readyz", "startupProbe": "/readyz"}
+    # Only liveness restarts a pod: the process alone, never the broker, so a broker outage
+    # makes gateways unready and restarts none, those starting during it included.
+    expected = {
+        "livenessProbe": "/healthz",
+        "startupProbe": "/healthz",
+        "readinessProbe": "/readyz",
+    }
     http_port = int(literal_env(container)["IMGQ_HTTP_PORT"])
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     for probe_name, path in expected.items():
@@ -640,21 +649,37 @@ def test_gateway_probes_ask_the_real_endpoints() -> None:
         port = probe["port"]
         assert (ports[port] if isinstance(port, str) else port) == http_port, probe_name
     startup = container["startupProbe"]
-    budget = startup["periodSeconds"] * startup["failureThreshold"]
-    assert budget >= GATEWAY_STARTUP_BUDGET_SECONDS, "the event-log replay needs time"
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= GATEWAY_STARTUP_BUDGET_SECONDS
 
 
 def test_classifier_probes_run_its_health_check() -> None:
     container = main_container(render("base"), CLASSIFIER)
-    expected = dockerfile_healthcheck("Dockerfile.classifier")
-    module = python_module(expected)
-    assert module == "classifier_service.healthcheck"
-    assert module_source(module), f"no module {module}"
-    for probe_name in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert container[probe_name]["exec"]["command"] == expected, probe_name
+    assert module_source(HEALTHCHECK_MODULE), f"no module {HEALTHCHECK_MODULE}"
+    # Liveness (and the startup probe, which holds liveness off while the models load) asks
+    # for the process alone; readiness for the broker, as the image's own HEALTHCHECK does.
+    assert container["startupProbe"]["exec"]["command"] == LIVE
+    assert container["livenessProbe"]["exec"]["command"] == LIVE
+    assert container["readinessProbe"]["exec"]["command"] == READY
+    assert dockerfile_healthcheck("Dockerfile.classifier") == READY
+    assert python_module(READY) == python_module(LIVE) == HEALTHCHECK_MODULE
     startup = container["startupProbe"]
     # At least the image's own HEALTHCHECK start period (models load before the first beat).
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 60
+
+
+@pytest.mark.parametrize("deployment", [GATEWAY, CLASSIFIER])
+def test_only_liveness_restarts_and_it_tolerates_a_slow_moment(deployment: str) -> None:
+    container = main_container(render("base"), deployment)
+    for name in ("startupProbe", "livenessProbe"):
+        probe = container[name]
+        # Never the readiness check: that one fails whenever the broker is away.
+        assert probe != container["readinessProbe"], name
+        assert probe.get("httpGet", {}).get("path") != "/readyz", name
+        assert "--ready" not in probe.get("exec", {}).get("command", []), name
+    liveness = container["livenessProbe"]
+    # A restart only after several checks in a row have failed, each given a few seconds.
+    assert liveness["failureThreshold"] >= 3
+    assert liveness["timeoutSeconds"] >= 3
 
 
 @pytest.mark.parametrize("deployment", [GATEWAY, CLASSIFIER])
@@ -778,6 +803,11 @@ class _Queue:
 @dataclass
 class _RecordingChannel:
     declared: Declared
+
+    @property
+    def default_exchange(self) -> _Exchange:
+        # Always there, never declared: what declare_topology gives a replica to reply through.
+        return _Exchange(self.declared, "")
 
     async def declare_exchange(
         self,
@@ -1005,18 +1035,12 @@ def test_service_users_have_exactly_the_compose_grants() -> None:
     for username, grant in GRANTS.items():
         assert granted.get(username) == (grant.configure, grant.write, grant.read), username
     users = users_by_username(objects)
-    for username in (*GRANTS, PRODUCER_USER):
+    for username in GRANTS:
         assert not users[username]["spec"].get("tags"), f"{username} needs no management access"
 
 
 def test_producer_may_only_publish_jobs_and_read_its_replies() -> None:
-    granted = grants(render("base"))
-    expected = PLANNED_PRODUCER_GRANT
-    planned = GRANTS.get(PRODUCER_USER)
-    if planned is not None:  # once compose/permissions.py has it, that is the truth
-        expected = (planned.configure, planned.write, planned.read)
-    assert granted[PRODUCER_USER] == expected
-    configure, write, read = granted[PRODUCER_USER]
+    configure, write, read = grants(render("base"))[PRODUCER_USER]
     assert re.fullmatch(write, REQUESTS_EXCHANGE)
     others = ("imgq.events", EVENT_LOG, CANCELLATIONS, DEAD_LETTER_QUEUE, DEAD_LETTER_NOTICES)
     for name in (*others, "amq.default"):
@@ -1025,8 +1049,32 @@ def test_producer_may_only_publish_jobs_and_read_its_replies() -> None:
     # The work queue shares the exchange's name: never take jobs off it, nor delete it.
     assert not re.fullmatch(read, REQUESTS_QUEUE)
     assert not re.fullmatch(configure, REQUESTS_QUEUE)
+    # Its reply queue: declare it, bind it to imgq.replies (write on the queue, read on the
+    # exchange) and consume it; never publish a reply itself.
     assert re.fullmatch(read, "amq.gen-Xb3")
     assert re.fullmatch(configure, "amq.gen-Xb3")
+    assert re.fullmatch(write, "amq.gen-Xb3")
+    assert re.fullmatch(read, REPLIES_EXCHANGE)
+    assert not re.fullmatch(write, REPLIES_EXCHANGE)
+    assert not re.fullmatch(configure, REPLIES_EXCHANGE)
+
+
+@pytest.mark.parametrize("username", sorted(GRANTS))
+def test_no_user_may_publish_through_the_default_exchange(username: str) -> None:
+    # RabbitMQ checks a publish against its exchange only, never the routing key: write on the
+    # default exchange would be write into every queue by name, the work queues included.
+    _, write, _ = grants(render("base"))[username]
+    assert not re.fullmatch(write, "amq.default"), username
+
+
+def test_classifiers_reply_through_the_replies_exchange() -> None:
+    _, write, read = grants(render("base"))[CLASSIFIER_USER]
+    assert re.fullmatch(write, REPLIES_EXCHANGE)
+    # Not read: binding a queue to it (a model queue, say) takes read on the exchange.
+    assert not re.fullmatch(read, REPLIES_EXCHANGE)
+    exchanges = {e["spec"]["name"]: e["spec"] for e in of_kind(render("base"), "Exchange")}
+    # Direct: a reply reaches exactly the queue bound under its name, never a pattern.
+    assert exchanges[REPLIES_EXCHANGE]["type"] == "direct"
 
 
 def test_users_are_the_same_in_every_overlay() -> None:
@@ -1085,6 +1133,40 @@ def test_services_only_look_the_topology_up() -> None:
     objects = render("base")
     for deployment in (GATEWAY, CLASSIFIER):
         assert literal_env(main_container(objects, deployment))["IMGQ_DECLARE_TOPOLOGY"] == "false"
+
+
+def resolved_env(container: Obj) -> dict[str, str]:
+    """The container's variables as the pod sees them, with each Secret key read from
+    secrets.example.yaml (whose only values are the usernames) and $(NAME) expanded."""
+    secrets = example_secrets()
+    env: dict[str, str] = {}
+    for entry in container.get("env", []):
+        if "value" in entry:
+            value = re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], str(entry["value"]))
+        else:
+            ref = entry["valueFrom"]["secretKeyRef"]
+            value = secrets[ref["name"]][ref["key"]]
+        env[entry["name"]] = value
+    return env
+
+
+def test_gateway_trusts_each_event_only_from_its_senders() -> None:
+    objects = render("base")
+    env = resolved_env(main_container(objects, GATEWAY))
+    senders = Senders.from_env(env)
+    assert senders.enforced, "IMGQ_GATEWAY_USERS and IMGQ_CLASSIFIER_USERS must be set"
+    # The users the services really connect as: their broker URLs' usernames.
+    gateway_user = urlsplit(env["IMGQ_BROKER_URLS"].split(",")[0]).username
+    classifier_env = resolved_env(main_container(objects, CLASSIFIER))
+    classifier_user = urlsplit(classifier_env["IMGQ_BROKER_URLS"].split(",")[0]).username
+    assert (gateway_user, classifier_user) == (GATEWAY_USER, CLASSIFIER_USER)
+    assert senders.gateways == {gateway_user}
+    assert senders.classifiers == {classifier_user}
+    queued = JobEvent(new_job_id(), JobStatus.QUEUED, "efficientnet_lite0", "cat.jpg")
+    assert senders.refuses(queued, classifier_user) is not None
+    assert senders.refuses(queued.advance(JobStatus.STARTED), gateway_user) is not None
+    assert senders.refuses(queued.advance(JobStatus.STARTED), classifier_user) is None
+    assert senders.refuses(queued, "imgq-producer") is not None
 
 
 def test_gateway_listens_for_the_service_and_requires_tokens() -> None:
@@ -1195,6 +1277,19 @@ def test_broker_cluster() -> None:
         assert legacy == "true", "this RabbitMQ lacks the operator's HTTP startup check"
     else:
         assert legacy is None, "the legacy probe is only for RabbitMQ before 4.2.4"
+    # Every setting compose's nodes read (compose/rabbitmq.conf: the 16 MiB message cap), with
+    # the same value: the limits must not depend on where the broker runs.
+    additional = spec["rabbitmq"]["additionalConfig"]
+    cluster_settings = dict(
+        (key.strip(), value.strip())
+        for key, _, value in (
+            line.partition("=")
+            for line in additional.splitlines()
+            if line.strip() and not line.strip().startswith("#")
+        )
+    )
+    assert rabbitmq_settings().items() <= cluster_settings.items()
+    assert int(cluster_settings["max_message_size"]) == MAX_MESSAGE_BYTES == 16 << 20
     override = spec["override"]["statefulSet"]["spec"]["template"]["spec"]
     assert override["securityContext"]["runAsNonRoot"] is True
     assert override["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -1202,6 +1297,198 @@ def test_broker_cluster() -> None:
     assert rabbitmq["name"] == "rabbitmq", "the override must name the operator's container"
     assert rabbitmq["securityContext"]["allowPrivilegeEscalation"] is False
     assert rabbitmq["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+
+
+# --------------------------------------------------------------------------- network policies
+
+
+@dataclass(frozen=True)
+class Pod:
+    """A pod as NetworkPolicies see it: its namespace's labels, its own, its named ports."""
+
+    namespace: str
+    labels: Mapping[str, str]
+    ports: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def namespace_labels(self) -> dict[str, str]:
+        # Kubernetes labels every namespace with its own name (1.22 and later).
+        return {"kubernetes.io/metadata.name": self.namespace}
+
+
+def selects(selector: Obj | None, labels: Mapping[str, str]) -> bool:
+    """A label selector as Kubernetes applies it (matchLabels and matchExpressions)."""
+    selector = selector or {}
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values")
+        present = key in labels
+        if operator == "In" and not (present and labels[key] in values):
+            return False
+        if operator == "NotIn" and present and labels[key] in values:
+            return False
+        if operator == "Exists" and not present:
+            return False
+        if operator == "DoesNotExist" and present:
+            return False
+    return True
+
+
+def _peer_matches(peer: Obj, source: Pod, policy_namespace: str) -> bool:
+    assert "ipBlock" not in peer, "imgq's policies select pods, not addresses"
+    if "namespaceSelector" in peer:
+        if not selects(peer["namespaceSelector"], source.namespace_labels):
+            return False
+    elif source.namespace != policy_namespace:
+        return False  # a podSelector alone means pods of the policy's own namespace
+    return selects(peer.get("podSelector"), source.labels)
+
+
+def _port_matches(entry: Obj, target: Pod, port: int) -> bool:
+    assert entry.get("protocol", "TCP") == "TCP"
+    wanted = entry.get("port")
+    if wanted is None:
+        return True
+    if isinstance(wanted, str):
+        return target.ports.get(wanted) == port
+    return int(wanted) <= port <= int(entry.get("endPort", wanted))
+
+
+def may_connect(objects: list[Obj], source: Pod, target: Pod, port: int) -> bool:
+    """Whether the policies let ``source`` open a TCP connection to ``target``'s ``port``."""
+    isolating = [
+        policy
+        for policy in of_kind(objects, "NetworkPolicy")
+        if policy["metadata"]["namespace"] == target.namespace
+        and selects(policy["spec"]["podSelector"], target.labels)
+        and "Ingress" in policy["spec"].get("policyTypes", ["Ingress"])
+    ]
+    if not isolating:
+        return True
+    return any(
+        (
+            not rule.get("from")
+            or any(_peer_matches(peer, source, NAMESPACE) for peer in rule["from"])
+        )
+        and (not rule.get("ports") or any(_port_matches(e, target, port) for e in rule["ports"]))
+        for policy in isolating
+        for rule in policy["spec"].get("ingress", [])
+    )
+
+
+# The labels the Cluster Operator gives the RabbitmqCluster's pods (the anti-affinity in
+# rabbitmqcluster.yaml selects them the same way).
+BROKER_POD = Pod(
+    NAMESPACE,
+    {
+        "app.kubernetes.io/name": CLUSTER,
+        "app.kubernetes.io/component": "rabbitmq",
+        "app.kubernetes.io/part-of": "rabbitmq",
+    },
+)
+# Where the operators, KEDA and Prometheus run, as they install by default.
+TOPOLOGY_OPERATOR = Pod(
+    "rabbitmq-system",
+    {
+        "app.kubernetes.io/name": "messaging-topology-operator",
+        "app.kubernetes.io/component": "rabbitmq-operator",
+    },
+)
+KEDA_OPERATOR = Pod("keda", {"app.kubernetes.io/name": "keda-operator", "app": "keda-operator"})
+PROMETHEUS = Pod("monitoring", {"app.kubernetes.io/name": "prometheus"})
+INGRESS_CONTROLLER = Pod("ingress-nginx", {"app.kubernetes.io/name": "ingress-nginx"})
+# Anything else that happens to run in the namespace (a debugging pod, a compromised job).
+STRANGER = Pod(NAMESPACE, {"run": "debug"})
+AMQP, BROKER_HTTP_API, BROKER_METRICS = AMQP_PORT, MANAGEMENT_PORT, 15692
+
+
+def workload_pod(objects: list[Obj], deployment: str, namespace: str = NAMESPACE) -> Pod:
+    workload = named(objects, "Deployment", deployment)
+    ports = {
+        p["name"]: p["containerPort"] for c in containers(workload) for p in c.get("ports", [])
+    }
+    return Pod(namespace, workload["spec"]["template"]["metadata"]["labels"], ports)
+
+
+def test_every_pod_of_the_namespace_is_closed_by_default() -> None:
+    objects = render("base")
+    closed = [
+        policy
+        for policy in of_kind(objects, "NetworkPolicy")
+        if policy["spec"]["podSelector"] == {} and not policy["spec"].get("ingress")
+    ]
+    assert closed, "a default-deny policy selecting every pod"
+    assert "Ingress" in closed[0]["spec"]["policyTypes"]
+    for pod in (workload_pod(objects, GATEWAY), workload_pod(objects, CLASSIFIER), BROKER_POD):
+        assert not may_connect(objects, STRANGER, pod, 12345)
+
+
+@pytest.mark.parametrize("overlay", ALL)
+def test_only_the_services_reach_amqp(overlay: str) -> None:
+    objects = render(overlay)
+    gateway, classifier = workload_pod(objects, GATEWAY), workload_pod(objects, CLASSIFIER)
+    assert may_connect(objects, gateway, BROKER_POD, AMQP)
+    assert may_connect(objects, classifier, BROKER_POD, AMQP)
+    for source in (STRANGER, PROMETHEUS, TOPOLOGY_OPERATOR, KEDA_OPERATOR, INGRESS_CONTROLLER):
+        assert not may_connect(objects, source, BROKER_POD, AMQP), source
+    # The services' labels count only inside the namespace: elsewhere anyone can set them.
+    lookalike = workload_pod(objects, GATEWAY, namespace="elsewhere")
+    assert not may_connect(objects, lookalike, BROKER_POD, AMQP)
+    # And the services reach nothing else on the broker.
+    for port in (BROKER_HTTP_API, 25672, 4369):
+        assert not may_connect(objects, gateway, BROKER_POD, port), port
+
+
+@pytest.mark.parametrize("overlay", ALL)
+def test_only_the_gateways_http_port_is_offered(overlay: str) -> None:
+    objects = render(overlay)
+    gateway, classifier = workload_pod(objects, GATEWAY), workload_pod(objects, CLASSIFIER)
+    http = gateway.ports["http"]
+    for source in (INGRESS_CONTROLLER, STRANGER, PROMETHEUS):
+        assert may_connect(objects, source, gateway, http)
+        assert not may_connect(objects, source, gateway, http + 1)
+    # A replica takes its work from the broker: nothing connects to it but the scraper.
+    metrics = classifier.ports["metrics"]
+    for source in (INGRESS_CONTROLLER, STRANGER, gateway, BROKER_POD):
+        assert not may_connect(objects, source, classifier, metrics)
+    assert may_connect(objects, PROMETHEUS, classifier, metrics)
+    assert may_connect(objects, PROMETHEUS, BROKER_POD, BROKER_METRICS)
+    # Every named port a policy opens is one its pods have.
+    for policy in of_kind(objects, "NetworkPolicy"):
+        for rule in policy["spec"].get("ingress", []):
+            for entry in rule.get("ports", []):
+                if isinstance(entry["port"], str):
+                    assert entry["port"] in gateway.ports | classifier.ports, entry
+
+
+@pytest.mark.parametrize("overlay", ALL)
+def test_broker_nodes_cluster_and_operators_reconcile(overlay: str) -> None:
+    objects = render(overlay)
+    # Erlang distribution, epmd, stream replication, CLI tools.
+    for port in (25672, 4369, 6000, 6500, 35672, 35682, AMQP):
+        assert may_connect(objects, BROKER_POD, BROKER_POD, port), port
+    assert may_connect(objects, TOPOLOGY_OPERATOR, BROKER_POD, BROKER_HTTP_API)
+    impostor = Pod(NAMESPACE, TOPOLOGY_OPERATOR.labels)
+    assert not may_connect(objects, impostor, BROKER_POD, BROKER_HTTP_API)
+    # KEDA reads the queues' lengths from the HTTP API only where it scales the classifiers.
+    assert may_connect(objects, KEDA_OPERATOR, BROKER_POD, BROKER_HTTP_API) is (overlay == "keda")
+    assert not may_connect(objects, KEDA_OPERATOR, BROKER_POD, AMQP)
+
+
+def test_policies_select_the_pods_they_mean() -> None:
+    objects = render("base")
+    policies = {
+        p["metadata"]["name"]: p["spec"]["podSelector"] for p in of_kind(objects, "NetworkPolicy")
+    }
+    assert selects(policies["imgq-broker"], BROKER_POD.labels)
+    # The broker's anti-affinity names its pods by the same label.
+    affinity = named(objects, "RabbitmqCluster", CLUSTER)["spec"]["affinity"]["podAntiAffinity"]
+    (term,) = affinity["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["labelSelector"] == policies["imgq-broker"]
+    assert selects(policies["imgq-gateway"], workload_pod(objects, GATEWAY).labels)
+    assert not selects(policies["imgq-gateway"], workload_pod(objects, CLASSIFIER).labels)
+    assert selects(policies["imgq-classifier"], workload_pod(objects, CLASSIFIER).labels)
 
 
 # --------------------------------------------------------------------------- autoscaling

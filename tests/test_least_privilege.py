@@ -20,8 +20,11 @@ from shared import wire
 from shared.messages import ClassifyRequest, JobEvent, new_job_id
 from shared.states import JobStatus
 from shared.topology import (
+    CANCELLATIONS,
+    DEAD_LETTER_NOTICES,
     EVENT_LOG,
     EVENTS_EXCHANGE,
+    REPLIES_EXCHANGE,
     REQUEST_ROUTING_KEY,
     REQUESTS_EXCHANGE,
     REQUESTS_QUEUE,
@@ -140,6 +143,38 @@ def test_services_work_as_least_privilege_users(managed_node: tuple[BrokerNode, 
             queue = await channel.get_queue(EVENT_LOG)
             await queue.consume(_ignore, arguments={"x-stream-offset": "first"})
 
+    # The default exchange reaches every queue by its name, and RabbitMQ checks a publish only
+    # against its exchange: a classifier that could reply through it could also put jobs on
+    # any work queue, append to the streams or fake dead letters.  It replies through
+    # imgq.replies instead (below).
+    def classifier_publishes_through_the_default_exchange(
+        queue: str,
+    ) -> Callable[[], Awaitable[None]]:
+        async def attempt() -> None:
+            connection = await aio_pika.connect(_url(node, CLASSIFIER_USER))
+            async with connection:
+                channel = await connection.channel(publisher_confirms=True)
+                request = ClassifyRequest(new_job_id(), MODEL, "coffee.jpg", COFFEE, time.time())
+                out = wire.request_message(request, content_type="image/jpeg")
+                await channel.default_exchange.publish(out.message, queue)
+
+        attempt.__name__ = f"classifier_publishes_into_{queue}_through_the_default_exchange"
+        return attempt
+
+    async def producer_publishes_a_reply() -> None:
+        connection = await aio_pika.connect(_url(node, PRODUCER_USER))
+        async with connection:
+            channel = await connection.channel(publisher_confirms=True)
+            replies = await channel.get_exchange(REPLIES_EXCHANGE)
+            await replies.publish(aio_pika.Message(b"{}"), "amq.gen-someone-else")
+
+    async def producer_binds_its_queue_to_the_events() -> None:
+        connection = await aio_pika.connect(_url(node, PRODUCER_USER))
+        async with connection:
+            channel = await connection.channel()
+            queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+            await queue.bind(EVENTS_EXCHANGE, routing_key="#")
+
     async def gateway_deletes_the_queue() -> None:
         connection = await aio_pika.connect(_url(node, GATEWAY_USER))
         async with connection:
@@ -171,10 +206,23 @@ def test_services_work_as_least_privilege_users(managed_node: tuple[BrokerNode, 
         gateway_deletes_the_queue,
         producer_reads_the_log,
         producer_takes_jobs,
+        producer_publishes_a_reply,
+        producer_binds_its_queue_to_the_events,
+        *(
+            classifier_publishes_through_the_default_exchange(queue)
+            for queue in (
+                model_queue(MODEL),
+                REQUESTS_QUEUE,
+                CANCELLATIONS,
+                EVENT_LOG,
+                DEAD_LETTER_NOTICES,
+            )
+        ),
     ):
         assert _refused(attempt), f"{attempt.__name__} should be refused"
 
-    # The producer user can do what it is for: submit a job and read its own reply.
+    # The producer user can do what it is for: submit a job and read its own reply, which
+    # comes through imgq.replies, since the classifier may not use the default exchange.
     async def producer_classifies() -> JobEvent:
         async with Producer(_url(node, PRODUCER_USER)) as producer:
             job_id = await producer.submit(MODEL, "coffee.jpg", COFFEE, "image/jpeg")
