@@ -45,11 +45,10 @@ def load(
         **process_env(),
         "IMGQ_MODELS": model,
         "IMGQ_RUNTIME": runtime,
-        "IMGQ_TORCH_THREADS": str(threads),
+        "IMGQ_INFERENCE_THREADS": str(threads),
         "IMGQ_TORCHVISION_MODELS": "",
         "IMGQ_PRECISION": precision,
     }
-    env.pop("IMGQ_INFERENCE_THREADS", None)
     return load_models(ClassifierSettings.from_env(env))[model]
 
 

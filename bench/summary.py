@@ -383,7 +383,7 @@ def notes(options: Options, m: Measurements) -> list[str]:
         f"photos: {options.images} ({len(m.bare_per_image_ms)} files); throughput runs cycle "
         f"through them with {MODEL}, {options.jobs} jobs each after a warm-up of "
         f"{2 * options.concurrency}",
-        f"replicas: IMGQ_BATCH_SIZE {batch}, IMGQ_BATCH_WAIT_MS {wait}; torch threads per "
+        f"replicas: IMGQ_BATCH_SIZE {batch}, IMGQ_BATCH_WAIT_MS {wait}; inference threads per "
         "replica = cores / replicas (compose.stack.threads_per_replica)",
         "end-to-end latency runs from just before the submit to the moment the client holds "
         "the result (HTTP: the long-poll's answer; AMQP: the reply on its reply_to queue); "

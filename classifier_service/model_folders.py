@@ -180,7 +180,7 @@ def _run_exporter(settings: ClassifierSettings, args: list[str], names: str) -> 
     report, or None when it ended without one (a crash)."""
     command = [sys.executable, "-m", "classifier_service.export", *args]
     command += ["--cache", str(settings.model_cache), "--weights-dir", str(settings.weights_dir)]
-    env = exporter_env(os.environ, settings.torch_threads)
+    env = exporter_env(os.environ, settings.inference_threads)
     log.info("exporting %s to ONNX into %s", names, settings.model_cache)
     started = time.perf_counter()
     # Its log goes to our stderr as it comes; stdout carries the report (and anything a

@@ -57,7 +57,7 @@ def load_models(settings: ClassifierSettings) -> dict[str, LoadedModel]:
         loaded = list(torch_runtime.load_models(builtin_models.narrowed(settings)).values())
         defaults = {model.spec.name: model.version for model in loaded}
         loaded += torch_runtime.load_folders(
-            allowed(chosen.folders, settings), settings.torch_threads
+            allowed(chosen.folders, settings), settings.inference_threads
         )
     else:
         # onnxruntime is optional too (a torch-only install).

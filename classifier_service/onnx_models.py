@@ -62,9 +62,9 @@ def _load_file(
         if chosen is Precision.BF16:
             from classifier_service import openvino_runtime
 
-            return openvino_runtime.load_file(onnx_file, settings.torch_threads)
+            return openvino_runtime.load_file(onnx_file, settings.inference_threads)
         session, runtime = onnx_runtime.load_file(
-            onnx_file, settings.torch_threads, settings.device
+            onnx_file, settings.inference_threads, settings.device
         )
         return onnx_runtime.OnnxForward(session), runtime
     except SettingsError:

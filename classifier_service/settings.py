@@ -61,13 +61,6 @@ _INFERENCE_THREADS = variable(
     CLASSIFIER,
     "inference threads; replicas × threads must not exceed the cores",
 )
-_TORCH_THREADS = variable(
-    "IMGQ_TORCH_THREADS",
-    None,
-    CLASSIFIER,
-    "the older name of `IMGQ_INFERENCE_THREADS`",
-    shown="unset",
-)
 _BATCH_SIZE = variable(
     "IMGQ_BATCH_SIZE", 1, CLASSIFIER, "most jobs for one model run as one forward pass"
 )
@@ -193,11 +186,11 @@ class ClassifierSettings:
     broker_urls: tuple[str, ...]
     models: tuple[str, ...]
     replica_id: str
-    # Inference threads (torch's intra-op pool, or ONNX Runtime's): IMGQ_INFERENCE_THREADS, or
-    # its older name IMGQ_TORCH_THREADS.  Replicas x threads must not exceed the cores:
-    # oversubscribed replicas ran 8x slower on this hardware.  Whoever
-    # starts replicas sets this; 1 is the safe default when we cannot know how many run beside us.
-    torch_threads: int
+    # Inference threads (the runtime's intra-op pool: ONNX Runtime's, OpenVINO's or torch's).
+    # Replicas x threads must not exceed the cores: oversubscribed replicas ran 8x slower on
+    # this hardware.  Whoever starts replicas sets this; 1 is the safe default when we cannot
+    # know how many run beside us.
+    inference_threads: int
     # Up to this many jobs for the same model run as one forward pass.
     batch_size: int
     # How long to wait for a batch to fill once its first job is in hand.
@@ -259,7 +252,9 @@ class ClassifierSettings:
             restart_count=env_int(env, _RESTART_COUNT.name, _RESTART_COUNT.default),
             models=models,
             replica_id=env_str(env, _REPLICA_ID.name, f"{socket.gethostname()}-{os.getpid()}"),
-            torch_threads=_threads(env),
+            inference_threads=env_int(
+                env, _INFERENCE_THREADS.name, _INFERENCE_THREADS.default, minimum=1
+            ),
             batch_size=env_int(env, _BATCH_SIZE.name, _BATCH_SIZE.default, minimum=1),
             batch_wait=env_float(env, _BATCH_WAIT_MS.name, _BATCH_WAIT_MS.default) / 1000,
             heartbeat_interval=env_float(
@@ -317,18 +312,6 @@ def _serve(env: Environ) -> tuple[str, ...]:
             "(names: lower case, digits and _ . -; versions may add upper case)"
         )
     return wanted
-
-
-def _threads(env: Environ) -> int:
-    # 0 stands for "unset" here: the variables themselves must be at least 1.
-    new = env_int(env, _INFERENCE_THREADS.name, 0, minimum=1)
-    old = env_int(env, _TORCH_THREADS.name, 0, minimum=1)
-    if new and old and new != old:
-        raise SettingsError(
-            f"IMGQ_INFERENCE_THREADS={new} and IMGQ_TORCH_THREADS={old} disagree; "
-            "set one (IMGQ_TORCH_THREADS is the older name of the same setting)"
-        )
-    return new or old or _INFERENCE_THREADS.default
 
 
 def _choice(env: Environ, setting: Variable[str], kind: type[_Choice]) -> _Choice:

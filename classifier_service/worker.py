@@ -168,7 +168,7 @@ class Replica:
                 ", ".join(queue.name for queue in queues),
                 safe_url(url),
                 ",".join(self.models),
-                self.settings.torch_threads,
+                self.settings.inference_threads,
                 self.settings.batch_size,
             )
             await lost.wait()
@@ -445,7 +445,7 @@ class Replica:
             max_workers=1,
             thread_name_prefix="inference",
             initializer=configure_threads,
-            initargs=(self.settings.torch_threads,),
+            initargs=(self.settings.inference_threads,),
         )
 
     def _publish(

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         threads = threads_per_replica(args.replicas)
         log.info(
-            "broker %s; %d replica(s) x %d torch thread(s)",
+            "broker %s; %d replica(s) x %d inference thread(s)",
             ", ".join(brokers.urls),
             args.replicas,
             threads,

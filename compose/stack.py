@@ -1,7 +1,7 @@
 """Start the gateway and classifier replicas as real processes around a broker.
 
 One implementation for the local launcher, the test suite and the benchmark.
-Each replica gets its torch thread count from the cores it shares with the
+Each replica gets its inference thread count from the cores it shares with the
 others: replicas x threads above the core count ran 8x slower here.
 """
 
@@ -117,8 +117,8 @@ class Stack:
             "classifier_service",
             {
                 "IMGQ_REPLICA_ID": replica_id,
-                "IMGQ_TORCH_THREADS": str(threads),
-                # OpenMP/MKL read these before torch does: keep them in line with it.
+                "IMGQ_INFERENCE_THREADS": str(threads),
+                # OpenMP/MKL read these before the runtime does: keep them in line with it.
                 "OMP_NUM_THREADS": str(threads),
                 "MKL_NUM_THREADS": str(threads),
                 "IMGQ_HEALTH_FILE": str(self.log_dir / f"{replica_id}.alive"),

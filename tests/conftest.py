@@ -58,7 +58,7 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def service(broker_node: BrokerNode, log_dir: Path) -> Iterator[Service]:
-    """The gateway and two classifier replicas (one torch thread each), serving all models."""
+    """The gateway and two classifier replicas (one inference thread each), serving all models."""
     stack = Stack(broker_node.url, log_dir)
     try:
         for i in range(REPLICAS):

@@ -279,7 +279,7 @@ def test_scaling_and_shutdown_as_in_compose_yaml() -> None:
     assert duration_seconds(service("gateway")["stop_grace_period"]) > DOCKER_DEFAULT_GRACE_SECONDS
     assert env_of("gateway")["IMGQ_HTTP_HOST"] == "0.0.0.0"
     assert env_of("gateway")["IMGQ_MODELS"] == env_of("classifier")["IMGQ_MODELS"]
-    assert env_of("classifier")["IMGQ_TORCH_THREADS"] == "1"
+    assert env_of("classifier")["IMGQ_INFERENCE_THREADS"] == "1"
     nginx = (REPO / "compose" / "nginx.conf").read_text(encoding="utf-8")
     assert re.search(r"server\s+gateway:" + env_of("gateway")["IMGQ_HTTP_PORT"], nginx)
     assert PurePosixPath(service("lb")["volumes"][0].split(":")[0]).name == "nginx.conf"

@@ -850,7 +850,7 @@ def test_gateway_offers_the_models_the_classifiers_serve() -> None:
 
 
 def test_classifier_uses_one_torch_thread_per_replica() -> None:
-    assert environment(service("classifier")).get("IMGQ_TORCH_THREADS") == "1"
+    assert environment(service("classifier")).get("IMGQ_INFERENCE_THREADS") == "1"
 
 
 @pytest.mark.parametrize("name", sorted(BUILT_SERVICES))
@@ -965,7 +965,6 @@ def final_stage(dockerfile: str) -> list[tuple[str, str]]:
 def test_classifier_image_never_installs_torch() -> None:
     """Replicas serve exported ONNX models: only the export stage has torch."""
     for keyword, args in final_stage("Dockerfile.classifier"):
-        # The package, not IMGQ_TORCH_THREADS (the thread setting's older name).
         assert not re.search(r"\btorch", args.lower()), f"Dockerfile.classifier: {keyword} {args}"
         if keyword == "RUN":
             assert "export" not in args, f"the image installs or runs the exporter: {args}"

@@ -1184,7 +1184,7 @@ def test_gateway_listens_for_the_service_and_requires_tokens() -> None:
 
 def test_classifier_threads_match_its_cpu() -> None:
     container = main_container(render("base"), CLASSIFIER)
-    threads = int(literal_env(container)["IMGQ_TORCH_THREADS"])
+    threads = int(literal_env(container)["IMGQ_INFERENCE_THREADS"])
     requests = cpu_cores(container["resources"]["requests"]["cpu"])
     limits = cpu_cores(container["resources"]["limits"]["cpu"])
     # Replicas x threads must not exceed the cores: each replica gets exactly its threads' worth.

@@ -164,7 +164,7 @@ def test_the_exporter_inherits_no_secret(tmp_path: Path, monkeypatch: pytest.Mon
         "HOME": "/home/imgq",
         "IMGQ_MODEL_CACHE": str(tmp_path),
         "IMGQ_ALLOW_TORCHSCRIPT": "true",
-        "IMGQ_TORCH_THREADS": "4",  # replaced by the replica's own count
+        "IMGQ_INFERENCE_THREADS": "4",  # replaced by the replica's own count
     }
     env = model_folders.exporter_env({**secrets, **needed}, 2)
     assert env == {

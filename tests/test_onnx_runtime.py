@@ -194,14 +194,6 @@ def test_runtime_and_device_settings_are_checked() -> None:
         models.load_models(_settings(IMGQ_RUNTIME="torch", IMGQ_DEVICE="cuda"))
 
 
-def test_inference_threads_has_a_clearer_name_for_the_same_setting() -> None:
-    assert _settings(IMGQ_INFERENCE_THREADS="2").torch_threads == 2
-    assert _settings(IMGQ_TORCH_THREADS="2").torch_threads == 2
-    assert _settings(IMGQ_TORCH_THREADS="2", IMGQ_INFERENCE_THREADS="2").torch_threads == 2
-    with pytest.raises(SettingsError, match="disagree"):
-        _settings(IMGQ_TORCH_THREADS="1", IMGQ_INFERENCE_THREADS="2")
-
-
 def test_cuda_is_used_where_its_provider_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
     cpu, cuda = onnx_runtime.CPU, onnx_runtime.CUDA
     assert onnx_runtime.providers(Device.CPU) == [cpu]

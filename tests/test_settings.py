@@ -15,7 +15,7 @@ def test_defaults() -> None:
     assert gateway.max_wait == 30
     assert gateway.gallery_dir.name == "images"
     classifier = ClassifierSettings.from_env({})
-    assert classifier.torch_threads == 1
+    assert classifier.inference_threads == 1
     assert classifier.prefetch == classifier.batch_size == 1
     assert classifier.models == ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 
@@ -46,5 +46,5 @@ def test_gateway_rejects_bad_values(env: dict[str, str], message: str) -> None:
 
 
 def test_classifier_rejects_bad_values() -> None:
-    with pytest.raises(SettingsError, match="IMGQ_TORCH_THREADS must be at least 1"):
-        ClassifierSettings.from_env({"IMGQ_TORCH_THREADS": "0"})
+    with pytest.raises(SettingsError, match="IMGQ_INFERENCE_THREADS must be at least 1"):
+        ClassifierSettings.from_env({"IMGQ_INFERENCE_THREADS": "0"})

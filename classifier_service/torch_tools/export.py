@@ -349,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # One replica's share of the cores: other replicas may be serving beside this export.
     import torch
 
-    torch.set_num_threads(settings.torch_threads)
+    torch.set_num_threads(settings.inference_threads)
     report = export_all(
         catalogue,
         torchvision,

@@ -101,7 +101,7 @@ def load(spec: ModelSpec, *, optimise: bool = True) -> LoadedModel:
 
 def load_models(settings: ClassifierSettings) -> dict[str, LoadedModel]:
     """Every configured model under torch (``IMGQ_RUNTIME=torch``)."""
-    torch.set_num_threads(settings.torch_threads)
+    torch.set_num_threads(settings.inference_threads)
     models = {name: load(CATALOG[name]) for name in settings.models}
     torchvision_models.check_names(settings.torchvision_models)
     # Only those whose weights file is present; the others are logged as unavailable.
