@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from imgq_cli.amqp import Producer
+from shared.producer import Producer
 from tests import api, multipart, tiny_models
 from tests.cluster import Cluster
 
