@@ -6,12 +6,19 @@ restart."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
+import os
+import random
 import re
+import subprocess
+import sys
 import threading
+import time
 import urllib.parse
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
 from email.parser import BytesParser
 from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,11 +27,14 @@ from typing import Any
 
 import pytest
 
+from bench.photos import image_files, write_variants
+from compose.stack import wait_http_ok
 from imgq_cli import render
 from imgq_cli.inputs import InputError, expand
 from imgq_cli.main import main
 from imgq_cli.progress import CLEAR_LINE, Progress, duration
-from tests import api
+from tests import api, prometheus
+from tests.cluster import Cluster, read_log
 from tests.conftest import REPO, Service
 from tests.test_batches import small_jpegs
 
@@ -725,3 +735,124 @@ def test_progress_lines() -> None:
     assert reused.endswith("tabby 0.500 (an earlier result for the same image bytes)")
     failed = render.progress(_job("x", "failed"))
     assert failed == "x [01234567] failed: image_decode_failed: cannot decode image"
+
+
+# -- a thousand images, while replicas are killed and the gateway restarted ------------------
+
+BULK_IMAGES = 1000
+# Seconds between replica SIGKILLs (each one replaced at once, as a restart policy would).
+KILL_EVERY = 4.0
+
+
+def _client_env() -> dict[str, str]:
+    """The environment the command runs in: this checkout's client first on the path."""
+    path = os.pathsep.join(
+        filter(None, [str(REPO / "client" / "src"), os.environ.get("PYTHONPATH")])
+    )
+    return {**os.environ, "PYTHONPATH": path}
+
+
+def _posts(url: str) -> float:
+    """Submissions the gateway has answered, by its metrics (every status)."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+        exposition = prometheus.parse(response.read().decode())
+    return sum(
+        value
+        for labels, value in exposition.series("imgq_http_requests_total").items()
+        if ("method", "POST") in labels
+    )
+
+
+@pytest.mark.broker
+@pytest.mark.timeout(600)
+def test_a_thousand_images_through_replica_kills_and_a_gateway_restart(
+    cluster: Cluster,
+    imagenet_sample: Path,
+    tmp_path: Path,
+    figure: Callable[[str], None],
+) -> None:
+    folder = tmp_path / "photos"
+    # Scaled down: decoding is not what this is about.
+    paths = write_variants(image_files(imagenet_sample), BULK_IMAGES, folder, max_side=320)
+    assert len({hashlib.sha256(p.read_bytes()).digest() for p in paths}) == BULK_IMAGES
+    cluster.start_replica()
+    cluster.start_replica()
+    gateway, url = cluster.start_gateway()
+    cluster.wait_replicas(2)
+    out = tmp_path / "results.jsonl"
+    stderr = tmp_path / "cli.log"
+
+    def classify(*extra: str) -> subprocess.Popen[bytes]:
+        with stderr.open("ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "imgq_cli", "classify", str(folder), "-m", MODEL,
+                 "--out", str(out), "--url", url, *extra],
+                cwd=REPO, env=_client_env(), stdout=subprocess.DEVNULL, stderr=log,
+            )  # fmt: skip
+
+    def lines() -> int:
+        return out.read_text().count("\n") if out.exists() else 0
+
+    stop = threading.Event()
+    kills = 0
+
+    def killer() -> None:
+        nonlocal kills
+        while not stop.wait(KILL_EVERY):
+            # Only replicas at work (their health file is touched once their model is loaded
+            # and their first heartbeat is out): killing one still loading proves little.
+            health = cluster.stack.log_dir
+            working = [r for r in cluster.live_replicas() if (health / f"{r.name}.alive").exists()]
+            if working:
+                random.choice(working).kill()  # SIGKILL, mid-batch more often than not
+                kills += 1
+                cluster.start_replica()
+
+    started = time.monotonic()
+    cli = classify()
+    chaos = threading.Thread(target=killer, daemon=True)
+    chaos.start()
+    try:
+        deadline = time.monotonic() + 300
+        while lines() < BULK_IMAGES // 4 and cli.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert cli.poll() is None, "the run ended before the gateway could be restarted"
+        gateway.terminate()  # SIGTERM: a restart, in-flight requests answered or dropped
+        gateway = cluster.stack.respawn(gateway)
+        code = cli.wait(timeout=300)
+        elapsed = time.monotonic() - started
+    finally:
+        stop.set()
+        chaos.join()
+        if cli.poll() is None:
+            cli.kill()
+    log = stderr.read_text()
+    assert code == 0, log[-3000:]
+    assert kills >= 3, kills
+
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["image"] for r in records) == sorted(str(p) for p in paths)  # one line each
+    failed = [r for r in records if r["status"] != "succeeded"]
+    assert not failed, failed[:5]
+    # The service made one job per image, whatever the retries: the event log (the record
+    # every gateway rebuilds from; a restarted gateway's counters start from zero) says so.
+    jobs: dict[str, set[str]] = {}
+    for event in read_log(cluster.node.url):
+        jobs.setdefault(event.image, set()).add(event.job_id)
+    assert {image: len(ids) for image, ids in jobs.items()} == {
+        f"upload:{p.name}": 1 for p in paths
+    }
+    assert {r["job_id"] for r in records} == {next(iter(ids)) for ids in jobs.values()}
+
+    # Resumed, nothing is left to submit: the gateway's metrics see no submission.
+    wait_http_ok(f"{url}/readyz", 60, gateway)
+    before = _posts(url)
+    assert classify("--resume").wait(timeout=120) == 0
+    assert _posts(url) == before
+    assert len(out.read_text().splitlines()) == BULK_IMAGES
+    retries = log.count("trying again")
+    figure(
+        f"{BULK_IMAGES} images through the CLI, {kills} replica SIGKILLs, the gateway "
+        f"restarted once: {elapsed:.1f} s ({BULK_IMAGES / elapsed:.1f} jobs/s), one job per "
+        f"image, {retries} requests retried; --resume submitted nothing"
+    )

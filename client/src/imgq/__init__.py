@@ -65,7 +65,14 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # The asyncio client needs aiohttp: imported only by those who use it.
     if name == "AsyncClient":
-        from imgq.aio import AsyncClient
-
+        try:
+            from imgq.aio import AsyncClient
+        except ModuleNotFoundError as exc:
+            if exc.name != "aiohttp":
+                raise
+            raise ImportError(
+                "imgq.AsyncClient runs on aiohttp, which is not installed: "
+                "pip install 'imgq[async]'"
+            ) from exc
         return AsyncClient
     raise AttributeError(f"module 'imgq' has no attribute {name!r}")
