@@ -389,10 +389,9 @@ def cmd_batch(client: Client, args: argparse.Namespace) -> int:
         progress = _progress(args, total=len(batch.jobs) + len(batch.gone))
 
         def show(current: Batch) -> None:
-            final = sum(1 for job in current.jobs if job.is_final)
-            failed = sum(1 for job in current.jobs if job.is_final and job.status != "succeeded")
-            while progress.done < final:
-                progress.finished_one(progress.failed >= failed)
+            succeeded = sum(1 for job in current.jobs if _succeeded(job))
+            failed = sum(1 for job in current.jobs if job.is_final and not _succeeded(job))
+            progress.set(succeeded, failed)
 
         try:
             batch = client.wait_batch(

@@ -67,6 +67,14 @@ class Progress:
             self.succeeded += 1
         else:
             self.failed += 1
+        self._changed()
+
+    def set(self, succeeded: int, failed: int) -> None:
+        """Counts read from the server (a batch followed from outside)."""
+        self.succeeded, self.failed = succeeded, failed
+        self._changed()
+
+    def _changed(self) -> None:
         if not self._enabled:
             return
         now = self._clock()
