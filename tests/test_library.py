@@ -347,7 +347,8 @@ def _trickle(conn: socket.socket) -> None:
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_read_and_total_timeouts_are_their_own_error(kind: str) -> None:
-    timeouts = Timeouts(connect=2, read=0.3, total=1.0)
+    # The trickle's gaps (0.05 s) are a twentieth of the read timeout; it lasts twice the total.
+    timeouts = Timeouts(connect=5, read=1.0, total=2.5)
     for answer, phase in ((_silent, "read"), (_trickle, "total")):
         with scripted_server(answer) as url, pytest.raises(TimedOut) as raised:
             _call(kind, url, lambda c: c.get("a" * 32), timeout=timeouts, max_retries=0)
@@ -703,12 +704,12 @@ def test_503_is_retried_until_the_gateway_can_take_the_job(
 @pytest.mark.broker
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_a_long_poll_is_not_cut_short_by_the_timeouts(lab: Lab, kind: str) -> None:
-    short = Timeouts(connect=5, read=0.5, total=1.0)
+    short = Timeouts(connect=5, read=1.0, total=2.0)
     with lab.held():
         job = imgq.Client(lab.url).submit(MODEL, small_jpegs(1, seed=71)[0])
-        # Held by the server for 2 s, past both the read and the total timeout.
+        # Held by the server for 3 s, past both the read and the total timeout.
         polled = _call(
-            kind, lab.url, lambda c: c.get(job.job_id, wait=2), timeout=short, max_retries=0
+            kind, lab.url, lambda c: c.get(job.job_id, wait=3), timeout=short, max_retries=0
         )
     assert polled.status == "queued"
 
