@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument(
         "--resume",
         action="store_true",
-        help="with --out: keep FILE and skip the images it already has",
+        help="with --out: keep FILE (else it is started anew) and skip the images it has",
     )
     classify.add_argument(
         "--max-in-flight",
