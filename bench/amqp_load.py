@@ -10,8 +10,8 @@ import aio_pika
 from aio_pika.exceptions import ChannelNotFoundEntity
 
 from bench.load import Done, JobFailed, LoadResult, run_jobs
-from imgq_cli.amqp import Producer, QueueFull
 from shared.catalog import CATALOG
+from shared.producer import Producer, QueueFull
 from shared.states import JobStatus
 from shared.topology import REQUESTS_QUEUE, model_queue
 

@@ -10,6 +10,9 @@ so a ``<wnid>_<name>.JPEG`` file name cannot be turned into a class index offlin
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
+from collections.abc import Sequence
 from pathlib import Path
 
 LABELS_FILE = "labels.csv"
@@ -56,3 +59,41 @@ def read_labels(folder: Path) -> dict[str, int]:
     if not labels:
         raise LabelsError(f"{path} names no photo that is in {folder}")
     return labels
+
+
+def write_variants(
+    sources: Sequence[Path], count: int, folder: Path, *, max_side: int | None = None
+) -> list[Path]:
+    """``count`` distinct JPEG files in ``folder``, made from the photos: each photo in turn,
+    re-encoded at one quality after another (95, 94, ...), so that no two share their bytes
+    and none is answered from an earlier result.  ``max_side`` scales them down first."""
+    from PIL import Image  # the bench and the tests have Pillow; the rest of this module not
+
+    if not sources:
+        raise ValueError("no photos to make variants of")
+    folder.mkdir(parents=True, exist_ok=True)
+    decoded = []
+    for source in sources:
+        with Image.open(source) as image:
+            rgb = image.convert("RGB")
+        if max_side is not None:
+            rgb.thumbnail((max_side, max_side))
+        decoded.append((source.stem, rgb))
+    written: list[Path] = []
+    seen: set[bytes] = set()
+    for i in range(count):
+        stem, rgb = decoded[i % len(decoded)]
+        quality = 95 - i // len(decoded)
+        while True:
+            out = io.BytesIO()
+            rgb.save(out, "JPEG", quality=max(quality, 5))
+            data = out.getvalue()
+            digest = hashlib.sha256(data).digest()
+            if digest not in seen or quality <= 5:
+                break
+            quality -= 1  # the same bytes as another variant: one step further
+        seen.add(digest)
+        path = folder / f"{stem}-{i:05}.jpg"
+        path.write_bytes(data)
+        written.append(path)
+    return written

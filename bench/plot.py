@@ -11,7 +11,7 @@ WIDTH = 960
 ROW = 34
 LABEL_WIDTH = 380
 MARGIN = 16
-COLOURS = ((90, 110, 140), (46, 125, 160), (230, 140, 40))
+COLOURS = ((90, 110, 140), (46, 125, 160), (230, 140, 40), (110, 160, 80))
 
 
 def bar_chart(title: str, bars: Sequence[tuple[str, float, int]], unit: str, path: Path) -> None:

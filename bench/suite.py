@@ -5,7 +5,8 @@
    it, decoding + preprocessing alone, and bf16 against fp32 (agreement and speed-up).
 2. A private broker, a gateway whose gallery is the photo folder, one replica using every
    core, then N replicas: throughput and latency over HTTP and over AMQP, the CPU each part
-   spends per job, latency at low load, the replicas' memory, and the accuracy of every model.
+   spends per job, the `imgq` command on distinct photos, latency at low load, the replicas'
+   memory, and the accuracy of every model.
 3. Without replicas: a fresh gateway's submission rate and its long-polls.
 4. A three-node cluster with the same replicas: end-to-end HTTP throughput, beside phase 2's.
 """
@@ -23,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import accuracy, amqp_load, bare, gateway_load, http_load, precision
+from bench import accuracy, amqp_load, bare, cli_load, gateway_load, http_load, precision
 from bench.accuracy import Accuracy
 from bench.bare import WorkerSpec
 from bench.gateway_load import LongPollResult, SubmitResult
@@ -105,6 +106,8 @@ class Measurements:
     bare_per_image_ms: dict[str, float] = field(default_factory=dict)
     http: dict[int, LoadResult] = field(default_factory=dict)
     amqp: dict[int, LoadResult] = field(default_factory=dict)
+    # The `imgq` command on distinct photos (one process, batches), N replicas.
+    cli: LoadResult | None = None
     http_low_load: LoadResult | None = None
     amqp_low_load: LoadResult | None = None
     accuracy: list[Accuracy] = field(default_factory=list)
@@ -270,6 +273,8 @@ def _measure_replicas(
     log.info("AMQP, %d replica(s): %.1f jobs/s", count, m.amqp[count].throughput)
     if count != options.replicas:
         return
+    m.cli = _cli_run(options, base_url, log_dir)
+    log.info("CLI, %d replica(s): %.1f jobs/s", count, m.cli.throughput)
     # Each photo alone on one replica's share of the cores: what a job at low load costs at
     # least.  Measured here, just before the low-load runs (the replicas idle), so that the
     # two are compared under the same conditions on a shared machine.
@@ -290,6 +295,15 @@ def _measure_replicas(
             base_url, options.accuracy_models, read_labels(options.images), concurrency=concurrency
         )
     )
+
+
+def _cli_run(options: Options, base_url: str, log_dir: Path) -> LoadResult:
+    """The command line on as many distinct photos as an HTTP run has jobs."""
+    folder = log_dir / "cli-photos"
+    cli_load.photos(options.images, options.jobs, folder)
+    out = log_dir / "cli-results.jsonl"
+    # Generous: the HTTP run's bound, and as long again for what a slow machine adds.
+    return cli_load.run(base_url, MODEL, folder, out, timeout=120 + 2 * options.max_seconds)
 
 
 def _warm_up(options: Options, base_url: str, names: list[str]) -> None:

@@ -21,6 +21,8 @@ from compose.stack import threads_per_replica
 
 # Issue 9's targets, each on the layout with one replica per core.
 E2E_TARGETS = {"HTTP": Target(">=", 0.9, " × bare"), "AMQP": Target(">=", 0.95, " × bare")}
+# Issue 18: the command line on a folder keeps up with many HTTP clients.
+CLI_TARGET = Target(">=", 0.9, " × HTTP")
 RUNTIME_SPEEDUP = Target(">=", 2.5, " × TorchScript")
 ADDED_LATENCY = Target("<=", 3, " ms")
 PLUMBING = Target("<=", 4, " core-ms")
@@ -225,6 +227,7 @@ def service_rows(options: Options, m: Measurements) -> list[Row]:
                     caveat=caveat(m, BARE_PHASE, service_phase(replicas)),
                 )
             )
+    rows += cli_rows(options, m)
     for path in ("HTTP", "AMQP"):
         replicas = options.replicas
         plumbing = plumbing_ms(m, f"{path}, {replicas}", replicas)
@@ -288,6 +291,26 @@ def service_rows(options: Options, m: Measurements) -> list[Row]:
             )
         )
     return rows
+
+
+def cli_rows(options: Options, m: Measurements) -> list[Row]:
+    if m.cli is None:
+        return []
+    http = m.http.get(options.replicas)
+    ratio = _ratio(m.cli.throughput, http.throughput if http else None)
+    return [
+        Row(
+            "end to end, imgq command",
+            f"{layout(options.replicas)}, `imgq classify FOLDER --out FILE` on "
+            f"{m.cli.jobs + m.cli.failed} distinct photos (one process, batches of the "
+            "server's size, 256 in flight), timed from its start to its exit",
+            _jobs(m.cli),
+            ratio=_fmt(ratio, ".2f", " × HTTP"),
+            target=CLI_TARGET,
+            value=ratio,
+            caveat=caveat(m, service_phase(options.replicas)),
+        )
+    ]
 
 
 def gateway_rows(options: Options, m: Measurements) -> list[Row]:
@@ -373,6 +396,8 @@ def throughput_bars(options: Options, m: Measurements) -> list[tuple[str, float,
         for replicas in replica_counts(options):
             if replicas in results:
                 bars.append((f"{path}, {layout(replicas)}", results[replicas].throughput, colour))
+    if m.cli is not None:
+        bars.append((f"imgq command, {layout(options.replicas)}", m.cli.throughput, 3))
     return bars
 
 
@@ -426,6 +451,8 @@ def notes(options: Options, m: Measurements) -> list[str]:
             )
         if result.errors:
             lines.append(f"{label}: {result.failed} failed, e.g. {result.errors[0]}")
+    if m.cli is not None and m.cli.errors:
+        lines.append(f"imgq command: {m.cli.failed} failed, e.g. {m.cli.errors[0]}")
     if m.submit is not None and m.submit.errors:
         lines.append(f"submissions: errors, e.g. {m.submit.errors[0]}")
     return lines

@@ -8,7 +8,7 @@ exchange with publisher confirms: the file's bytes, unchanged, are the message b
 model, image name and submission time are headers; ``message_id`` is the job ID,
 ``reply_to`` an exclusive, server-named queue of our own and ``correlation_id`` the job ID.
 The replica that finishes a job publishes the final ``JobEvent`` (JSON) there, and, as
-always, to the ``imgq.events`` exchange.  ``imgq_cli.amqp.Producer`` does the publishing
+always, to the ``imgq.events`` exchange.  ``shared.producer.Producer`` does the publishing
 and matches replies to jobs; ``shared.wire.request_message`` builds the message.
 
 See docs/amqp.md for the contract; ``classify`` below is the importable core.
@@ -28,9 +28,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 from aio_pika.exceptions import AMQPError
 
-from imgq_cli.amqp import Producer, ProducerError, QueueFull, Reply
 from shared.catalog import DEFAULT_MODEL
 from shared.messages import JobEvent
+from shared.producer import Producer, ProducerError, QueueFull, Reply
 from shared.wire import OCTET_STREAM
 
 __all__ = ["Producer", "ProducerError", "QueueFull", "Reply", "classify", "main"]

@@ -100,11 +100,15 @@ def _plain(markdown: str) -> str:
     return markdown.replace("`", "")
 
 
+# The services' distribution (pyproject.toml); the client's is `imgq` (client/pyproject.toml).
+SERVICES_DISTRIBUTION = "imgq-services"
+
+
 def package_version() -> str:
     try:
-        return importlib.metadata.version("imgq")
+        return importlib.metadata.version(SERVICES_DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
-        return "unknown (imgq is not installed)"
+        return f"unknown ({SERVICES_DISTRIBUTION} is not installed)"
 
 
 def parser_for(prog: str, description: str, epilog: str) -> argparse.ArgumentParser:

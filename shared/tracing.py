@@ -1,6 +1,6 @@
 """OpenTelemetry traces of a job: from the HTTP request through the broker to a replica and back.
 
-Optional.  Tracing needs the ``otel`` extra (``pip install 'imgq[otel]'``) and is turned on
+Optional.  Tracing needs the ``otel`` extra (``pip install 'imgq-services[otel]'``) and is turned on
 with ``IMGQ_TRACING`` (or the standard ``OTEL_TRACES_EXPORTER``).  Off, every hook below
 is a no-op and OpenTelemetry is never imported: the services run exactly as without it.
 
@@ -106,7 +106,7 @@ class TracingSettings:
             ) from None
         if exporter is not Exporter.OFF and not otel_installed():
             raise SettingsError(
-                f"{_TRACING.name}={raw} needs OpenTelemetry: pip install 'imgq[otel]'"
+                f"{_TRACING.name}={raw} needs OpenTelemetry: pip install 'imgq-services[otel]'"
             )
         return cls(exporter, path, env.get("OTEL_SERVICE_NAME", "").strip())
 

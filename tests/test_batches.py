@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from imgq.wire import Upload, encode_multipart
+from imgq.http_wire import Upload, encode_multipart
 from shared.errors import MessageError
 from shared.messages import BatchRef
 from tests import api

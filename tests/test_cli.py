@@ -1,23 +1,42 @@
 """The ``imgq`` command line: against the running service, against a scripted fake server (the
-wire details: long-poll parameters, uploads, tokens, error answers), and its renderer."""
+wire details: long-poll parameters, uploads, tokens, error answers, --out and --resume), its
+inputs, progress and renderer; and a thousand images through replica kills and a gateway
+restart."""
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import io
 import json
+import os
+import random
+import re
+import subprocess
+import sys
 import threading
+import time
 import urllib.parse
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
 from email.parser import BytesParser
 from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bench.photos import image_files, write_variants
+from compose.stack import wait_http_ok
 from imgq_cli import render
+from imgq_cli.inputs import InputError, expand
 from imgq_cli.main import main
-from tests import api
+from imgq_cli.progress import CLEAR_LINE, Progress, duration
+from tests import api, prometheus
+from tests.cluster import Cluster, read_log
 from tests.conftest import REPO, Service
+from tests.test_batches import small_jpegs
 
 MODEL = "efficientnet_lite0"
 MODELS = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
@@ -56,21 +75,11 @@ def test_classify_wait_json_gives_the_labels(
     assert all(job["status"] == "succeeded" for job in jobs)
     assert jobs[0]["result"][0]["label"] == "espresso"
     assert jobs[1]["result"][0]["label"] in CAT_LABELS
-    # Progress went to stderr, one line per status change seen, in the job's order: queued
-    # first, succeeded last ("started" shows when a poll saw it: a job can start and finish
-    # between two polls, as both of a batch can).
+    # On stderr: the batch it created, then the summary (no progress line: the run took
+    # less than one interval, and stderr is no terminal).
     lines = err.splitlines()
-    assert any("coffee.jpg" in line and "succeeded: espresso" in line for line in lines), err
-    order = ("queued", "started", "succeeded")
-    for job in jobs:
-        seen = [
-            next(status for status in order if status in line)
-            for line in lines
-            if job["job_id"][:8] in line
-        ]
-        assert seen[0] == "queued", err
-        assert seen[-1] == "succeeded", err
-        assert seen == sorted(set(seen), key=order.index), err
+    assert re.fullmatch(r"batch [0-9a-f]{32}: 2 images", lines[0]), err
+    assert re.match(r"2 images: 2 succeeded, 0 failed in [\d.]+ s \([\d.]+ jobs/s\)$", lines[-1])
 
 
 @pytest.mark.broker
@@ -120,7 +129,7 @@ def test_models_lists_the_three_models(
     code, out, _ = run(capsys, "models", "--url", service.base_url)
     assert code == 0
     rows = [line.split() for line in out.splitlines()]
-    assert rows[0] == ["MODEL", "TITLE", "INPUT", "REPLICAS"]
+    assert rows[0] == ["MODEL", "TITLE", "INPUT", "REPLICAS", "VERSIONS"]
     assert [row[0] for row in rows[1:]] == MODELS
     assert [row[2] for row in rows[1:]] == ["224", "240", "260"]
     assert all(int(row[3]) >= 1 for row in rows[1:])
@@ -210,13 +219,14 @@ def test_several_files_go_up_in_one_batch(
     # One request: the batch holds all three jobs.
     assert all(job["status"] == "succeeded" for job in jobs)
 
-    # All or nothing: one bad name refuses the batch, naming it.
+    # One bad name is reported (exit 1) and the other images go on without it.
     code, out, err = run(
         capsys, "classify", paths[0], "nosuch.jpg", "-m", MODEL, "--url", service.base_url
     )
     assert code == 1
-    assert out == ""
-    assert err.startswith("error: images[1] (nosuch.jpg): unknown image"), err
+    [submitted] = out.splitlines()[1:]
+    assert submitted.split()[1] == "upload:my-coffee.jpg"
+    assert "error: unknown image 'nosuch.jpg'" in err, err
 
 
 @pytest.mark.broker
@@ -235,7 +245,10 @@ def test_cancel_forgets_a_finished_job(
 
 
 def test_an_unreachable_server_exits_2_naming_the_url(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "classify", "cat.jpg", "-m", MODEL, "--url", "http://127.0.0.1:1")
+    code, out, err = run(
+        capsys, "classify", "cat.jpg", "-m", MODEL, "--url", "http://127.0.0.1:1", "--max-retries",
+        "0",
+    )  # fmt: skip
     assert code == 2
     assert out == ""
     assert err.startswith("error: cannot reach the imgq server at http://127.0.0.1:1: ")
@@ -251,7 +264,7 @@ def test_url_and_token_come_from_the_environment(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("IMGQ_URL", "http://127.0.0.1:1")
-    code, _, err = run(capsys, "models")
+    code, _, err = run(capsys, "models", "--max-retries", "0")
     assert code == 2
     assert "http://127.0.0.1:1" in err
 
@@ -266,6 +279,10 @@ class FakeGateway:
         self.requests: list[dict[str, Any]] = []
         self.statuses = ["queued", "started", "succeeded"]
         self.uploads = False
+        # With batches: POST /batches answers every job final at once (an upload whose
+        # file name starts with "bad" failed), and names the images in `batched`.
+        self.batches = False
+        self.batched: list[str] = []
 
     def job(self, status: str) -> dict[str, Any]:
         done = status == "succeeded"
@@ -290,6 +307,8 @@ class FakeGateway:
         )
         if url.path == "/info":
             return 200, {"models": [], "images": [], "max_wait": 7}
+        if method == "POST" and url.path == "/batches" and self.batches:
+            return 202, self.batch(headers, body)
         if method == "POST" and url.path == "/classifications":
             if headers.get_content_type() == "multipart/form-data" and not self.uploads:
                 return 400, {"detail": "field 'image' is required and must be a string"}
@@ -299,6 +318,26 @@ class FakeGateway:
             current = self.statuses.index(since) + 1 if since else 0
             return 200, self.job(self.statuses[current])
         return 404, {"detail": f"Not Found: {url.path}", "code": "not_found"}
+
+    def batch(self, headers: Any, body: bytes) -> dict[str, Any]:
+        form = BytesParser(policy=HTTP).parsebytes(
+            b"Content-Type: " + headers["Content-Type"].encode() + b"\r\n\r\n" + body
+        )
+        names = [
+            f"upload:{part.get_filename()}" if part.get_filename() else part.get_content()
+            for part in form.iter_parts()
+            if part.get_param("name", header="content-disposition") in ("file", "image")
+        ]
+        jobs = []
+        for name in names:
+            self.batched.append(name)
+            job = self.job("succeeded")
+            job.update(job_id=f"{len(self.batched):032x}", image=name)
+            if name.startswith("upload:bad"):
+                job.update(status="failed", result=None)
+                job["error"] = {"code": "image_decode_failed", "message": "cannot decode image"}
+            jobs.append(job)
+        return {"batch_id": "f" * 32, "model": MODEL, "jobs": jobs, "done": True, "gone": []}
 
 
 @pytest.fixture
@@ -340,11 +379,7 @@ def test_wait_long_polls_with_since_and_shows_each_change(
     code, out, err = run(capsys, "classify", "cat.jpg", "-m", MODEL, "--wait", "--url", url)
     assert code == 0
     assert out.splitlines()[1].split() == ["cat.jpg", MODEL, "succeeded", "0.500", "tabby"]
-    assert err.splitlines() == [
-        "cat.jpg [abababab] queued",
-        "cat.jpg [abababab] started on replica-9",
-        "cat.jpg [abababab] succeeded: tabby 0.500",
-    ]
+    assert err.startswith("1 image: 1 succeeded, 0 failed in "), err
     polls = [r["query"] for r in gateway.requests if r["path"].startswith("/classifications/")]
     # The server's max_wait (7 s from /info) bounds each long-poll.
     assert polls == [{"wait": "7", "since": "queued"}, {"wait": "7", "since": "started"}]
@@ -408,13 +443,16 @@ def test_several_images_use_one_batch_request_or_fall_back_to_one_each(
 ) -> None:
     gateway, url = fake
     # This fake has no /batches (an older gateway): one request per image, as before.
-    assert run(capsys, "classify", "cat.jpg", "cat.jpg", "-m", MODEL, "--url", url)[0] == 0
+    assert run(capsys, "classify", "cat.jpg", "coffee.jpg", "-m", MODEL, "--url", url)[0] == 0
     posts = [(r["path"], json.loads(r["body"])) for r in gateway.requests if r["method"] == "POST"]
     assert posts == [
-        ("/batches", {"model": MODEL, "images": ["cat.jpg", "cat.jpg"]}),
+        ("/batches", {"model": MODEL, "images": ["cat.jpg", "coffee.jpg"]}),
         ("/classifications", {"model": MODEL, "image": "cat.jpg"}),
-        ("/classifications", {"model": MODEL, "image": "cat.jpg"}),
+        ("/classifications", {"model": MODEL, "image": "coffee.jpg"}),
     ]
+    # Every submission carries an idempotency key: a retried one returns its jobs.
+    keys = [r["headers"]["Idempotency-Key"] for r in gateway.requests if r["method"] == "POST"]
+    assert len(set(keys)) == 3
 
 
 def test_gallery_flag_sends_a_name_even_where_a_file_has_it(
@@ -441,6 +479,171 @@ def test_bad_usage_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
             main(argv)
         assert exit_info.value.code == 2
     assert "usage: imgq" in capsys.readouterr().err
+
+
+def _photos(folder: Path, names: list[str]) -> list[Path]:
+    paths = []
+    for name, data in zip(names, small_jpegs(len(names), seed=90), strict=True):
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        paths.append(path)
+    return paths
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_out_has_one_line_per_image_and_resume_submits_nothing(
+    fake: tuple[FakeGateway, str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    gateway, url = fake
+    gateway.batches = True
+    folder = tmp_path / "photos"
+    _photos(folder, ["a.jpg", "b.JPEG", "sub/c.png", "sub/deeper/d.webp", ".hidden/e.jpg"])
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "results.jsonl"
+    code, stdout, err = run(capsys, "classify", str(folder), "-m", MODEL, "--out", str(out),
+                            "--url", url)  # fmt: skip
+    assert code == 0, err
+    assert stdout == ""
+    records = _records(out)
+    found = [str(folder / n) for n in ("a.jpg", "b.JPEG", "sub/c.png", "sub/deeper/d.webp")]
+    assert sorted(r["image"] for r in records) == sorted(found)
+    assert set(records[0]) == {"image", "job_id", "model", "model_version", "status", "labels",
+                               "error"}  # fmt: skip
+    assert all(r["status"] == "succeeded" and r["error"] is None for r in records)
+    assert records[0]["labels"] == [{"label": "tabby", "score": 0.5}]
+    assert records[0]["model_version"] is None  # until the server says which version ran
+    assert "4 images: 4 succeeded, 0 failed" in err
+
+    # A run stopped while writing left half a line: --resume drops it, skips the rest.
+    with out.open("a") as f:
+        f.write('{"image": "half')
+    posts = len([r for r in gateway.requests if r["method"] == "POST"])
+    code, _, err = run(capsys, "classify", str(folder), "-m", MODEL, "--out", str(out),
+                       "--resume", "--url", url)  # fmt: skip
+    assert code == 0, err
+    assert len([r for r in gateway.requests if r["method"] == "POST"]) == posts
+    assert _records(out) == records
+    assert "4 skipped, already in" in err
+
+
+def test_out_csv_failures_and_exit_status(
+    fake: tuple[FakeGateway, str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    gateway, url = fake
+    gateway.batches = True
+    paths = _photos(tmp_path, ["ok1.jpg", "bad.jpg", "ok2.jpg"])
+    out = tmp_path / "results.csv"
+    code, _, err = run(capsys, "classify", *map(str, paths), "-m", MODEL, "-o", str(out), "-q",
+                       "--url", url)  # fmt: skip
+    assert code == 1
+    assert err == f"error: {paths[1]}: image_decode_failed: cannot decode image\n"  # -q: no more
+    rows = list(csv.DictReader(out.open()))
+    assert [r["image"] for r in rows] == [str(p) for p in paths]  # one batch: in order
+    assert rows[0]["label"] == "tabby"
+    assert rows[0]["labels"] == "tabby (0.5000)"
+    assert (rows[1]["status"], rows[1]["error"]) == (
+        "failed",
+        "image_decode_failed: cannot decode image",
+    )
+    # Resumed, the failure stays in the file: the exit status still says so.
+    code, _, _ = run(capsys, "classify", *map(str, paths), "-m", MODEL, "-o", str(out),
+                     "--resume", "-q", "--url", url)  # fmt: skip
+    assert code == 1
+    assert len(list(csv.DictReader(out.open()))) == 3
+
+
+def test_arguments_expand_to_files_globs_stdin_and_gallery_names(tmp_path: Path) -> None:
+    paths = _photos(tmp_path, ["x/1.jpg", "x/2.png", "y/3.jpg"])
+    (tmp_path / "x" / "readme.md").write_text("no")
+    targets = expand(
+        [str(tmp_path / "x" / "*"), "-", str(paths[0]), "coffee.jpg"], gallery=False,
+        stdin=io.StringIO(f"{paths[2]}\n\ncat.jpg\n"),
+    )  # fmt: skip
+    assert [t.name for t in targets] == [
+        str(paths[0]), str(paths[1]), str(paths[2]), "cat.jpg", "coffee.jpg"
+    ]  # fmt: skip
+    assert [t.is_file for t in targets] == [True, True, True, False, False]
+    with pytest.raises(InputError, match="matches no image file"):
+        expand([str(tmp_path / "*.gif")], gallery=False, stdin=io.StringIO())
+    assert expand([str(paths[0])], gallery=True, stdin=io.StringIO())[0].image == str(paths[0])
+
+
+def test_a_pattern_matching_nothing_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, _, err = run(capsys, "classify", str(tmp_path / "*.jpg"), "-m", MODEL)
+    assert code == 2
+    assert err == f"error: {tmp_path / '*.jpg'}: matches no image file\n"
+    code, _, err = run(capsys, "classify", "cat.jpg", "-m", MODEL, "--resume")
+    assert code == 2
+    assert "--resume needs --out" in err
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_progress_on_a_terminal_updates_one_line_in_place() -> None:
+    clock, stream = Clock(), io.StringIO()
+    progress = Progress(4, stream, tty=True, clock=clock)
+    clock.now += 1
+    progress.finished_one(True)
+    clock.now += 1
+    progress.finished_one(False)
+    progress.note("batch x: 2 images")
+    clock.now += 0.01  # sooner than a redraw is worth
+    progress.finished_one(True)
+    progress.close()
+    assert stream.getvalue() == (
+        f"{CLEAR_LINE}1/4 done, 0 failed, 1.0 jobs/s, ETA 0:03"
+        f"{CLEAR_LINE}2/4 done, 1 failed, 1.0 jobs/s, ETA 0:02"
+        f"{CLEAR_LINE}batch x: 2 images\n2/4 done, 1 failed, 1.0 jobs/s, ETA 0:02\n"
+    )
+
+
+def test_progress_elsewhere_is_a_plain_line_every_few_seconds() -> None:
+    clock, stream = Clock(), io.StringIO()
+    progress = Progress(100, stream, tty=False, clock=clock)
+    for _ in range(30):
+        clock.now += 0.5
+        progress.finished_one(True)
+    progress.close()
+    lines = stream.getvalue().splitlines()
+    assert lines == [
+        f"{n}/100 done, 0 failed, 2.0 jobs/s, ETA {duration((100 - n) / 2)}" for n in (10, 20, 30)
+    ]
+    quiet = io.StringIO()
+    silent = Progress(1, quiet, tty=True, enabled=False, clock=clock)
+    silent.finished_one(True)
+    silent.note("batch")
+    silent.note("error: shown anyway", always=True)
+    assert quiet.getvalue() == "error: shown anyway\n"
+
+
+@pytest.mark.broker
+def test_batch_follows_a_batch_created_earlier(
+    service: Service, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, "classify", "cat.jpg", "coffee.jpg", "-m", MODEL, "--fresh",
+                       "--url", service.base_url)  # fmt: skip
+    assert code == 0
+    batch_id = re.search(r"batch ([0-9a-f]{32}): 2 images", err)
+    assert batch_id is not None, err
+    code, out, _ = run(capsys, "batch", batch_id.group(1), "--wait", "--json", "-q",
+                       "--url", service.base_url)  # fmt: skip
+    assert code == 0
+    batch = json.loads(out)
+    assert batch["done"] is True
+    assert [j["image"] for j in batch["jobs"]] == ["cat.jpg", "coffee.jpg"]
+    assert [j["status"] for j in batch["jobs"]] == ["succeeded", "succeeded"]
 
 
 # -- the renderer ------------------------------------------------------------------------------
@@ -501,10 +704,17 @@ def test_models_and_status_text() -> None:
         {"name": "efficientnet_lite2", "title": "EfficientNet-Lite2", "input_size": 260,
          "online": False, "replicas": 0},
     ]  # fmt: skip
+    models[0] |= {
+        "version": "1",
+        "versions": [
+            {"id": "efficientnet_lite0@1", "version": "1"},
+            {"id": "efficientnet_lite0@2", "version": "2"},
+        ],
+    }
     assert render.models_table(models).splitlines() == [
-        "MODEL               TITLE               INPUT  REPLICAS",
-        "efficientnet_lite0  EfficientNet-Lite0    224         2",
-        "efficientnet_lite2  EfficientNet-Lite2    260         0",
+        "MODEL               TITLE               INPUT  REPLICAS  VERSIONS",
+        "efficientnet_lite0  EfficientNet-Lite0    224         2  1 (default), 2",
+        "efficientnet_lite2  EfficientNet-Lite2    260         0  -",
     ]
     assert render.status_text("http://h:1", False, "still replaying", models).splitlines() == [
         "gateway http://h:1: NOT READY (still replaying)",
@@ -525,3 +735,124 @@ def test_progress_lines() -> None:
     assert reused.endswith("tabby 0.500 (an earlier result for the same image bytes)")
     failed = render.progress(_job("x", "failed"))
     assert failed == "x [01234567] failed: image_decode_failed: cannot decode image"
+
+
+# -- a thousand images, while replicas are killed and the gateway restarted ------------------
+
+BULK_IMAGES = 1000
+# Seconds between replica SIGKILLs (each one replaced at once, as a restart policy would).
+KILL_EVERY = 4.0
+
+
+def _client_env() -> dict[str, str]:
+    """The environment the command runs in: this checkout's client first on the path."""
+    path = os.pathsep.join(
+        filter(None, [str(REPO / "client" / "src"), os.environ.get("PYTHONPATH")])
+    )
+    return {**os.environ, "PYTHONPATH": path}
+
+
+def _posts(url: str) -> float:
+    """Submissions the gateway has answered, by its metrics (every status)."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+        exposition = prometheus.parse(response.read().decode())
+    return sum(
+        value
+        for labels, value in exposition.series("imgq_http_requests_total").items()
+        if ("method", "POST") in labels
+    )
+
+
+@pytest.mark.broker
+@pytest.mark.timeout(600)
+def test_a_thousand_images_through_replica_kills_and_a_gateway_restart(
+    cluster: Cluster,
+    imagenet_sample: Path,
+    tmp_path: Path,
+    figure: Callable[[str], None],
+) -> None:
+    folder = tmp_path / "photos"
+    # Scaled down: decoding is not what this is about.
+    paths = write_variants(image_files(imagenet_sample), BULK_IMAGES, folder, max_side=320)
+    assert len({hashlib.sha256(p.read_bytes()).digest() for p in paths}) == BULK_IMAGES
+    cluster.start_replica()
+    cluster.start_replica()
+    gateway, url = cluster.start_gateway()
+    cluster.wait_replicas(2)
+    out = tmp_path / "results.jsonl"
+    stderr = tmp_path / "cli.log"
+
+    def classify(*extra: str) -> subprocess.Popen[bytes]:
+        with stderr.open("ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "imgq_cli", "classify", str(folder), "-m", MODEL,
+                 "--out", str(out), "--url", url, *extra],
+                cwd=REPO, env=_client_env(), stdout=subprocess.DEVNULL, stderr=log,
+            )  # fmt: skip
+
+    def lines() -> int:
+        return out.read_text().count("\n") if out.exists() else 0
+
+    stop = threading.Event()
+    kills = 0
+
+    def killer() -> None:
+        nonlocal kills
+        while not stop.wait(KILL_EVERY):
+            # Only replicas at work (their health file is touched once their model is loaded
+            # and their first heartbeat is out): killing one still loading proves little.
+            health = cluster.stack.log_dir
+            working = [r for r in cluster.live_replicas() if (health / f"{r.name}.alive").exists()]
+            if working:
+                random.choice(working).kill()  # SIGKILL, mid-batch more often than not
+                kills += 1
+                cluster.start_replica()
+
+    started = time.monotonic()
+    cli = classify()
+    chaos = threading.Thread(target=killer, daemon=True)
+    chaos.start()
+    try:
+        deadline = time.monotonic() + 300
+        while lines() < BULK_IMAGES // 4 and cli.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert cli.poll() is None, "the run ended before the gateway could be restarted"
+        gateway.terminate()  # SIGTERM: a restart, in-flight requests answered or dropped
+        gateway = cluster.stack.respawn(gateway)
+        code = cli.wait(timeout=300)
+        elapsed = time.monotonic() - started
+    finally:
+        stop.set()
+        chaos.join()
+        if cli.poll() is None:
+            cli.kill()
+    log = stderr.read_text()
+    assert code == 0, log[-3000:]
+    assert kills >= 3, kills
+
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["image"] for r in records) == sorted(str(p) for p in paths)  # one line each
+    failed = [r for r in records if r["status"] != "succeeded"]
+    assert not failed, failed[:5]
+    # The service made one job per image, whatever the retries: the event log (the record
+    # every gateway rebuilds from; a restarted gateway's counters start from zero) says so.
+    jobs: dict[str, set[str]] = {}
+    for event in read_log(cluster.node.url):
+        jobs.setdefault(event.image, set()).add(event.job_id)
+    assert {image: len(ids) for image, ids in jobs.items()} == {
+        f"upload:{p.name}": 1 for p in paths
+    }
+    assert {r["job_id"] for r in records} == {next(iter(ids)) for ids in jobs.values()}
+
+    # Resumed, nothing is left to submit: the gateway's metrics see no submission.
+    wait_http_ok(f"{url}/readyz", 60, gateway)
+    before = _posts(url)
+    assert classify("--resume").wait(timeout=120) == 0
+    assert _posts(url) == before
+    assert len(out.read_text().splitlines()) == BULK_IMAGES
+    retries = log.count("trying again")
+    figure(
+        f"{BULK_IMAGES} images through the CLI, {kills} replica SIGKILLs, the gateway "
+        f"restarted once: {elapsed:.1f} s ({BULK_IMAGES / elapsed:.1f} jobs/s), one job per "
+        f"image, {retries} requests retried; --resume submitted nothing"
+    )

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from imgq_cli import main as cli
-from shared.config_reference import all_variables, read_by
+from shared.config_reference import SERVICES_DISTRIBUTION, all_variables, read_by
 from shared.settings import CLASSIFIER, GATEWAY, SETUP, Service
 from tests.service_settings import REPO
 
@@ -86,7 +86,8 @@ def test_version(module: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         _main(module)(["--version"])
     assert exited.value.code == 0
-    assert capsys.readouterr().out == f"python -m {module} {importlib.metadata.version('imgq')}\n"
+    version = importlib.metadata.version(SERVICES_DISTRIBUTION)
+    assert capsys.readouterr().out == f"python -m {module} {version}\n"
 
 
 @pytest.mark.parametrize("module", list(ENTRY_POINTS))

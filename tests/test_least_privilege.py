@@ -15,9 +15,9 @@ from compose.broker import BrokerNode, start_node
 from compose.permissions import CLASSIFIER_USER, GATEWAY_USER, PRODUCER_USER
 from compose.setup_broker import setup
 from compose.stack import Stack
-from imgq_cli.amqp import Producer
 from shared import wire
 from shared.messages import ClassifyRequest, JobEvent, new_job_id
+from shared.producer import Producer
 from shared.states import JobStatus
 from shared.topology import (
     CANCELLATIONS,

@@ -13,7 +13,7 @@ from playwright.sync_api import expect
 
 from classifier_service import precision
 from classifier_service.installed import installed
-from imgq_cli.amqp import Producer
+from shared.producer import Producer
 from tests import api, multipart, tiny_models
 from tests.cluster import Cluster
 

@@ -1,9 +1,13 @@
-"""Publishing jobs straight to imgq's broker, with direct replies: the one AMQP client.
+"""Publishing jobs straight to imgq's broker, with direct replies: the one AMQP producer.
 
 ``Producer`` holds one connection, one confirming channel and one exclusive reply queue, and
 matches replies to jobs with a dict of futures keyed by correlation ID, as
 ``aio_pika.patterns.RPC`` does.  ``examples/amqp_producer.py`` and the benchmark use it;
 docs/amqp.md describes the wire format for producers written in other languages.
+
+It lives with the services' wire code (``shared.wire``, ``shared.messages``), which it is
+built on, and is installed with them: the client distribution (``imgq``) speaks HTTP only
+and imports nothing of ``shared``.
 """
 
 from __future__ import annotations

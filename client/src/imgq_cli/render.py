@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
-
-import orjson
 
 Job = Mapping[str, Any]
 
@@ -86,10 +85,23 @@ def models_table(models: Sequence[Mapping[str, Any]]) -> str:
             str(m.get("title")),
             str(m.get("input_size")),
             str(m.get("replicas", 0)),
+            versions(m),
         ]
         for m in models
     ]
-    return table(["MODEL", "TITLE", "INPUT", "REPLICAS"], rows, frozenset({2, 3}))
+    return table(["MODEL", "TITLE", "INPUT", "REPLICAS", "VERSIONS"], rows, frozenset({2, 3}))
+
+
+def versions(model: Mapping[str, Any]) -> str:
+    """The versions a model may be asked for by ``name@version``, the one its bare name runs
+    marked ``(default)``; ``-`` where no replica has said."""
+    default = model.get("version")
+    listed = [str(v.get("version")) for v in model.get("versions") or () if v.get("version")]
+    if default is not None and str(default) not in listed:
+        listed.insert(0, str(default))
+    if not listed:
+        return "-"
+    return ", ".join(f"{v} (default)" if v == str(default) else v for v in listed)
 
 
 def status_text(
@@ -125,4 +137,4 @@ def progress(job: Job) -> str:
 
 
 def to_json(data: Any) -> str:
-    return orjson.dumps(data, option=orjson.OPT_INDENT_2).decode()
+    return json.dumps(data, indent=2, ensure_ascii=False)

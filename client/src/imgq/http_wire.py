@@ -1,11 +1,15 @@
-"""What both clients send and read, without any I/O: request bodies, paths, problem
-documents and server-sent events.  The sync and the asyncio client only move the bytes."""
+"""The HTTP encoding of the imgq API, without any I/O beyond reading local image files:
+request bodies, paths, idempotency keys, problem documents, ``Retry-After`` and server-sent
+events.  The transports only move the bytes."""
 
 from __future__ import annotations
 
+import email.utils
+import hashlib
 import json
 import mimetypes
 import os
+import time
 import urllib.parse
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -13,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imgq.errors import ApiError
+from imgq.errors import ApiError, ImageReadError
 
 # What may name an image: a str is a gallery image on the server; a path (os.PathLike) is a
 # local file to upload; bytes are uploaded as they are; (filename, bytes) names the upload.
@@ -21,6 +25,9 @@ ImageInput = str | os.PathLike[str] | bytes | tuple[str, bytes]
 
 # Shown for uploads given as bare bytes.
 DEFAULT_FILENAME = "image"
+# The gateway takes keys of up to 255 characters, and a batch's up to 250 (it appends
+# '#<index>' for each image's job); ours are far shorter.
+KEY_PREFIX = "imgq-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,28 +50,81 @@ def as_upload(image: ImageInput) -> Upload | None:
         filename, data = image
         return Upload("file", filename, data)
     path = Path(image)
-    return Upload("file", path.name, path.read_bytes())
+    try:
+        return Upload("file", path.name, path.read_bytes())
+    except OSError as exc:
+        raise ImageReadError(str(image), exc.strerror or type(exc).__name__) from None
 
 
-def submission(model: str, image: ImageInput) -> tuple[str, bytes]:
+def size_of(image: ImageInput) -> int:
+    """Bytes the image adds to a request (a gallery name: none to speak of)."""
+    if isinstance(image, str):
+        return len(image)
+    if isinstance(image, bytes):
+        return len(image)
+    if isinstance(image, tuple):
+        return len(image[1])
+    try:
+        return os.stat(image).st_size
+    except OSError:
+        return 0  # reading it will say what is wrong
+
+
+def display_name(image: ImageInput, index: int) -> str:
+    """How an image is shown: the gallery name, the path, the upload's file name."""
+    if isinstance(image, str):
+        return image
+    if isinstance(image, bytes):
+        return f"<bytes #{index}>"
+    if isinstance(image, tuple):
+        return image[0]
+    return os.fspath(image)
+
+
+def digest(image: str | Upload) -> str:
+    """What identifies an image's content: its bytes' SHA-256, or the gallery name."""
+    if isinstance(image, str):
+        return "gallery:" + hashlib.sha256(image.encode()).hexdigest()
+    return "sha256:" + hashlib.sha256(image.data).hexdigest()
+
+
+def idempotency_key(run_id: str, model: str, digests: Iterable[str]) -> str:
+    """The key a submission goes out with: the same run, model and images give the same key,
+    so a retried POST returns the jobs the first one made instead of making more."""
+    h = hashlib.sha256()
+    for part in (run_id, model, *digests):
+        h.update(part.encode())
+        h.update(b"\0")
+    return KEY_PREFIX + h.hexdigest()
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex
+
+
+def submission(model: str, image: str | Upload) -> tuple[str, bytes]:
     """POST /classifications: (Content-Type, body) for one image."""
-    upload = as_upload(image)
-    if upload is None:
+    if isinstance(image, str):
         return json_body({"model": model, "image": image})
-    return encode_multipart([("model", model)], [upload])
+    return encode_multipart([("model", model)], [image])
 
 
 def batch_submission(model: str, images: Sequence[ImageInput]) -> tuple[str, bytes]:
     """POST /batches: JSON when every image is a gallery name, else one multipart form with
-    the images in order (names as 'image' fields, the rest as 'file' parts)."""
+    the images in order (names as 'image' fields, the rest as 'file' parts).  Reads paths."""
+    return read_batch(model, [name_or_upload(image) for image in images])
+
+
+def name_or_upload(image: ImageInput) -> str | Upload:
+    upload = as_upload(image)
+    return upload if upload is not None else str(image)
+
+
+def read_batch(model: str, images: Sequence[str | Upload]) -> tuple[str, bytes]:
     if all(isinstance(image, str) for image in images):
         return json_body({"model": model, "images": list(images)})
-    fields: list[tuple[str, str]] = [("model", model)]
-    parts: list[tuple[str, str] | Upload] = []
-    for image in images:
-        upload = as_upload(image)
-        parts.append(upload if upload is not None else ("image", str(image)))
-    return encode_multipart(fields, parts)
+    parts = [image if isinstance(image, Upload) else ("image", image) for image in images]
+    return encode_multipart([("model", model)], parts)
 
 
 def json_body(payload: Any) -> tuple[str, bytes]:
@@ -139,11 +199,18 @@ def fresh_headers(fresh: bool) -> dict[str, str]:
     return {"Cache-Control": "no-cache"} if fresh else {}
 
 
-def api_error(status: int, reason: str, content_type: str | None, raw: bytes) -> ApiError:
-    """An error answer: a problem document's ``detail`` if there is one, else the status line."""
+def api_error(
+    status: int,
+    reason: str,
+    headers: Mapping[str, str],
+    raw: bytes,
+    request_id: str | None = None,
+) -> ApiError:
+    """An error answer: a problem document's ``detail`` if there is one, else the status line.
+    ``headers`` have lower-case names."""
     code, detail = "http_error", f"HTTP {status} {reason}".strip()
     problem: Any = None
-    if content_type and "json" in content_type:
+    if "json" in headers.get("content-type", ""):
         try:
             problem = json.loads(raw)
         except ValueError:
@@ -155,7 +222,28 @@ def api_error(status: int, reason: str, content_type: str | None, raw: bytes) ->
                 detail = problem["title"]
             if isinstance(problem.get("code"), str):
                 code = problem["code"]
-    return ApiError(status, code, detail, problem if isinstance(problem, dict) else None)
+    return ApiError(
+        status,
+        code,
+        detail,
+        problem if isinstance(problem, dict) else None,
+        headers,
+        headers.get("x-request-id") or request_id,
+    )
+
+
+def retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """``Retry-After`` in seconds from now (RFC 9110: delay-seconds or an HTTP date)."""
+    raw = headers.get("retry-after", "").strip()
+    if not raw:
+        return None
+    if raw.isdigit():
+        return float(raw)
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def json_loads(raw: bytes) -> Any:
@@ -169,11 +257,14 @@ def json_object(body: Any) -> dict[str, Any]:
 
 
 class EventParser:
-    """Server-sent events, fed line by line: yields the JSON of each ``job`` event."""
+    """Server-sent events, fed line by line: returns the JSON of each ``job`` event, and
+    keeps the last event ID (``last_id``) to resume from."""
 
     def __init__(self) -> None:
         self._event = ""
         self._data: list[str] = []
+        self._id: str | None = None
+        self.last_id: str | None = None
 
     def feed(self, line: str) -> dict[str, Any] | None:
         line = line.rstrip("\r\n")
@@ -186,9 +277,13 @@ class EventParser:
                 self._event = value
             elif name == "data":
                 self._data.append(value)
+            elif name == "id" and "\0" not in value:
+                self._id = value
             return None
         event, data = self._event or "message", "\n".join(self._data)
         self._event, self._data = "", []
+        if self._id is not None:
+            self.last_id, self._id = self._id, None
         if event != "job" or not data:
             return None
         return json_object(json.loads(data))
