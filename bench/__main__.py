@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # The load generator is one client (127.0.0.1) standing for many: no per-client shares.
     os.environ.setdefault("IMGQ_CLIENT_RATE", "0")
+    os.environ.setdefault("IMGQ_CLIENT_JOBS", "0")
     os.environ.setdefault("IMGQ_CLIENT_WAITS", "100000")
     options = options_from(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [bench] %(message)s")

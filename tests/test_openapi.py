@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from gateway.views import _IDEMPOTENCY_KEY, served_openapi
+from gateway.intake import IDEMPOTENCY_KEY
+from gateway.views import served_openapi
 from shared.metrics import CONTENT_TYPE
 from tests.openapi_contract import (
     EVENT_STREAM,
@@ -740,5 +741,5 @@ def test_idempotency_key_rule_is_the_servers(key: str, valid: bool) -> None:
         if p["name"] == "Idempotency-Key"
     )
     in_document = not validate_against_schema(param["schema"], key)
-    on_the_server = len(key) <= 255 and _IDEMPOTENCY_KEY.fullmatch(key) is not None
+    on_the_server = len(key) <= 255 and IDEMPOTENCY_KEY.fullmatch(key) is not None
     assert in_document == on_the_server == valid
