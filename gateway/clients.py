@@ -50,7 +50,7 @@ _JOBS = variable(
     64,
     GATEWAY,
     "jobs one client may have queued or running through this gateway while it is the only one "
-    "submitting; with others, about two per replica online shared among them (then 429); "
+    "submitting; with others, one per replica online shared among them (then 429); "
     "`0` = no limit",
 )
 _BODY_BYTES = variable(
@@ -78,9 +78,9 @@ class ClientLimits:
     rate: float = _RATE.default
     burst: int = _BURST.default
     waits: int = _WAITS.default
-    # 64 jobs in flight: a whole batch (IMGQ_BATCH_MAX_IMAGES), and far more than it takes to
-    # keep every replica of a fleet busy (two each), while a client that comes later waits
-    # behind at most these; under contention the share is divided (gateway/shares.py).
+    # 64 jobs in flight: a whole batch (IMGQ_BATCH_MAX_IMAGES), and more than it takes to keep
+    # a fleet of a few dozen replicas busy, while a client that comes later waits behind at
+    # most these; under contention the share is divided (gateway/shares.py).
     jobs: int = _JOBS.default
     # Two of the largest batches (IMGQ_BATCH_MAX_BYTES), or a dozen single uploads, at once: a
     # page or the command line never needs more, and fifty slow uploads from one client hold

@@ -7,7 +7,7 @@ flight is what everyone after it waits behind: the share bounds that, not a rate
 - A client alone (no other client submitted through this gateway in the last
   ``ACTIVE_SECONDS``, none has a job in flight) may have ``alone`` jobs in flight: a bulk job
   gets the whole fleet, and a fixed rate never holds it below what the replicas could do.
-- With others, the fleet is divided: ``SHARE_PER_REPLICA`` jobs a replica online, shared
+- With others, the fleet is divided: ``SHARE_PER_REPLICA`` job a replica online, shared
   equally among the clients submitting (at least one each).  A polite client's next job then
   waits behind a few of the others' jobs, not behind a flood.
 - A client with nothing in flight may always send one request, whatever its size: a batch
@@ -36,11 +36,13 @@ from gateway.clients import Client, RateLimiter
 from shared.errors import TooManyRequests
 from shared.messages import JobEvent
 
-# Jobs in flight per replica online, shared among the clients submitting: one running on each
-# replica (it takes one batch at a time) and one waiting behind it, so no replica waits for
-# the next job's round trip, while another client's new job waits behind at most about one job
-# of each replica's.
-SHARE_PER_REPLICA: Final = 2
+# Jobs in flight per replica online, shared among the clients submitting.  A replica takes one
+# job at a time (prefetch = its batch), so with one a replica the clients' jobs run side by side
+# rather than wait in the queue behind each other's.  Two a replica would keep every replica
+# busy through the round trips, but measured (python -m bench --only shares, 2 replicas) a
+# polite client beside a bulk one then waited 2.8-3.3 x its unloaded p50, against 1.6-1.7 x
+# with one.
+SHARE_PER_REPLICA: Final = 1
 # How long after its last submission, or its last job ending, a client still counts as
 # submitting: a client that waits for each result before sending the next job is between jobs
 # for a round trip, which this covers on a slow network; and a bulk client has the whole fleet

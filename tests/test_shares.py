@@ -58,12 +58,13 @@ def test_a_client_alone_has_the_whole_share() -> None:
 
 
 def test_with_others_the_fleet_is_divided() -> None:
-    shares, _ = _shares(alone=64, replicas=2)
+    shares, _ = _shares(alone=64, replicas=4)
     _publish(shares, ALICE, 40)
     _publish(shares, BOB)  # Bob has nothing in flight: one request always gets in
-    # Two clients, two replicas: two seats a replica, divided between them.
-    assert shares.share(ALICE) == shares.share(BOB) == SHARE_PER_REPLICA * 2 // 2
-    with pytest.raises(TooManyRequests, match="its share while 2 clients are submitting"):
+    # Two clients, four replicas: a job a replica, divided between them.
+    assert SHARE_PER_REPLICA == 1
+    assert shares.share(ALICE) == shares.share(BOB) == 2
+    with pytest.raises(TooManyRequests, match="2 is its share while 2 clients are submitting"):
         shares.check(ALICE)
     shares.check(BOB)  # Bob has 1 of his 2
     _publish(shares, CAROL)
@@ -119,7 +120,7 @@ def test_seats_not_taken_are_given_back() -> None:
 
 
 def test_a_client_counts_as_submitting_a_while_after_its_last_job() -> None:
-    shares, clock = _shares(alone=64, replicas=2)
+    shares, clock = _shares(alone=64, replicas=4)
     _publish(shares, ALICE, 10)
     [bobs] = _publish(shares, BOB)
     _final(shares, bobs)
