@@ -19,6 +19,7 @@ from aiohttp import web
 from gateway import intake, keys
 from gateway.batch_store import Batch, is_batch_id
 from gateway.context import client_of
+from gateway.shapes import BATCH
 from gateway.store import JobStore
 from gateway.submissions import Accepted
 from gateway.views import counts_rejections, json_response, wait_seconds
@@ -29,7 +30,7 @@ from shared.states import JobStatus
 
 @counts_rejections
 async def submit_batch(request: web.Request) -> web.StreamResponse:
-    taken = await intake.take(request, intake.BATCH)
+    taken = await intake.take(request, BATCH)
     assert taken.batch_id is not None  # the batch shape always gives one
     batch = request.app[keys.BATCHES].add(
         taken.model,

@@ -12,9 +12,9 @@ from aiohttp import web
 
 from gateway import intake, keys
 from gateway.context import client_of, offered
-from gateway.intake import FORM_TYPES
 from gateway.limits import MAX_PIXELS, MAX_UPLOAD_BYTES
 from gateway.settings import GatewaySettings
+from gateway.shapes import FORM_TYPES, SINGLE
 from gateway.store import JobStore
 from gateway.submissions import Accepted
 from shared.errors import (
@@ -123,7 +123,7 @@ def counts_rejections(handler: Submitter) -> Submitter:
 @counts_rejections
 async def submit(request: web.Request) -> web.StreamResponse:
     """POST /classifications: one job, through the same intake as a batch."""
-    [accepted] = (await intake.take(request, intake.SINGLE)).accepted
+    [accepted] = (await intake.take(request, SINGLE)).accepted
     return _accepted(request, request.app[keys.STORE], accepted)
 
 
