@@ -6,6 +6,7 @@ form may hold (``gateway/forms.py``) and how its answers word a refusal; nothing
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Final
 
 from gateway.batch_store import MAX_BATCH_IMAGES, BatchLimits
@@ -35,53 +36,60 @@ def _model(value: object) -> str:
     return value
 
 
-class Shape:
+class Shape(ABC):
     """What one route reads and how it words a refusal (``gateway/forms.py`` asks it of each
     part of a form); ``take`` does the rest."""
 
     content_types: tuple[str, ...]
     is_batch: bool
+    # What a form of this route may hold, for the refusal of any other part.
+    _form_has: str
 
+    @abstractmethod
     def from_json(self, body: object, limits: BatchLimits) -> tuple[str, list[Image]]:
-        raise NotImplementedError
+        """The model and the images a JSON body names."""
 
     def from_fields(self, fields: dict[str, str]) -> tuple[str, list[Image]]:
+        """The model and the image an urlencoded form names (only a route that reads one)."""
         raise NotImplementedError
 
+    @abstractmethod
     def from_form(self, form: Form) -> tuple[str, list[Image]]:
-        raise NotImplementedError
+        """The model and the images a multipart form names."""
 
+    @abstractmethod
     def form_bytes(self, limits: BatchLimits) -> int:
-        raise NotImplementedError
+        """The most bytes the whole form may have."""
 
-    def declared_too_large(self, length: int, limit: int) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def declared_too_large(self, length: int, limit: int) -> str: ...
 
-    def form_too_large(self, limit: int) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def form_too_large(self, limit: int) -> str: ...
 
+    @abstractmethod
     def form_parts(self, limits: BatchLimits) -> int:
         """Parts read before ``too_many_parts`` answers."""
-        raise NotImplementedError
 
-    def too_many_parts(self, limits: BatchLimits) -> ImgqError:
-        raise NotImplementedError
+    @abstractmethod
+    def too_many_parts(self, limits: BatchLimits) -> ImgqError: ...
 
     def check_part(self, name: str | None, form: Form) -> None:
         """Refuse a part that may not come next, before it is read."""
         if name not in ("model", "image", "file"):
             raise MalformedRequest(f"unknown form field {name!r}; {self._form_has}")
 
-    _form_has: str
-
     def check_images(self, limits: BatchLimits, count: int) -> None:
         """Refuse the ``count``-th image of a form, before it is read."""
+        return None  # a shape that allows any refuses none
 
     def check_upload(self, form: Form) -> None:
         """Refuse an upload (read, not empty) that may not follow ``form``'s parts."""
+        return None  # a shape that allows any refuses none
 
     def check_key(self, key: str | None) -> None:
         """Refuse an Idempotency-Key the shape cannot use."""
+        return None  # a shape that allows any refuses none
 
     def image_key(self, key: str | None, index: int) -> str | None:
         return key
