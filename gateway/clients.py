@@ -47,7 +47,7 @@ _WAITS = variable(
 )
 _JOBS = variable(
     "IMGQ_CLIENT_JOBS",
-    64,
+    256,
     GATEWAY,
     "jobs one client may have queued or running through this gateway while it is the only one "
     "submitting; with others, one per replica online shared among them (then 429); "
@@ -78,9 +78,11 @@ class ClientLimits:
     rate: float = _RATE.default
     burst: int = _BURST.default
     waits: int = _WAITS.default
-    # 64 jobs in flight: a whole batch (IMGQ_BATCH_MAX_IMAGES), and more than it takes to keep
-    # a fleet of a few dozen replicas busy, while a client that comes later waits behind at
-    # most these; under contention the share is divided (gateway/shares.py).
+    # 256 jobs in flight: four of the largest batches (IMGQ_BATCH_MAX_IMAGES), as many as the
+    # imgq library keeps in flight, so a client sending batches back to back has the next one
+    # accepted while the earlier ones run; a client refused waits a whole second (Retry-After),
+    # and this is more than a second of even a large fleet's work.  A client that comes later
+    # waits behind at most these, once; then the share is divided (gateway/shares.py).
     jobs: int = _JOBS.default
     # Two of the largest batches (IMGQ_BATCH_MAX_BYTES), or a dozen single uploads, at once: a
     # page or the command line never needs more, and fifty slow uploads from one client hold
