@@ -82,6 +82,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--no-cluster", action="store_true", help="skip the three-node cluster phase"
     )
     parser.add_argument(
+        "--only",
+        type=_phases,
+        default=PHASES,
+        metavar="PHASES",
+        help=f"run only these phases, comma-separated, of: {', '.join(PHASES)} (the table "
+        "lists what they measured; write it with --out elsewhere than the reference file)",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="fewer jobs, shorter runs and 1,000 long-polls: a smoke test, not figures to keep",
@@ -100,6 +108,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     except LabelsError as exc:
         parser.error(str(exc))
     return args
+
+
+PHASES = ("bare", "service", "gateway", "shares", "cluster")
+
+
+def _phases(text: str) -> tuple[str, ...]:
+    chosen = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in chosen if name not in PHASES]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"phases are {', '.join(PHASES)}; got {text!r}")
+    return chosen
 
 
 def options_from(args: argparse.Namespace) -> suite.Options:
@@ -141,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # The load generator is one client (127.0.0.1) standing for many: no per-client shares.
     os.environ.setdefault("IMGQ_CLIENT_RATE", "0")
+    os.environ.setdefault("IMGQ_CLIENT_JOBS", "0")
     os.environ.setdefault("IMGQ_CLIENT_WAITS", "100000")
     options = options_from(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [bench] %(message)s")
@@ -157,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
 
     log_dir = Path(tempfile.mkdtemp(prefix="imgq-bench-"))
     log.info("logs in %s", log_dir)
-    suite.measure_bare(options, log_dir, m)
+    if "bare" in args.only:
+        suite.measure_bare(options, log_dir, m)
     try:
         node = start_node()
     except BrokerError as exc:
@@ -165,12 +186,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     stack = Stack(node.url, log_dir)
     try:
-        suite.measure_service(options, node, stack, m)
-        suite.measure_gateway(options, node, stack, m)
+        if "service" in args.only:
+            suite.measure_service(options, node, stack, m)
+        if "gateway" in args.only:
+            suite.measure_gateway(options, node, stack, m)
+        if "shares" in args.only:
+            suite.measure_fairness(options, stack, m)
     finally:
         stack.stop()
         node.stop()
-    if not args.no_cluster:
+    if "cluster" in args.only and not args.no_cluster:
         try:
             suite.measure_cluster(options, log_dir, m)
         except (BrokerError, RuntimeError, TimeoutError) as exc:

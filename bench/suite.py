@@ -8,7 +8,10 @@
    spends per job, the `imgq` command on distinct photos, latency at low load, the replicas'
    memory, and the accuracy of every model.
 3. Without replicas: a fresh gateway's submission rate and its long-polls.
-4. A three-node cluster with the same replicas: end-to-end HTTP throughput, beside phase 2's.
+4. The per-client shares: a gateway with its default shares, N replicas, clients told apart
+   by the address each names as a trusted proxy's client; one client alone against 16, and a
+   polite client beside a bulk one.
+5. A three-node cluster with the same replicas: end-to-end HTTP throughput, beside phase 2's.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import accuracy, amqp_load, bare, cli_load, gateway_load, http_load, precision
+from bench import accuracy, amqp_load, bare, cli_load, fairness, gateway_load, http_load, precision
 from bench.accuracy import Accuracy
 from bench.bare import WorkerSpec
+from bench.fairness import FairnessResult
 from bench.gateway_load import LongPollResult, SubmitResult
 from bench.load import LoadResult
 from bench.machine import CpuMeter, ForeignLoad
@@ -40,6 +44,7 @@ from compose.stack import (
     wait_http_ok,
     wait_replicas_online,
 )
+from gateway.clients import ClientLimits
 
 log = logging.getLogger("imgq.bench")
 
@@ -49,7 +54,10 @@ SUBMIT_IMAGE = "cat.jpg"
 REPLICA_START_TIMEOUT = 240.0
 BARE_PHASE = "bare model"
 GATEWAY_PHASE = "gateway alone"
+FAIRNESS_PHASE = "per-client shares"
 CLUSTER_PHASE = "three-node cluster"
+# Jobs of the polite client in each of its two runs: one at a time, a few seconds each.
+POLITE_JOBS = 60
 # The runtime the frozen-TorchScript reference rows run (IMGQ_RUNTIME=torch).
 TORCH = "torch"
 
@@ -114,6 +122,7 @@ class Measurements:
     submit: SubmitResult | None = None
     long_polls: LongPollResult | None = None
     gateway_idle_rss_mb: float | None = None
+    fairness: FairnessResult | None = None
     # Per throughput run: CPU milliseconds per job of each part of the system.
     cpu_per_job: dict[str, dict[str, float]] = field(default_factory=dict)
     # Cores that other work on the machine used during each phase (a lower bound).
@@ -365,6 +374,60 @@ def _measure_gateway(options: Options, node: BrokerNode, stack: Stack, m: Measur
         gateway.terminate()
         purged = asyncio.run(amqp_load.purge_requests(node.url))
         log.info("purged %d queued jobs", purged)
+
+
+def measure_fairness(options: Options, stack: Stack, m: Measurements) -> None:
+    """The shares a gateway gives each client by default (the other phases turn them off:
+    their load generator is one address standing for many clients)."""
+    with m.phase(FAIRNESS_PHASE):
+        clients = options.concurrency
+        defaults = ClientLimits()
+        gateway, base_url = stack.start_gateway(
+            env={
+                "IMGQ_GALLERY_DIR": str(options.images),
+                # The load generator stands for many clients, each naming its own address.
+                "IMGQ_TRUSTED_PROXIES": "127.0.0.1",
+                "IMGQ_CLIENT_JOBS": str(defaults.jobs),
+                "IMGQ_CLIENT_RATE": f"{defaults.rate:g}",
+                "IMGQ_CLIENT_WAITS": str(defaults.waits),
+            }
+        )
+        replicas: list[ManagedProcess] = []
+        try:
+            wait_http_ok(f"{base_url}/readyz", 60, gateway)
+            names = [p.name for p in image_files(options.images)]
+            replicas = _start_replicas(stack, options, options.replicas, base_url, "fair-replica")
+            asyncio.run(
+                fairness.one_client(
+                    base_url,
+                    MODEL,
+                    names,
+                    fairness.client(0),
+                    jobs=2 * clients,
+                    concurrency=clients,
+                )
+            )
+            m.fairness = asyncio.run(
+                fairness.measure(
+                    base_url,
+                    MODEL,
+                    names,
+                    clients=clients,
+                    jobs=options.jobs,
+                    polite_jobs=POLITE_JOBS,
+                    max_seconds=options.max_seconds,
+                )
+            )
+            log.info(
+                "shares: one client %.1f jobs/s, %d clients %.1f jobs/s",
+                m.fairness.alone.throughput,
+                clients,
+                m.fairness.many.throughput,
+            )
+        finally:
+            for replica in replicas:
+                replica.terminate()
+            gateway.terminate()
 
 
 def measure_cluster(options: Options, log_dir: Path, m: Measurements) -> None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from bench.fairness import FLOOD_REQUESTS
 from bench.load import LoadResult, replica_gaps
 from bench.report import Row, Target
 from bench.stats import Latency, percentile
 from bench.suite import (
     BARE_PHASE,
     CLUSTER_PHASE,
+    FAIRNESS_PHASE,
     GATEWAY_PHASE,
     MODEL,
     Measurements,
@@ -18,6 +20,7 @@ from bench.suite import (
     service_phase,
 )
 from compose.stack import threads_per_replica
+from gateway.clients import ClientLimits
 
 # Issue 9's targets, each on the layout with one replica per core.
 E2E_TARGETS = {"HTTP": Target(">=", 0.9, " × bare"), "AMQP": Target(">=", 0.95, " × bare")}
@@ -30,6 +33,9 @@ REPLICA_RSS = Target("<=", 400, " MB")
 SUBMISSIONS = Target(">=", 2000, "/s")
 LONG_POLLS = Target(">=", 5000)
 GATEWAY_RSS = Target("<", 200, " MB")
+# Issue 16's: a client alone gets the fleet; a polite client is not starved by a bulk one.
+ONE_CLIENT = Target(">=", 0.95, " × 16 clients")
+POLITE_LATENCY = Target("<=", 2, " × alone")
 # Lite0's top-1 on the 100-photo ImageNet sample with the reference pipeline (its README).
 SAMPLE_TOP1 = Target(">=", 0.89)
 # bf16 is worth offering only if it keeps fp32's answers and is clearly faster: it agreed on
@@ -353,6 +359,60 @@ def gateway_rows(options: Options, m: Measurements) -> list[Row]:
     return rows
 
 
+def fairness_rows(options: Options, m: Measurements) -> list[Row]:
+    shares = m.fairness
+    if shares is None:
+        return []
+    busy = caveat(m, FAIRNESS_PHASE)
+    where = f"{layout(options.replicas)}, default shares (IMGQ_CLIENT_JOBS {ClientLimits().jobs})"
+    alone = _ratio(shares.alone.throughput, shares.many.throughput)
+    p50 = {
+        run: 1000 * percentile(result.latencies, 50) if result.latencies else None
+        for run, result in (("alone", shares.polite_alone), ("flooded", shares.polite_flooded))
+    }
+    slower = _ratio(p50["flooded"], p50["alone"])
+    flood = shares.flood
+    return [
+        Row(
+            "shares: many clients",
+            f"{where}, {shares.clients} clients (an address each), one job at a time each",
+            _jobs(shares.many),
+            latency=_latency(shares.many),
+            caveat=busy,
+        ),
+        Row(
+            "shares: one client alone",
+            f"{where}, one client (one address), {shares.clients} requests at a time, just after "
+            "the row above",
+            _jobs(shares.alone),
+            latency=_latency(shares.alone),
+            ratio=_fmt(alone, ".2f", f" × {shares.clients} clients"),
+            target=ONE_CLIENT,
+            value=alone,
+            caveat=busy,
+        ),
+        Row(
+            "shares: a polite client alone",
+            f"{where}, one job at a time, nothing else running",
+            f"{_fmt(p50['alone'], '.0f')} ms (p50, {shares.polite_alone.jobs} jobs)",
+            latency=_latency(shares.polite_alone),
+            caveat=busy,
+        ),
+        Row(
+            "shares: a polite client beside a bulk one",
+            f"{where}, one job at a time, while a bulk client keeps {FLOOD_REQUESTS} requests "
+            f"going, each 429 retried after its Retry-After ({flood.accepted} of its jobs "
+            f"accepted meanwhile, {flood.refused} answered 429)",
+            f"{_fmt(p50['flooded'], '.0f')} ms (p50, {shares.polite_flooded.jobs} jobs)",
+            latency=_latency(shares.polite_flooded),
+            ratio=_fmt(slower, ".2f", " × alone"),
+            target=POLITE_LATENCY,
+            value=slower,
+            caveat=busy,
+        ),
+    ]
+
+
 def accuracy_rows(options: Options, m: Measurements, reference_sample: bool) -> list[Row]:
     rows = []
     for result in m.accuracy:
@@ -376,6 +436,7 @@ def rows(options: Options, m: Measurements, reference_sample: bool) -> Sequence[
         *precision_rows(m),
         *service_rows(options, m),
         *gateway_rows(options, m),
+        *fairness_rows(options, m),
         *accuracy_rows(options, m, reference_sample),
     ]
 
@@ -453,6 +514,26 @@ def notes(options: Options, m: Measurements) -> list[str]:
             lines.append(f"{label}: {result.failed} failed, e.g. {result.errors[0]}")
     if m.cli is not None and m.cli.errors:
         lines.append(f"imgq command: {m.cli.failed} failed, e.g. {m.cli.errors[0]}")
+    shares = m.fairness
+    single = m.http.get(options.replicas)
+    if shares is not None and single is not None and single.throughput:
+        lines.append(
+            f"shares: the one client alone made {shares.alone.throughput / single.throughput:.2f}"
+            f" × the end-to-end HTTP row's {single.throughput:.1f} jobs/s ({options.concurrency} "
+            "clients, shares off; an earlier phase, so less comparable than the side-by-side "
+            "ratio in the table)"
+        )
+    if shares is not None:
+        for label, result in (
+            ("many clients", shares.many),
+            ("one client alone", shares.alone),
+            ("polite client alone", shares.polite_alone),
+            ("polite client beside a bulk one", shares.polite_flooded),
+        ):
+            if result.errors:
+                lines.append(f"shares, {label}: {result.failed} failed, e.g. {result.errors[0]}")
+        if shares.flood.errors:
+            lines.append(f"shares, the bulk client: errors, e.g. {shares.flood.errors[0]}")
     if m.submit is not None and m.submit.errors:
         lines.append(f"submissions: errors, e.g. {m.submit.errors[0]}")
     return lines

@@ -23,7 +23,7 @@ from PIL import ExifTags, Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from shared.catalog import ModelSpec
 from shared.errors import ImageDecodeError
-from shared.images import DECODERS, FORMAT_NAMES, JPEG_FORMATS, jpeg_refusal
+from shared.images import DECODERS, FORMAT_NAMES, JPEG_FORMATS, decoded_refusal, jpeg_refusal
 
 # Pillow warns above ~89 Mpx and raises above twice that; treat the warning as
 # an error too, since a picture that large is far more likely a decompression
@@ -55,6 +55,10 @@ def decode(data: bytes, spec: ModelSpec) -> Image.Image:
                 raise ImageDecodeError(
                     f"image has {image.width}x{image.height} pixels; the limit is {MAX_PIXELS:,}"
                 )
+            # From the header alone, before any pixel is decoded: a few KiB of 16-bit PNG
+            # within the pixel limit would still take about a gigabyte to decode.
+            if refusal := decoded_refusal(image.width, image.height, image.mode, image.format):
+                raise ImageDecodeError(f"refused to decode: {refusal}")
             if image.format in JPEG_FORMATS and (refusal := jpeg_refusal(data)):
                 raise ImageDecodeError(f"refused to decode: {refusal}")
             # draft() picks the largest DCT scale (1/2, 1/4, 1/8) that still leaves

@@ -12,6 +12,7 @@ from gateway import batches, keys, sse, status, views
 from gateway.activity import Activity
 from gateway.auth import token_middleware
 from gateway.batch_store import Batches
+from gateway.bodies import BodyBytes
 from gateway.broker import GatewayBroker
 from gateway.checks import ImageChecks
 from gateway.clients import OpenWaits, RateLimiter
@@ -23,6 +24,7 @@ from gateway.observe import observe_middleware
 from gateway.problems import problem_middleware
 from gateway.replicas import ReplicaRegistry
 from gateway.settings import GatewaySettings
+from gateway.shares import ClientShares, JobShares
 from gateway.store import JobStore
 from gateway.submissions import Jobs
 
@@ -54,15 +56,20 @@ def create_app(settings: GatewaySettings) -> web.Application:
         # Inside the problem middleware, so a refusal is a problem like any other.
         middlewares.append(token_middleware(settings.api_tokens))
         log.info("API tokens required (%d configured)", len(settings.api_tokens))
-    # The default client_max_size (1 MiB) would refuse photos; uploads.py still caps the
-    # file itself at MAX_UPLOAD_BYTES, and small bodies at far less.
+    # The default client_max_size (1 MiB) would refuse photos; intake.py reads bodies itself,
+    # streamed, and caps each upload at MAX_UPLOAD_BYTES and small bodies at far less.
     app = web.Application(middlewares=middlewares, client_max_size=MAX_REQUEST_BYTES)
     activity = Activity()
     metrics = GatewayMetrics()
-    store = JobStore(
-        ttl=settings.job_ttl, max_jobs=settings.max_jobs, observers=(activity, metrics)
-    )
     replicas = ReplicaRegistry()
+    limits = settings.client_limits
+    # Told by the store when each job ends, which gives its seat back.
+    job_shares = JobShares(limits.jobs, lambda: len(replicas.online()))
+    store = JobStore(
+        ttl=settings.job_ttl,
+        max_jobs=settings.max_jobs,
+        observers=(activity, metrics, job_shares),
+    )
     app[keys.SETTINGS] = settings
     app[keys.STORE] = store
     app[keys.REPLICAS] = replicas
@@ -71,8 +78,9 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app[keys.GALLERY] = Gallery.load(settings.gallery_dir)
     broker = GatewayBroker(settings, store, replicas, metrics)
     app[keys.BROKER] = broker
-    limits = settings.client_limits
-    app[keys.JOBS] = Jobs(store, broker, metrics, RateLimiter(limits.rate, limits.burst))
+    app[keys.JOBS] = Jobs(store, broker, metrics)
+    app[keys.SHARES] = ClientShares(job_shares, RateLimiter(limits.rate, limits.burst))
+    app[keys.BODIES] = BodyBytes(limits.body_bytes, settings.body_bytes)
     app[keys.BATCHES] = Batches(store)
     app[keys.OPEN_WAITS] = OpenWaits(limits.waits, limits.stream_seconds)
     # Threads start only when the first upload is checked.

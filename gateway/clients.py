@@ -1,11 +1,14 @@
 """Per-client fairness: who a request comes from, and the shares no one client may exceed.
 
 A client is the token it authenticated with (a hash of it: the token itself is never kept)
-or, on an open gateway, its address.  Each gets a token bucket of submissions and a bound on
-the long-polls and event streams it holds open, so one client (or one script in a loop)
-cannot take the gateway's capacity from the others: beyond its share it gets a 429 with
-Retry-After.  Behind a reverse proxy every client has the proxy's address; the proxy's own
-per-address limits (compose/nginx.conf) do that part there.
+or, on an open gateway, its address.  Each may have only so many jobs in flight (its share of
+the fleet, ``gateway/shares.py``), only so many request-body bytes on the gateway at once
+(``gateway/bodies.py``), and only so many long-polls and event streams open; optionally also
+a rate of submissions (a token bucket, off by default: a rate holds a client alone below what
+the fleet could do for it).  So one client (or one script in a loop) cannot take the gateway's
+capacity from the others: beyond its share it gets a 429 with Retry-After.  Behind a reverse
+proxy every client has the proxy's address; the proxy's own per-address limits
+(compose/nginx.conf) do that part there.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import NoReturn
 
-from shared.errors import SettingsError, TooManyRequests
+from shared.errors import SettingsError, TooManyRequests, retry_after_header
 from shared.settings import GATEWAY, Environ, Variable, env_float, env_int, env_list, variable
 
 # Buckets idle this long are full again anyway: forgetting them bounds the memory a flood of
@@ -29,9 +33,10 @@ _MAX_TRACKED = 100_000
 
 _RATE = variable(
     "IMGQ_CLIENT_RATE",
-    50.0,
+    0.0,
     GATEWAY,
-    "submissions a second one client (token, else address) may make; `0` = no limit (then 429)",
+    "submissions a second one client (token, else address) may make (then 429); `0` = no "
+    "rate: `IMGQ_CLIENT_JOBS` shares the fleet instead",
 )
 _BURST = variable("IMGQ_CLIENT_BURST", 100, GATEWAY, "how many submissions one client may burst")
 _WAITS = variable(
@@ -39,6 +44,22 @@ _WAITS = variable(
     200,
     GATEWAY,
     "long-polls and event streams one client may hold open at once (then 429)",
+)
+_JOBS = variable(
+    "IMGQ_CLIENT_JOBS",
+    256,
+    GATEWAY,
+    "jobs one client may have queued or running through this gateway while it is the only one "
+    "submitting; with others, one per replica online shared among them (then 429); "
+    "`0` = no limit",
+)
+_BODY_BYTES = variable(
+    "IMGQ_CLIENT_BODY_BYTES",
+    128 * 1024 * 1024,
+    GATEWAY,
+    "request-body bytes one client may have on the gateway at once, all its requests together "
+    "(then 429); at least `IMGQ_BATCH_MAX_BYTES`",
+    shown="`134217728` (128 MiB)",
 )
 _TRUSTED_PROXIES: Variable[tuple[str, ...]] = variable(
     "IMGQ_TRUSTED_PROXIES",
@@ -57,6 +78,16 @@ class ClientLimits:
     rate: float = _RATE.default
     burst: int = _BURST.default
     waits: int = _WAITS.default
+    # 256 jobs in flight: four of the largest batches (IMGQ_BATCH_MAX_IMAGES), as many as the
+    # imgq library keeps in flight, so a client sending batches back to back has the next one
+    # accepted while the earlier ones run; a client refused waits a whole second (Retry-After),
+    # and this is more than a second of even a large fleet's work.  A client that comes later
+    # waits behind at most these, once; then the share is divided (gateway/shares.py).
+    jobs: int = _JOBS.default
+    # Two of the largest batches (IMGQ_BATCH_MAX_BYTES), or a dozen single uploads, at once: a
+    # page or the command line never needs more, and fifty slow uploads from one client hold
+    # no more memory than this.
+    body_bytes: int = _BODY_BYTES.default
     stream_seconds: float = _STREAM_SECONDS.default
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
@@ -71,6 +102,8 @@ class ClientLimits:
             rate=env_float(env, _RATE.name, _RATE.default),
             burst=env_int(env, _BURST.name, _BURST.default, minimum=1),
             waits=env_int(env, _WAITS.name, _WAITS.default, minimum=1),
+            jobs=env_int(env, _JOBS.name, _JOBS.default, minimum=0),
+            body_bytes=env_int(env, _BODY_BYTES.name, _BODY_BYTES.default, minimum=1),
             stream_seconds=env_float(env, _STREAM_SECONDS.name, _STREAM_SECONDS.default, minimum=1),
             trusted_proxies=networks,
         )
@@ -121,6 +154,19 @@ class RateLimiter:
         self._burst = float(burst)
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
 
+    def check(self, client: Client, now: float | None = None) -> None:
+        """Refuse (TooManyRequests) a client without a whole submission left, spending
+        nothing: what a request is charged before its body is read."""
+        if self._rate <= 0:
+            return
+        now = time.monotonic() if now is None else now
+        bucket = self._buckets.get(client.key)
+        if bucket is None:
+            return
+        tokens = min(self._burst, bucket.tokens + (now - bucket.at) * self._rate)
+        if tokens < 1:
+            self._refuse(1, tokens)
+
     def take(self, client: Client, now: float | None = None, count: int = 1) -> None:
         """Spend ``count`` submissions of the client's share (a batch of N images is N), or
         raise TooManyRequests and spend nothing."""
@@ -140,13 +186,16 @@ class RateLimiter:
                 retry_after=count / self._rate,
             )
         if bucket.tokens < count:
-            wait = (count - bucket.tokens) / self._rate
-            raise TooManyRequests(
-                f"more than {self._rate:g} submissions a second (bursts of {self._burst:g}) "
-                f"from one client; retry in {wait:.1f} s",
-                retry_after=wait,
-            )
+            self._refuse(count, bucket.tokens)
         bucket.tokens -= count
+
+    def _refuse(self, count: int, tokens: float) -> NoReturn:
+        wait = (count - tokens) / self._rate
+        raise TooManyRequests(
+            f"more than {self._rate:g} submissions a second (bursts of {self._burst:g}) "
+            f"from one client; retry in {retry_after_header(wait)} s",
+            retry_after=wait,
+        )
 
     def _prune(self, now: float) -> None:
         while self._buckets:

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from gateway.activity import Activity
 from gateway.batch_store import Batches
+from gateway.bodies import BodyBytes
 from gateway.broker import GatewayBroker
 from gateway.checks import ImageChecks
 from gateway.clients import OpenWaits
@@ -13,6 +14,7 @@ from gateway.gallery import Gallery
 from gateway.metrics import GatewayMetrics
 from gateway.replicas import ReplicaRegistry
 from gateway.settings import GatewaySettings
+from gateway.shares import ClientShares
 from gateway.store import JobStore
 from gateway.submissions import Jobs
 
@@ -31,3 +33,7 @@ METRICS = web.AppKey("metrics", GatewayMetrics)
 IMAGE_CHECKS = web.AppKey("image_checks", ImageChecks)
 # Batches accepted by this gateway (POST /batches): job IDs by batch ID, bounded.
 BATCHES = web.AppKey("batches", Batches)
+# Each client's share of the fleet: jobs in flight (and a rate, if set), charged per request.
+SHARES = web.AppKey("shares", ClientShares)
+# Request-body bytes held in memory, per client and in all, bounded.
+BODIES = web.AppKey("bodies", BodyBytes)

@@ -25,6 +25,9 @@ MAX_SMALL_BODY_BYTES: Final = 64 * 1024
 MAX_FIELD_BYTES: Final = 1024
 # Parts in one multipart body: ours has two or three; many more is someone probing.
 MAX_FORM_PARTS: Final = 8
+# An Idempotency-Key: long enough for a UUID or a client's own request ID, short enough to
+# index cheaply.
+MAX_IDEMPOTENCY_KEY: Final = 255
 
 # Pixels (width x height).  The models look at 224-260 px, so 40 megapixels is more than any
 # camera photo needs, while a few KiB of PNG can claim 9000x9000 and expand to hundreds of

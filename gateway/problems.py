@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,6 +25,7 @@ from shared.errors import (
     NotReady,
     PayloadTooLarge,
     QueueFull,
+    RequestTimeout,
     TooManyRequests,
     Unauthorized,
     UnknownImage,
@@ -33,6 +33,7 @@ from shared.errors import (
     UnsupportedContentType,
     UnsupportedMediaType,
     UploadsBusy,
+    retry_after_header,
 )
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ _STATUS: dict[type[ImgqError], int] = {
     NotFound: 404,
     JobConflict: 409,
     JobGone: 410,
+    RequestTimeout: 408,
     PayloadTooLarge: 413,
     ImageTooLarge: 413,
     UnsupportedMediaType: 415,
@@ -71,6 +73,7 @@ _TITLES = {
     401: "Unauthorized",
     404: "Not Found",
     405: "Method Not Allowed",
+    408: "Request Timeout",
     413: "Content Too Large",
     415: "Unsupported Media Type",
     422: "Unprocessable Content",
@@ -105,7 +108,7 @@ def from_error(error: ImgqError) -> web.Response:
     if status == 503:
         headers = {"Retry-After": str(RETRY_AFTER)}
     elif isinstance(error, TooManyRequests):
-        headers = {"Retry-After": str(max(1, math.ceil(error.retry_after)))}
+        headers = {"Retry-After": str(retry_after_header(error.retry_after))}
     elif status == 401:
         # RFC 6750: tells the client which scheme to use.
         headers = {"WWW-Authenticate": "Bearer"}

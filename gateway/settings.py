@@ -8,6 +8,7 @@ from pathlib import Path
 from gateway.access_log import access_log_enabled
 from gateway.batch_store import BatchLimits
 from gateway.clients import ClientLimits
+from gateway.limits import MAX_REQUEST_BYTES
 from gateway.senders import Senders
 from shared.catalog import catalog_models
 from shared.errors import SettingsError
@@ -49,6 +50,20 @@ _JOB_TTL = variable(
 )
 _MAX_JOBS = variable(
     "IMGQ_MAX_JOBS", 100_000, GATEWAY, "most jobs kept; the oldest finished go first (then `410`)"
+)
+_BODY_BYTES = variable(
+    "IMGQ_BODY_BYTES",
+    256 * 1024 * 1024,
+    GATEWAY,
+    "request-body bytes the gateway holds at once, all clients together (then `503`); at "
+    "least `IMGQ_CLIENT_BODY_BYTES`",
+    shown="`268435456` (256 MiB)",
+)
+_BODY_TIMEOUT = variable(
+    "IMGQ_BODY_TIMEOUT",
+    120.0,
+    GATEWAY,
+    "seconds a submission's body may take to arrive (then `408`)",
 )
 _API_TOKENS: Variable[tuple[str, ...]] = variable(
     "IMGQ_API_TOKENS",
@@ -92,6 +107,14 @@ class GatewaySettings:
     access_log: bool = True
     # Images and bytes in one POST /batches.
     batch_limits: BatchLimits = field(default_factory=BatchLimits)
+    # Request bodies in memory at once, all clients together (gateway/bodies.py): four of the
+    # largest batches.  Held while they are read and checked, and once more in part while
+    # their jobs are published, so the gateway stays well inside the 1 GiB its Kubernetes
+    # manifest allows it.
+    body_bytes: int = _BODY_BYTES.default
+    # How long a body may take to arrive: a 64 MiB batch needs under a minute on a 10 Mbit/s
+    # uplink; twice that, and a client that sends slowly or stops gives its share back.
+    body_timeout: float = _BODY_TIMEOUT.default
 
     @classmethod
     def from_env(cls, env: Environ) -> GatewaySettings:
@@ -121,4 +144,22 @@ class GatewaySettings:
             logs=LogSettings.from_env(env),
             access_log=access_log_enabled(env),
             batch_limits=BatchLimits.from_env(env),
-        )
+            body_bytes=env_int(env, _BODY_BYTES.name, _BODY_BYTES.default, minimum=1),
+            body_timeout=env_float(env, _BODY_TIMEOUT.name, _BODY_TIMEOUT.default, minimum=0.1),
+        )._checked()
+
+    def _checked(self) -> GatewaySettings:
+        """Byte budgets that could never take a request the limits allow are a mistake."""
+        client = self.client_limits.body_bytes
+        largest = max(self.batch_limits.max_bytes, MAX_REQUEST_BYTES)
+        if client < largest:
+            raise SettingsError(
+                f"IMGQ_CLIENT_BODY_BYTES ({client}) is less than the largest body a client may "
+                f"send ({largest}: IMGQ_BATCH_MAX_BYTES, or an upload with its form)"
+            )
+        if self.body_bytes < client:
+            raise SettingsError(
+                f"IMGQ_BODY_BYTES ({self.body_bytes}) is less than IMGQ_CLIENT_BODY_BYTES "
+                f"({client})"
+            )
+        return self

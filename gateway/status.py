@@ -5,7 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway import keys
-from gateway.views import json_response, offered
+from gateway.context import offered
+from gateway.views import json_response
 from shared.metrics import CONTENT_TYPE
 
 

@@ -1,4 +1,5 @@
-"""The service's verbs: accept a job, cancel it, forget it.  The HTTP views only translate.
+"""The service's verbs: accept jobs, cancel one, forget one.  The HTTP views only translate;
+reading a request into submissions is ``gateway/intake.py``.
 
 Imports neither aiohttp nor aio_pika: the broker is reached through the small ``Publisher``
 protocol and results through the ``JobStore``, so each rule here (idempotency, result reuse,
@@ -14,8 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from gateway.clients import Client, RateLimiter
 from gateway.metrics import GatewayMetrics
+from gateway.shares import Seats
 from gateway.store import JobStore
 from shared import tracing
 from shared.errors import IdempotencyKeyReused, JobConflict, NotReady
@@ -67,42 +68,36 @@ class Accepted:
 
 
 class Jobs:
-    def __init__(
-        self,
-        store: JobStore,
-        broker: Publisher,
-        metrics: GatewayMetrics,
-        rate: RateLimiter | None = None,
-    ) -> None:
+    def __init__(self, store: JobStore, broker: Publisher, metrics: GatewayMetrics) -> None:
         self._store = store
         self._broker = broker
         self._metrics = metrics
-        self._rate = rate if rate is not None else RateLimiter(0, 0)
 
-    async def accept(self, submission: Submission, client: Client) -> Accepted:
-        # First, so a client over its share costs as little as possible (no hashing, no
-        # broker): 429 with Retry-After.
-        self._rate.take(client)
-        return await self._accept(submission, client.owner)
-
-    async def accept_all(self, submissions: Sequence[Submission], client: Client) -> list[Accepted]:
-        """Accept each submission as ``accept`` would, charged as one submission each up front
-        (all or none).  If one cannot be published, the ones before it that are still queued
-        are cancelled again, so a refused batch leaves no jobs running."""
-        self._rate.take(client, count=len(submissions))
+    async def accept_all(
+        self,
+        submissions: Sequence[Submission],
+        owner: str | None,
+        seats: Seats | None = None,
+    ) -> list[Accepted]:
+        """Accept each submission in turn (a single job is a batch of one).  Each job this
+        gateway publishes takes one of ``seats`` (the client's share, ``gateway/shares.py``)
+        until it is final.  If one cannot be published, the ones before it that are still
+        queued are cancelled again, so a refused request leaves no jobs running."""
         accepted: list[Accepted] = []
         try:
             for submission in submissions:
-                accepted.append(await self._accept(submission, client.owner))
+                accepted.append(await self._accept(submission, owner, seats))
         except Exception:
             for earlier in accepted:
                 with contextlib.suppress(Exception):
                     if earlier.newest:
-                        await self.cancel_or_forget(earlier.job.job_id, client.owner)
+                        await self.cancel_or_forget(earlier.job.job_id, owner)
             raise
         return accepted
 
-    async def _accept(self, submission: Submission, owner: str | None) -> Accepted:
+    async def _accept(
+        self, submission: Submission, owner: str | None, seats: Seats | None
+    ) -> Accepted:
         if not self._broker.ready:
             raise NotReady("the gateway is still connecting to the broker; try again shortly")
         request = ClassifyRequest(
@@ -142,6 +137,8 @@ class Jobs:
 
         # Recorded before publishing: a fast replica's events can beat the confirm back to us.
         self._metrics.accepted(request.job_id)
+        if seats is not None:
+            seats.take(request.job_id)
         self._store.apply(queued)
         try:
             with tracing.publishing(request):

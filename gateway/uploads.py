@@ -1,13 +1,12 @@
-"""Read and check an uploaded image: ``POST /classifications`` as multipart/form-data.
+"""An uploaded image: its display name, and the checks that keep bad bytes out.
 
-The body is streamed part by part with byte caps, so an oversized upload is refused
-after at most the limit plus the form's framing, never buffered whole.  The image's
-format is sniffed from its bytes by Pillow (restricted to the decoders the replicas use,
-``shared/images.py``, so no other decoder ever sees client bytes); the filename and the
-part's Content-Type are only the client's claims and are used for display at most.  A
-JPEG's scans are counted before it is decoded: a few KiB with thousands of them would
-take minutes.  The bytes stay in memory until the job is published, and are never
-written to disk.
+The image's format is sniffed from its bytes by Pillow (restricted to the decoders the
+replicas use, ``shared/images.py``, so no other decoder ever sees client bytes); the filename
+and the part's Content-Type are only the client's claims and are used for display at most.
+Before anything is decoded, the picture's size and mode say what decoding it would take
+(pixels, decoded bytes), and a JPEG's scans are counted: a few KiB with thousands of them
+would take minutes.  The bytes stay in memory until the job is published, and are never
+written to disk; ``gateway/intake.py`` reads them from the request.
 """
 
 from __future__ import annotations
@@ -17,32 +16,12 @@ import struct
 import unicodedata
 from dataclasses import dataclass
 
-from aiohttp import BodyPartReader, web
-from aiohttp.http_exceptions import HttpProcessingError
 from PIL import Image, UnidentifiedImageError
 
-from gateway.limits import (
-    MAX_FIELD_BYTES,
-    MAX_FILENAME_CHARS,
-    MAX_FORM_PARTS,
-    MAX_PIXELS,
-    MAX_REQUEST_BYTES,
-    MAX_UPLOAD_BYTES,
-    MAX_UPLOAD_TEXT,
-    UPLOAD_FORMATS,
-)
-from shared.errors import (
-    ImageTooLarge,
-    ImageUnreadable,
-    MalformedRequest,
-    PayloadTooLarge,
-    UnsupportedMediaType,
-)
-from shared.images import DECODERS, FORMAT_NAMES, JPEG_FORMATS, jpeg_refusal
+from gateway.limits import MAX_FILENAME_CHARS, MAX_PIXELS, UPLOAD_FORMATS
+from shared.errors import ImageTooLarge, ImageUnreadable, UnsupportedMediaType
+from shared.images import DECODERS, FORMAT_NAMES, JPEG_FORMATS, decoded_refusal, jpeg_refusal
 
-_CHUNK = 64 * 1024
-# The text parts of a form; the other one is the 'file'.
-_TEXT_FIELDS = ("model", "image")
 # Where a name has no usable characters left after sanitising.
 _UNNAMED = "image"
 
@@ -51,152 +30,6 @@ _UNNAMED = "image"
 class Upload:
     filename: str  # sanitised, for display only
     data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Form:
-    fields: dict[str, str]
-    upload: Upload | None
-
-
-class _Budget:
-    """Bytes left for the whole form: the upload(s) plus the framing."""
-
-    def __init__(
-        self,
-        limit: int = MAX_REQUEST_BYTES,
-        refusal: str = (
-            f"the upload is more than {MAX_UPLOAD_BYTES} bytes; the limit is {MAX_UPLOAD_TEXT}"
-        ),
-    ) -> None:
-        self.left = limit
-        self._refusal = refusal
-
-    def spend(self, n: int) -> None:
-        self.left -= n
-        if self.left < 0:
-            raise PayloadTooLarge(self._refusal)
-
-
-async def read_form(request: web.Request) -> Form:
-    """The text fields and the (unchecked) ``file`` part of a multipart/form-data body."""
-    length = request.content_length
-    if length is not None and length > MAX_REQUEST_BYTES:
-        # Refused from the declared length alone: nothing of the body is read.
-        raise PayloadTooLarge(f"the upload is {length} bytes; the limit is {MAX_UPLOAD_TEXT}")
-    budget = _Budget()
-    fields: dict[str, str] = {}
-    upload: Upload | None = None
-    try:
-        reader = await request.multipart()
-        for _ in range(MAX_FORM_PARTS + 1):
-            part = await reader.next()
-            if part is None:
-                return Form(fields, upload)
-            if not isinstance(part, BodyPartReader):
-                raise MalformedRequest("nested multipart bodies are not accepted")
-            if part.name == "file":
-                data = await _read_file(part, budget)
-                # A browser sends an empty part for a file input left empty: no upload.
-                if data or part.filename:
-                    if upload is not None:
-                        raise MalformedRequest("send one 'file' per job")
-                    upload = Upload(display_name(part.filename), data)
-            elif part.name in _TEXT_FIELDS:
-                fields[part.name] = await _read_field(part, budget)
-            else:
-                # As openapi.json says: only our parts.  A misnamed file part (say 'upload')
-                # gets this answer rather than a puzzling "field 'image' is required".
-                raise MalformedRequest(
-                    f"unknown form field {part.name!r}; a form has 'model' and either "
-                    "'image' or 'file'"
-                )
-    except (ValueError, HttpProcessingError) as exc:  # a broken body or part header
-        raise MalformedRequest(f"the multipart body cannot be read: {exc}") from None
-    raise MalformedRequest(f"a form has at most {MAX_FORM_PARTS} parts")
-
-
-@dataclass(frozen=True, slots=True)
-class BatchForm:
-    model: str | None
-    # In the order sent: a gallery name (an 'image' field) or an upload (a 'file' part).
-    images: list[str | Upload]
-
-
-async def read_batch_form(request: web.Request, max_images: int, max_bytes: int) -> BatchForm:
-    """A batch as multipart/form-data: one ``model`` field and up to ``max_images`` ``file``
-    parts and/or ``image`` fields, in at most ``max_bytes`` in all.  Streamed as ``read_form``
-    is; the answer comes as soon as a limit is passed, before the rest is read."""
-    length = request.content_length
-    too_large = f"the batch is more than {max_bytes} bytes in all; send fewer or smaller images"
-    if length is not None and length > max_bytes:
-        raise PayloadTooLarge(f"the batch is {length} bytes; the limit is {max_bytes} in all")
-    budget = _Budget(max_bytes, too_large)
-    model: str | None = None
-    images: list[str | Upload] = []
-    try:
-        reader = await request.multipart()
-        # The model, the images, and one more part to tell "too many" from "just enough".
-        for _ in range(max_images + 2):
-            part = await reader.next()
-            if part is None:
-                return BatchForm(model, images)
-            if not isinstance(part, BodyPartReader):
-                raise MalformedRequest("nested multipart bodies are not accepted")
-            if part.name == "model":
-                if model is not None:
-                    raise MalformedRequest("send one 'model' per batch")
-                model = await _read_field(part, budget)
-                continue
-            if part.name not in ("file", "image"):
-                raise MalformedRequest(
-                    f"unknown form field {part.name!r}; a batch form has one 'model' and "
-                    "'file' parts and/or 'image' fields"
-                )
-            if len(images) >= max_images:
-                raise PayloadTooLarge(f"a batch has at most {max_images} images")
-            if part.name == "image":
-                images.append(await _read_field(part, budget))
-            else:
-                data = await _read_file(part, budget)
-                # A browser sends an empty part for a file input left empty: no image.
-                if data or part.filename:
-                    images.append(Upload(display_name(part.filename), data))
-    except (ValueError, HttpProcessingError) as exc:  # a broken body or part header
-        raise MalformedRequest(f"the multipart body cannot be read: {exc}") from None
-    raise PayloadTooLarge(f"a batch has at most {max_images} images")
-
-
-async def _read_file(part: BodyPartReader, budget: _Budget) -> bytes:
-    data = bytearray()
-    while chunk := await part.read_chunk(_CHUNK):
-        budget.spend(len(chunk))
-        # Past the limit, keep counting (the budget stops us within FORM_OVERHEAD_BYTES) so
-        # the answer can say how large the file was, but keep nothing more.
-        if len(data) + len(chunk) <= MAX_UPLOAD_BYTES:
-            data += chunk
-        else:
-            size = len(data) + len(chunk)
-            while chunk := await part.read_chunk(_CHUNK):
-                budget.spend(len(chunk))
-                size += len(chunk)
-            raise PayloadTooLarge(f"the upload is {size} bytes; the limit is {MAX_UPLOAD_TEXT}")
-    return bytes(data)
-
-
-async def _read_field(part: BodyPartReader, budget: _Budget) -> str:
-    data = bytearray()
-    while chunk := await part.read_chunk(_CHUNK):
-        budget.spend(len(chunk))
-        data += chunk
-        if len(data) > MAX_FIELD_BYTES:
-            raise MalformedRequest(
-                f"form field {part.name!r} is longer than {MAX_FIELD_BYTES} bytes"
-            )
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise MalformedRequest(f"form field {part.name!r} is not UTF-8 text") from None
 
 
 def display_name(raw: str | None) -> str:
@@ -229,6 +62,9 @@ def check_image(data: bytes) -> str:
                     f"the image is {width}x{height} = {width * height:,} pixels; "
                     f"the limit is {MAX_PIXELS:,}"
                 )
+            # As a replica judges it (shared/images.py), before this check decodes anything.
+            if refusal := decoded_refusal(width, height, image.mode, kind):
+                raise ImageTooLarge(refusal)
             if kind in JPEG_FORMATS:
                 if refusal := jpeg_refusal(data):
                     raise ImageUnreadable(refusal)

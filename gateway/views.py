@@ -3,50 +3,32 @@
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl
 
 import orjson
 from aiohttp import web
 
-from gateway import keys
-from gateway.auth import OWNER
-from gateway.clients import Client
-from gateway.limits import MAX_SMALL_BODY_BYTES, MAX_UPLOAD_TEXT
+from gateway import intake, keys
+from gateway.context import client_of, offered
+from gateway.limits import MAX_PIXELS, MAX_UPLOAD_BYTES
+from gateway.settings import GatewaySettings
+from gateway.shapes import FORM_TYPES, SINGLE
 from gateway.store import JobStore
-from gateway.submissions import Accepted, Submission
-from gateway.uploads import Upload, read_form
-from shared.catalog import CATALOG
+from gateway.submissions import Accepted
 from shared.errors import (
     ImgqError,
     JobNotFound,
     MalformedRequest,
     NotFound,
     NotReady,
-    PayloadTooLarge,
-    UnknownModel,
-    UnsupportedContentType,
 )
 from shared.messages import JobEvent, is_job_id
 from shared.states import JobStatus
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 OPENAPI_FILE = Path(__file__).resolve().parent / "openapi.json"
-_JSON = "application/json"
-_URLENCODED = "application/x-www-form-urlencoded"
-_MULTIPART = "multipart/form-data"
-_FORM_TYPES = (_URLENCODED, _MULTIPART)
-# What POST /classifications reads; any other body (text/plain, none declared) is a 415.
-_SUBMISSION_TYPES = (_JSON, *_FORM_TYPES)
-# Long enough for a UUID or a client's own request ID, short enough to index cheaply.
-MAX_IDEMPOTENCY_KEY = 255
-# Visible ASCII, spaces only inside (as openapi.json's pattern says): other bytes do not reach
-# us as sent (they are decoded as UTF-8 at best), and the HTTP parser trims the ends.
-_IDEMPOTENCY_KEY = re.compile(r"[!-~](?:[ -~]*[!-~])?")
 
 
 def json_response(
@@ -55,41 +37,6 @@ def json_response(
     return web.Response(
         status=status, body=orjson.dumps(data), content_type="application/json", headers=headers
     )
-
-
-@dataclass(frozen=True, slots=True)
-class OfferedModel:
-    """A model ID a job may name: ``name`` (its default version) or ``name@version``."""
-
-    name: str
-    title: str
-    input_size: int
-    # None for a catalogue model no replica has announced yet.
-    version: str | None = None
-    # What the replica that announced it last runs it in ("fp32" until one has).
-    precision: str = "fp32"
-
-
-def offered(request: web.Request) -> dict[str, OfferedModel]:
-    """Every model ID on offer: the configured catalogue first, then every ID a replica has
-    announced since start-up (repository and torchvision models, and their versions), online
-    or not: each has a work queue, where its jobs wait for a replica.  A model no replica
-    could load was never announced, so it is never offered."""
-    models = {
-        name: OfferedModel(name, CATALOG[name].title, CATALOG[name].input_size)
-        for name in request.app[keys.SETTINGS].models
-    }
-    for model_id, announced in request.app[keys.REPLICAS].known().items():
-        if model_id in models and models[model_id].version is not None:
-            continue
-        models[model_id] = OfferedModel(
-            announced.name or model_id,
-            announced.title,
-            announced.input_size,
-            announced.version,
-            announced.precision,
-        )
-    return models
 
 
 async def info(request: web.Request) -> web.Response:
@@ -142,104 +89,24 @@ async def info(request: web.Request) -> web.Response:
         for image in request.app[keys.GALLERY]
     ]
     return json_response(
-        {"models": list(by_name.values()), "images": images, "max_wait": settings.max_wait}
+        {
+            "models": list(by_name.values()),
+            "images": images,
+            "max_wait": settings.max_wait,
+            "limits": limits(settings),
+        }
     )
 
 
-async def _read_submission(request: web.Request) -> Submission:
-    """One path for every body: JSON, a form naming a gallery image, or an upload."""
-    settings = request.app[keys.SETTINGS]
-    upload: Upload | None = None
-    if request.content_type not in _SUBMISSION_TYPES:
-        raise UnsupportedContentType(request.content_type, _SUBMISSION_TYPES)
-    if request.content_type == _MULTIPART:
-        form = await read_form(request)
-        model: object = form.fields.get("model")
-        image_name: object = form.fields.get("image")
-        upload = form.upload
-    else:
-        raw = await _read_small_body(request)
-        if request.content_type == _URLENCODED:
-            fields = _urlencoded_fields(raw)
-            model, image_name = fields.get("model"), fields.get("image")
-        else:
-            try:
-                body = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                raise MalformedRequest(f"body is not valid JSON: {exc}") from None
-            if not isinstance(body, dict):
-                raise MalformedRequest(
-                    'body must be a JSON object like {"model": ..., "image": ...}'
-                )
-            model, image_name = body.get("model"), body.get("image")
-    if not isinstance(model, str):
-        raise MalformedRequest("field 'model' is required and must be a string")
-    if upload is not None and image_name is not None:
-        raise MalformedRequest("send either a gallery 'image' or a 'file' to upload, not both")
-    if upload is None and not isinstance(image_name, str):
-        raise MalformedRequest(
-            "field 'image' is required and must be a string"
-            + (" (or upload a 'file')" if request.content_type == _MULTIPART else "")
-        )
-    if model not in settings.models:
-        allowed = offered(request)
-        if model not in allowed:
-            raise UnknownModel(model, allowed)
-    key = _idempotency_key(request)
-    reuse = "no-cache" not in request.headers.get("Cache-Control", "")
-    if upload is None:
-        image = request.app[keys.GALLERY].get(image_name)
-        return Submission(
-            model,
-            image.name,
-            image.data,
-            image.content_type,
-            image_sha256=image.sha256,
-            idempotency_key=key,
-            reuse=reuse,
-        )
-    content_type = await request.app[keys.IMAGE_CHECKS].media_type(upload.data)
-    return Submission(
-        model,
-        f"upload:{upload.filename}",
-        upload.data,
-        content_type,
-        idempotency_key=key,
-        reuse=reuse,
-    )
-
-
-async def _read_small_body(request: web.Request) -> bytes:
-    """A JSON or urlencoded body, refused past MAX_SMALL_BODY_BYTES: from its declared length
-    before anything is read, or, sent chunked, as soon as it grows past the limit."""
-    length = request.content_length
-    if length is not None and length > MAX_SMALL_BODY_BYTES:
-        raise PayloadTooLarge(_small_body_refusal(f"{length} bytes"))
-    body = bytearray()
-    while chunk := await request.content.readany():
-        body += chunk
-        if len(body) > MAX_SMALL_BODY_BYTES:
-            raise PayloadTooLarge(_small_body_refusal(f"over {MAX_SMALL_BODY_BYTES} bytes"))
-    return bytes(body)
-
-
-def _small_body_refusal(size: str) -> str:
-    return (
-        f"the request body is {size}; a JSON or urlencoded submission may have "
-        f"{MAX_SMALL_BODY_BYTES} (to upload an image, send multipart/form-data with a "
-        f"'file' of up to {MAX_UPLOAD_TEXT})"
-    )
-
-
-def _urlencoded_fields(body: bytes) -> dict[str, str]:
-    try:
-        text = body.decode()
-    except UnicodeDecodeError:
-        raise MalformedRequest("an urlencoded body must be UTF-8 text") from None
-    fields: dict[str, str] = {}
-    for name, value in parse_qsl(text, keep_blank_values=True):
-        fields.setdefault(name, value)  # a repeated name counts once, first value first
-    return fields
+def limits(settings: GatewaySettings) -> dict[str, float]:
+    """What a client may send, as GET /info publishes it (clients size their requests by it)."""
+    return {
+        "max_wait": settings.max_wait,
+        "upload_max_bytes": MAX_UPLOAD_BYTES,
+        "upload_max_pixels": MAX_PIXELS,
+        "batch_max_images": settings.batch_limits.max_images,
+        "batch_max_bytes": settings.batch_limits.max_bytes,
+    }
 
 
 Submitter = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -262,14 +129,14 @@ def counts_rejections(handler: Submitter) -> Submitter:
 
 @counts_rejections
 async def submit(request: web.Request) -> web.StreamResponse:
-    submission = await _read_submission(request)
-    accepted = await request.app[keys.JOBS].accept(submission, client_of(request))
+    """POST /classifications: one job, through the same intake as a batch."""
+    [accepted] = (await intake.take(request, SINGLE)).accepted
     return _accepted(request, request.app[keys.STORE], accepted)
 
 
 def _accepted(request: web.Request, store: JobStore, accepted: Accepted) -> web.StreamResponse:
     location = f"/classifications/{accepted.job.job_id}"
-    if request.content_type in _FORM_TYPES and "text/html" in request.headers.get("Accept", ""):
+    if request.content_type in FORM_TYPES and "text/html" in request.headers.get("Accept", ""):
         raise web.HTTPSeeOther(location)
     headers = {"Location": location}
     if accepted.replayed:
@@ -283,18 +150,6 @@ def _accepted(request: web.Request, store: JobStore, accepted: Accepted) -> web.
     return json_response(body, status=202, headers=headers)
 
 
-def _idempotency_key(request: web.Request) -> str | None:
-    key = request.headers.get("Idempotency-Key")
-    if key is None:
-        return None
-    if len(key) > MAX_IDEMPOTENCY_KEY or not _IDEMPOTENCY_KEY.fullmatch(key):
-        raise MalformedRequest(
-            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters "
-            "(spaces only between them)"
-        )
-    return key
-
-
 def job_body(store: JobStore, job: JobEvent, *, newest: bool = False) -> dict[str, Any]:
     body = job.to_dict()
     if job.status is not JobStatus.QUEUED:
@@ -304,13 +159,6 @@ def job_body(store: JobStore, job: JobEvent, *, newest: bool = False) -> dict[st
     else:
         body["position"] = store.position(job.job_id)
     return body
-
-
-def client_of(request: web.Request) -> Client:
-    """Who is asking: their token's hash on a gateway with tokens, and their address."""
-    limits = request.app[keys.SETTINGS].client_limits
-    address = limits.client_address(request.remote, request.headers.get("X-Forwarded-For"))
-    return Client(owner=request.get(OWNER), address=address)
 
 
 def requested_job_id(request: web.Request) -> str:
@@ -327,7 +175,7 @@ async def job_status(request: web.Request) -> web.Response:
     job_id = requested_job_id(request)
     settings = request.app[keys.SETTINGS]
     store = request.app[keys.STORE]
-    wait = _wait_seconds(request.query.get("wait"), settings.max_wait)
+    wait = wait_seconds(request.query.get("wait"), settings.max_wait)
     since = _since(request.query.get("since"))
     client = client_of(request)
     if wait == 0:
@@ -348,7 +196,8 @@ async def delete_job(request: web.Request) -> web.Response:
     return json_response(job_body(store, cancelled))
 
 
-def _wait_seconds(raw: str | None, limit: float) -> float:
+def wait_seconds(raw: str | None, limit: float) -> float:
+    """A ``?wait=`` from 0 to ``limit`` seconds (absent: 0), else a 400."""
     if raw is None:
         return 0.0
     try:

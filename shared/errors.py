@@ -8,6 +8,7 @@ message into failed-job events.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 
@@ -112,13 +113,20 @@ class BrokerUnavailable(ImgqError):
 
 
 class TooManyRequests(ImgqError):
-    """One client is over its share (submissions per second, open long-polls or streams)."""
+    """One client is over its share (jobs in flight, body bytes, submissions per second, open
+    long-polls or streams)."""
 
     code = "too_many_requests"
 
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+def retry_after_header(seconds: float) -> int:
+    """``seconds`` as a Retry-After header says it: whole seconds, at least one.  A message
+    that says when to retry uses this too, so the two always agree."""
+    return max(1, math.ceil(seconds))
 
 
 class QueueFull(ImgqError):
@@ -205,3 +213,9 @@ class ImageUnreadable(ImgqError):
     """The upload looks like an accepted format but its bytes do not decode."""
 
     code = "image_unreadable"
+
+
+class RequestTimeout(ImgqError):
+    """The request body did not arrive within the gateway's time for it (IMGQ_BODY_TIMEOUT)."""
+
+    code = "request_timeout"

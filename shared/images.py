@@ -2,9 +2,11 @@
 
 Which of Pillow's decoders may ever see bytes from outside (the gateway checks uploads with
 them; a replica decodes with the same ones, since an AMQP producer can send anything), what
-each one is called and served as, and when a JPEG costs too much to decode at all.
+each one is called and served as, and when a picture costs too much to decode at all: a JPEG
+with too many scans, or any picture whose decoded pixels would take too much memory.
 
-No Pillow import: the scan count reads the bytes before any decoder does.
+No Pillow import: the scan count reads the bytes before any decoder does, and the decoded size
+is worked out from the header's size and mode alone.
 """
 
 from __future__ import annotations
@@ -47,6 +49,42 @@ MAX_JPEG_SCANS: Final = 100
 # Python (a few microseconds each): a 10 MiB file of nothing but empty segments would take
 # seconds to walk, while a decoder skips them in milliseconds.
 MAX_JPEG_SEGMENTS: Final = 2_000
+
+# Memory a replica needs to decode a picture and make it RGB, per pixel, by Pillow's mode
+# (measured with Pillow 13 at 4 and 16 megapixels; the slope, rounded up).  Pillow keeps 1 byte
+# a pixel for 1, L and P, 2 for 16-bit greyscale and 4 for every other mode (RGB too, as RGBX);
+# a picture that is not RGB is then copied into RGB (4 more), and 16-bit greyscale is scaled
+# to 8 bits through arrays of its own.  A mode not listed here costs the most of any.
+BYTES_PER_PIXEL: Final = {
+    "RGB": 4,
+    "1": 5,
+    "L": 5,
+    "P": 5,
+    "LA": 8,
+    "La": 8,
+    "PA": 8,
+    "RGBA": 8,
+    "RGBa": 8,
+    "RGBX": 8,
+    "CMYK": 8,
+    "YCbCr": 8,
+    "I;16": 14,
+    "I;16B": 14,
+    "I;16L": 14,
+    "I;16N": 14,
+}
+_MOST_BYTES_PER_PIXEL: Final = 16
+# Pillow's WebP decoder holds libwebp's RGBA buffer and a copy of it beside the picture, so a
+# WebP costs this much a pixel whatever its mode.
+WEBP_BYTES_PER_PIXEL: Final = 16
+
+# Decoded bytes one picture may need (pixels x BYTES_PER_PIXEL).  The pixel limits (40 MP on
+# the gateway, 64 MP on a replica) alone let a few KiB of 16-bit PNG need about 1 GB on a
+# replica; 256 MiB still takes a 40 MP RGB photo (160 MB) and keeps a replica (about 200 MB
+# with its models) inside a 1 GiB container with room to spare.  The gateway refuses the same
+# pictures first, by the same rule, and never decodes more than this in a check either.
+MAX_DECODED_BYTES: Final = 256 * 1024 * 1024
+MAX_DECODED_TEXT: Final = "256 MiB"
 
 _SOI = b"\xff\xd8"
 _SOS = 0xDA
@@ -119,3 +157,28 @@ def jpeg_refusal(data: bytes) -> str | None:
             f"the JPEG has more than {MAX_JPEG_SEGMENTS:,} marker segments; a photo has a few dozen"
         )
     return None
+
+
+def decoded_bytes(width: int, height: int, mode: str, kind: str | None = None) -> int:
+    """The memory a replica needs to decode a ``width`` x ``height`` picture of Pillow mode
+    ``mode`` (in format ``kind``, Pillow's name) and make it RGB: pixels x bytes per pixel."""
+    if kind == "WEBP":
+        per_pixel = WEBP_BYTES_PER_PIXEL
+    else:
+        per_pixel = BYTES_PER_PIXEL.get(mode, _MOST_BYTES_PER_PIXEL)
+    return width * height * per_pixel
+
+
+def decoded_refusal(width: int, height: int, mode: str, kind: str | None = None) -> str | None:
+    """Why a picture of this size and mode must not be decoded (too many decoded bytes), or
+    None.  Judged on the header, before anything is decoded, alike by the gateway and the
+    replicas (a JPEG by its full size, although replicas decode it at a reduced scale)."""
+    needed = decoded_bytes(width, height, mode, kind)
+    if needed <= MAX_DECODED_BYTES:
+        return None
+    shown = f"{FORMAT_NAMES.get(kind, kind)}, " if kind else ""
+    return (
+        f"the image ({shown}{width}x{height}, mode {mode}) would take {needed / 2**20:,.0f} MiB "
+        f"to decode; the limit is {MAX_DECODED_TEXT} ({MAX_DECODED_BYTES:,} bytes) of "
+        "decoded pixels"
+    )

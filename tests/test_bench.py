@@ -267,3 +267,46 @@ def test_precision_result_reads_the_workers_line() -> None:
     assert PrecisionResult.from_json(line) == _precision()
     assert _precision().speedup == pytest.approx(1.74)
     assert _precision().agreement == 0.97
+
+
+def test_the_shares_rows_check_one_client_against_many_and_the_polite_clients_latency() -> None:
+    from pathlib import Path
+
+    from bench.fairness import FairnessResult, FloodResult
+    from bench.suite import Measurements, Options
+    from bench.summary import fairness_rows
+
+    def run(throughput: float, latencies: list[float]) -> LoadResult:
+        return LoadResult(
+            jobs=len(latencies),
+            elapsed=len(latencies) / throughput,
+            per_image=[("a.jpg", s) for s in latencies],
+        )
+
+    options = Options(
+        replicas=2,
+        jobs=4,
+        concurrency=16,
+        images=Path("."),
+        bare_seconds=1,
+        submissions=1,
+        long_polls=1,
+        accuracy_models=(),
+    )
+    m = Measurements()
+    m.fairness = FairnessResult(
+        clients=16,
+        many=run(40.0, [0.3] * 4),
+        alone=run(39.0, [0.3] * 4),
+        polite_alone=run(30.0, [0.020, 0.030, 0.040]),
+        polite_flooded=run(20.0, [0.050, 0.070, 0.090]),
+        flood=FloodResult(accepted=100, refused=50),
+    )
+    many, alone, polite, beside = fairness_rows(options, m)
+    assert many.target is None
+    assert alone.value == pytest.approx(39 / 40)
+    assert alone.met is True
+    assert polite.result.startswith("30 ms (p50")
+    assert beside.value == pytest.approx(70 / 30)
+    assert beside.met is False
+    assert "100 of its jobs accepted meanwhile, 50 answered 429" in beside.setup

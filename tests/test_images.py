@@ -12,10 +12,13 @@ from PIL import Image
 
 from shared.images import (
     DECODERS,
+    MAX_DECODED_BYTES,
     MAX_JPEG_SCANS,
     MAX_JPEG_SEGMENTS,
     MEDIA_TYPES,
     JpegLayout,
+    decoded_bytes,
+    decoded_refusal,
     jpeg_layout,
     jpeg_refusal,
 )
@@ -158,3 +161,26 @@ def test_a_bomb_with_more_scans_than_the_walk_goes_says_at_least() -> None:
     message = jpeg_refusal(bomb)
     assert message is not None
     assert f"at least {layout.scans:,} scans" in message
+
+
+def test_decoded_bytes_are_the_pixels_times_the_bytes_of_their_mode() -> None:
+    assert decoded_bytes(1000, 1000, "RGB", "JPEG") == 4_000_000
+    assert decoded_bytes(1000, 1000, "L", "PNG") == 5_000_000  # greyscale, then its RGB copy
+    assert decoded_bytes(1000, 1000, "RGBA", "PNG") == 8_000_000
+    assert decoded_bytes(1000, 1000, "I;16", "PNG") == 14_000_000  # scaled to 8 bits first
+    # Pillow's WebP decoder holds two more copies of the picture, whatever its mode.
+    assert decoded_bytes(1000, 1000, "RGB", "WEBP") == 16_000_000
+    # A mode no accepted decoder gives today costs the most.
+    assert decoded_bytes(10, 10, "F") == 1_600
+
+
+def test_the_decoded_size_refuses_what_the_pixel_limits_let_through() -> None:
+    # A 40-megapixel RGB photo (the gateway's pixel limit) still decodes.
+    assert decoded_refusal(7746, 5164, "RGB", "JPEG") is None
+    assert decoded_bytes(8192, 8192, "RGB", "PNG") < MAX_DECODED_BYTES * 1.01
+    # 64 megapixels of 16-bit greyscale (a replica's pixel limit) would take about 1 GB.
+    refusal = decoded_refusal(8000, 8000, "I;16", "PNG")
+    assert refusal is not None
+    assert "(PNG, 8000x8000, mode I;16) would take 854 MiB to decode" in refusal
+    assert "the limit is 256 MiB (268,435,456 bytes)" in refusal
+    assert decoded_refusal(5000, 4000, "RGB", "WEBP") is not None  # 20 MP WebP: 305 MiB

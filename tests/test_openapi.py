@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from gateway.views import _IDEMPOTENCY_KEY, served_openapi
+from gateway.intake import IDEMPOTENCY_KEY
+from gateway.views import served_openapi
 from shared.metrics import CONTENT_TYPE
 from tests.openapi_contract import (
     EVENT_STREAM,
@@ -28,14 +29,14 @@ from tests.openapi_contract import (
 EXPECTED_OPERATIONS: dict[str, dict[str, set[str]]] = {
     "/info": {"get": {"200", "401"}},
     "/classifications": {
-        "post": {"202", "303", "400", "401", "413", "415", "422", "429", "503"},
+        "post": {"202", "303", "400", "401", "408", "413", "415", "422", "429", "503"},
     },
     "/classifications/{job_id}": {
         "get": {"200", "400", "401", "404", "410", "429", "503"},
         "delete": {"200", "204", "401", "404", "409", "410", "503"},
     },
     "/classifications/{job_id}/events": {"get": {"200", "204", "401", "404", "410", "429", "503"}},
-    "/batches": {"post": {"202", "400", "401", "413", "415", "422", "429", "503"}},
+    "/batches": {"post": {"202", "400", "401", "408", "413", "415", "422", "429", "503"}},
     "/batches/{batch_id}": {"get": {"200", "400", "401", "404", "429"}},
     "/status": {"get": {"200", "401"}},
     "/metrics": {"get": {"200", "401"}},
@@ -430,6 +431,13 @@ def test_helper_accepts_other_responses() -> None:
             }
         ],
         "max_wait": 30,
+        "limits": {
+            "max_wait": 30,
+            "upload_max_bytes": 10485760,
+            "upload_max_pixels": 40000000,
+            "batch_max_images": 64,
+            "batch_max_bytes": 67108864,
+        },
     }
     assert_response_matches("/info", "get", 200, "application/json", info)
     assert_response_matches("/healthz", "get", 200, "application/json", {"status": "ok"})
@@ -742,5 +750,5 @@ def test_idempotency_key_rule_is_the_servers(key: str, valid: bool) -> None:
         if p["name"] == "Idempotency-Key"
     )
     in_document = not validate_against_schema(param["schema"], key)
-    on_the_server = len(key) <= 255 and _IDEMPOTENCY_KEY.fullmatch(key) is not None
+    on_the_server = len(key) <= 255 and IDEMPOTENCY_KEY.fullmatch(key) is not None
     assert in_document == on_the_server == valid

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageCms, ImageOps
+from PIL import Image, ImageCms, ImageOps, PngImagePlugin
 
 from classifier_service.preprocess import crop_resized, decode, preprocess, to_array
 from shared.catalog import CATALOG, ModelSpec
@@ -182,3 +182,21 @@ def test_replicas_decode_only_what_the_gateway_accepts(fmt: str) -> None:
 def test_a_scan_bomb_is_refused_before_it_is_decoded() -> None:
     with pytest.raises(ImageDecodeError, match="500 scans; the limit is 100"):
         decode(scan_bomb(500), LITE0)
+
+
+def test_a_picture_too_large_to_decode_is_refused_from_its_header(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A few KiB of 16-bit PNG, well within the pixel limit, that would take more memory to
+    decode than a replica has: the job fails saying the limit, and nothing is decoded."""
+    data = encode(Image.fromarray(np.zeros((4500, 4500), dtype=np.uint16)), "PNG")
+    assert len(data) < 200_000
+
+    def decoded(self: PngImagePlugin.PngImageFile) -> None:
+        raise AssertionError("the picture was decoded")
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", decoded)
+    with pytest.raises(
+        ImageDecodeError, match=r"4500x4500, mode I;16\) would take 270 MiB .* the limit is 256 MiB"
+    ):
+        decode(data, LITE0)

@@ -3,9 +3,9 @@
 Every check and every phase (examples, coverage, fuzzing, and the stateful phase that follows
 the document's links from a new job to the operations on it), against real gateways of the
 session's service: the open one, and one started with tokens, which serves its document with
-the token required and is probed for it.  tests/schemathesis.toml holds the few things a JSON
-Schema cannot say (each one documented in gateway/openapi.json); any other disagreement, in
-either direction, fails the test.
+the token required and is probed for it.  schemathesis.toml, at the repository's root where a
+run by hand finds it too, holds the few things a JSON Schema cannot say (each one documented
+in gateway/openapi.json); any other disagreement, in either direction, fails the test.
 
 Deterministic generation keeps CI stable; the output's summary is printed, and on a failure
 its "Reproduce with" curl lines say what to look at.
@@ -25,7 +25,7 @@ import pytest
 from tests.conftest import Service
 from tests.openapi_contract import load_spec
 
-CONFIG = Path(__file__).resolve().with_name("schemathesis.toml")
+CONFIG = Path(__file__).resolve().parent.parent / "schemathesis.toml"
 # Enough to find every disagreement the first run found (32 at 30 examples), in about 20 s a
 # run; the coverage phase adds its own boundary cases regardless.
 MAX_EXAMPLES = 30

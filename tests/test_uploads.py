@@ -11,13 +11,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from gateway.limits import MAX_PIXELS, MAX_UPLOAD_BYTES
 from gateway.uploads import check_image, display_name
 from shared.errors import ImageTooLarge, ImageUnreadable, UnsupportedMediaType
-from shared.images import MAX_JPEG_SCANS
+from shared.images import MAX_DECODED_TEXT, MAX_JPEG_SCANS
 from tests import api, multipart
 from tests.conftest import Service
 from tests.odd_images import mpo, scan_bomb
@@ -42,6 +43,12 @@ def _phone_jpeg() -> bytes:
 def _huge_png() -> bytes:
     """9000 x 9000 (81 megapixels) of one colour: a few KiB that would decode to 81 MB."""
     return _encode("PNG", Image.new("1", (9000, 9000)), optimize=True)
+
+
+def _deep_png() -> bytes:
+    """4500 x 4500 of 16-bit grey: 20 megapixels (half the limit) in a few KiB, that would take
+    270 MiB to decode and make RGB."""
+    return _encode("PNG", Image.fromarray(np.zeros((4500, 4500), dtype=np.uint16)))
 
 
 def _problem(reply: api.Reply, status: int, code: str) -> dict[str, Any]:
@@ -221,6 +228,15 @@ def test_decompression_bomb_is_413_image_too_large(service: Service) -> None:
 
 
 @pytest.mark.broker
+def test_a_picture_too_large_to_decode_is_413_with_the_limit(service: Service) -> None:
+    reply = multipart.upload(service.base_url, MODEL, "deep.png", _deep_png())
+    body = _problem(reply, 413, "image_too_large")
+    assert "4500x4500, mode I;16" in body["detail"]
+    assert f"the limit is {MAX_DECODED_TEXT}" in body["detail"]
+    _still_works(service.base_url)
+
+
+@pytest.mark.broker
 @pytest.mark.parametrize(
     ("filename", "make"),
     [
@@ -307,6 +323,10 @@ def test_check_image_refusals() -> None:
         check_image(b"%PDF-1.7 not an image")
     with pytest.raises(ImageTooLarge, match="9000x9000"):
         check_image(_huge_png())
+    with pytest.raises(
+        ImageTooLarge, match=f"would take 270 MiB .* the limit is {MAX_DECODED_TEXT}"
+    ):
+        check_image(_deep_png())
     with pytest.raises(ImageUnreadable):
         check_image(COFFEE[:2000])
     with pytest.raises(ImageUnreadable):
