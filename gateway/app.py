@@ -18,7 +18,9 @@ from gateway.clients import OpenWaits, RateLimiter
 from gateway.gallery import Gallery
 from gateway.headers import add_security_headers
 from gateway.http_metrics import http_metrics_middleware
+from gateway.lifeline import Lifeline
 from gateway.limits import MAX_CONCURRENT_CHECKS, MAX_REQUEST_BYTES, MAX_WAITING_CHECKS
+from gateway.log_follower import LogFollower
 from gateway.metrics import GatewayMetrics
 from gateway.problems import problem_middleware
 from gateway.replicas import ReplicaRegistry
@@ -74,11 +76,15 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app[keys.ACTIVITY] = activity
     app[keys.METRICS] = metrics
     app[keys.GALLERY] = Gallery.load(settings.gallery_dir)
-    broker = GatewayBroker(settings, store, replicas, metrics)
+    batch_records = Batches(store)
+    app[keys.BATCHES] = batch_records
+    lifeline = Lifeline()
+    app[keys.LIFELINE] = lifeline
+    follower = LogFollower(store, batch_records, settings.senders)
+    broker = GatewayBroker(settings, follower, replicas, metrics, on_death=lifeline.task_died)
     app[keys.BROKER] = broker
     limits = settings.client_limits
     app[keys.JOBS] = Jobs(store, broker, metrics, RateLimiter(limits.rate, limits.burst))
-    app[keys.BATCHES] = Batches(store)
     app[keys.OPEN_WAITS] = OpenWaits(limits.waits, limits.stream_seconds)
     # Threads start only when the first upload is checked.
     app[keys.IMAGE_CHECKS] = ImageChecks(MAX_CONCURRENT_CHECKS, MAX_WAITING_CHECKS)

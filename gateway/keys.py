@@ -10,6 +10,7 @@ from gateway.broker import GatewayBroker
 from gateway.checks import ImageChecks
 from gateway.clients import OpenWaits
 from gateway.gallery import Gallery
+from gateway.lifeline import Lifeline
 from gateway.metrics import GatewayMetrics
 from gateway.replicas import ReplicaRegistry
 from gateway.settings import GatewaySettings
@@ -31,3 +32,5 @@ METRICS = web.AppKey("metrics", GatewayMetrics)
 IMAGE_CHECKS = web.AppKey("image_checks", ImageChecks)
 # Batches accepted by this gateway (POST /batches): job IDs by batch ID, bounded.
 BATCHES = web.AppKey("batches", Batches)
+# Whether a background task died (the process then exits non-zero).
+LIFELINE = web.AppKey("lifeline", Lifeline)
