@@ -44,8 +44,9 @@ _GATEWAY_USERS: Variable[tuple[str, ...]] = variable(
     (),
     GATEWAY,
     "the gateways' broker users, comma-separated: with `IMGQ_CLASSIFIER_USERS`, a gateway "
-    "trusts each job event in the log only from the kind of service that may send it; "
-    "unset = any",
+    "trusts each job event in the log only from the kind of service that may send it, and a "
+    "job's owner, batch and idempotency key only from a gateway's request; unset = any "
+    "sender, and only requests from this gateway's own user",
 )
 _CLASSIFIER_USERS: Variable[tuple[str, ...]] = variable(
     "IMGQ_CLASSIFIER_USERS",
