@@ -132,8 +132,13 @@ class BrokerNode:
 
     def restart(self, timeout: float = 90.0) -> None:
         """Stop and start the same node on the same ports and data (for failure tests)."""
-        self._terminate(30.0)
+        self.shut_down()
         self.start_again(timeout)
+
+    def shut_down(self, timeout: float = 30.0) -> None:
+        """Stop the node as an operator would (SIGTERM), keeping its ports and data for
+        ``start_again``: an outage."""
+        self._terminate(timeout)
 
     def start_again(self, timeout: float = 90.0) -> None:
         """Start a stopped or killed node again: same name, ports and data, so a cluster

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Sequence
 
 from aiohttp import web
 
+from gateway import keys
 from gateway.access_log import ACCESS_LOGGER, AccessLogger
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
@@ -28,8 +30,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     # long-polls are answered at once by on_shutdown, so this is rarely reached.
     # Tracing starts before the app is built (its middleware is added only when on).
     with tracing.started(settings.tracing, "imgq-gateway"):
+        app = create_app(settings)
         web.run_app(
-            create_app(settings),
+            app,
             host=settings.host,
             port=settings.port,
             shutdown_timeout=5.0,
@@ -39,6 +42,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "gateway listening on http://%s:%d/", settings.host, settings.port
             ),
         )
+    # Non-zero when a background task died (gateway/lifeline.py): a supervisor restarts it.
+    status = app[keys.LIFELINE].exit_status
+    if status:
+        sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ from gateway.checks import ImageChecks
 from gateway.clients import OpenWaits, RateLimiter
 from gateway.gallery import Gallery
 from gateway.headers import add_security_headers
+from gateway.lifeline import Lifeline
 from gateway.limits import MAX_CONCURRENT_CHECKS, MAX_REQUEST_BYTES, MAX_WAITING_CHECKS
+from gateway.log_follower import LogFollower
 from gateway.metrics import GatewayMetrics
 from gateway.observe import observe_middleware
 from gateway.problems import problem_middleware
@@ -76,12 +78,16 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app[keys.ACTIVITY] = activity
     app[keys.METRICS] = metrics
     app[keys.GALLERY] = Gallery.load(settings.gallery_dir)
-    broker = GatewayBroker(settings, store, replicas, metrics)
+    batch_records = Batches(store)
+    app[keys.BATCHES] = batch_records
+    lifeline = Lifeline()
+    app[keys.LIFELINE] = lifeline
+    follower = LogFollower(store, batch_records, settings.senders)
+    broker = GatewayBroker(settings, follower, replicas, metrics, on_death=lifeline.task_died)
     app[keys.BROKER] = broker
     app[keys.JOBS] = Jobs(store, broker, metrics)
     app[keys.SHARES] = ClientShares(job_shares, RateLimiter(limits.rate, limits.burst))
     app[keys.BODIES] = BodyBytes(limits.body_bytes, settings.body_bytes)
-    app[keys.BATCHES] = Batches(store)
     app[keys.OPEN_WAITS] = OpenWaits(limits.waits, limits.stream_seconds)
     # Threads start only when the first upload is checked.
     app[keys.IMAGE_CHECKS] = ImageChecks(MAX_CONCURRENT_CHECKS, MAX_WAITING_CHECKS)

@@ -4,7 +4,10 @@ A batch is only a list of job IDs with an owner; the jobs themselves live in the
 like any other (and are in the shared event log, so every gateway knows them by ID).  The
 gateway that accepted a batch keeps its record; every job also carries its place in the batch
 (``BatchRef``, in its request and events), so behind a load balancer another gateway answers
-``GET /batches/{id}`` from the jobs it has read in the log.  Records are bounded: the oldest
+``GET /batches/{id}`` from the jobs it has read in the log.  A member that is an earlier job
+(its idempotency key replayed) names the batch it was first submitted in, so for a batch with
+such members the accepting gateway also logs the batch's record (``BatchRecord``), which every
+gateway keeps here like its own.  Records are bounded: the oldest
 batch goes first beyond ``MAX_BATCHES``, and a batch whose jobs are all gone (expired,
 deleted, evicted) is dropped when it is next looked at or pushed out.
 
@@ -21,15 +24,16 @@ from typing import Final, Protocol
 
 from gateway.limits import MIB
 from shared.errors import BatchNotFound, JobGone, JobNotFound
-from shared.messages import JobEvent
+from shared.messages import MAX_BATCH_JOBS, BatchRecord, JobEvent
 from shared.settings import GATEWAY, Environ, env_int, variable
 
 # A batch holds at least one job and IMGQ_MAX_JOBS bounds the jobs; this bounds the records
 # themselves (a few hundred bytes each) even when their jobs are long gone.
 MAX_BATCHES: Final = 10_000
 # The most IMGQ_BATCH_MAX_IMAGES may say: a batch's jobs are keyed '<key>#<index>', and the
-# index must fit beside the key in an Idempotency-Key's 255 characters.
-MAX_BATCH_IMAGES: Final = 10_000
+# index must fit beside the key in an Idempotency-Key's 255 characters.  Batch records in the
+# event log are read with the same bound.
+MAX_BATCH_IMAGES: Final = MAX_BATCH_JOBS
 
 _MAX_IMAGES = variable(
     "IMGQ_BATCH_MAX_IMAGES",
@@ -114,11 +118,28 @@ class Batches:
         batch_id: str | None = None,
     ) -> Batch:
         batch = Batch(batch_id or new_batch_id(), model, job_ids, owner, time.time(), len(job_ids))
+        self._keep(batch)
+        return batch
+
+    def record(self, record: BatchRecord) -> None:
+        """A batch's record from the event log (any gateway's), for a batch whose members'
+        own events do not all name it (an idempotency key replayed an earlier job)."""
+        self._keep(
+            Batch(
+                record.batch_id,
+                record.model,
+                record.job_ids,
+                record.owner,
+                record.created_at,
+                len(record.job_ids),
+            )
+        )
+
+    def _keep(self, batch: Batch) -> None:
         self._batches[batch.batch_id] = batch
         while len(self._batches) > self._max:
             self._batches.popitem(last=False)
         self._drop_oldest_if_gone()
-        return batch
 
     def get(self, batch_id: str, owner: str | None = None) -> Batch:
         """The batch, as ``owner`` may see it: another token's batch is "not found" (404),

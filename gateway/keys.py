@@ -11,6 +11,7 @@ from gateway.broker import GatewayBroker
 from gateway.checks import ImageChecks
 from gateway.clients import OpenWaits
 from gateway.gallery import Gallery
+from gateway.lifeline import Lifeline
 from gateway.metrics import GatewayMetrics
 from gateway.replicas import ReplicaRegistry
 from gateway.settings import GatewaySettings
@@ -37,3 +38,5 @@ BATCHES = web.AppKey("batches", Batches)
 SHARES = web.AppKey("shares", ClientShares)
 # Request-body bytes held in memory, per client and in all, bounded.
 BODIES = web.AppKey("bodies", BodyBytes)
+# Whether a background task died (the process then exits non-zero).
+LIFELINE = web.AppKey("lifeline", Lifeline)

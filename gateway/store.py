@@ -108,13 +108,17 @@ class JobStore:
                     extra=job_fields(event.job_id, event.model),
                 )
                 return False
-            # Except a dead letter that could not be read, which knows only the job ID.
+            # Except a dead letter that could not be read, which knows only the job ID, and an
+            # event whose owner, batch and key were dropped as a producer's word
+            # (gateway/log_follower.py): what the job's earlier events established stays.
             event = event.advance(
                 event.status,
                 queued_at=event.queued_at or current.queued_at,
                 idempotency_key=event.idempotency_key or current.idempotency_key,
                 image_sha256=event.image_sha256 or current.image_sha256,
                 batch=event.batch or current.batch,
+                owner=event.owner or current.owner,
+                requested_by=event.requested_by or current.requested_by,
             )
         self._jobs[event.job_id] = event
         if event.status.is_final:
@@ -138,6 +142,11 @@ class JobStore:
             self._unindex(event)
             self._removed(job_id)
         self._wake(job_id)
+
+    def peek(self, job_id: str) -> JobEvent | None:
+        """The job as last recorded, whoever owns it, or None: for the log's own checks, never
+        for an answer to a client (use ``get``)."""
+        return self._jobs.get(job_id)
 
     def get(self, job_id: str, owner: str | None = None) -> JobEvent:
         """The job, as ``owner`` may see it: a job submitted with another client's token is

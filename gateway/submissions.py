@@ -21,7 +21,14 @@ from gateway.store import JobStore
 from shared import tracing
 from shared.errors import IdempotencyKeyReused, JobConflict, NotReady
 from shared.logs import job_fields
-from shared.messages import BatchRef, ClassifyRequest, JobEvent, JobFailure, new_job_id
+from shared.messages import (
+    BatchRecord,
+    BatchRef,
+    ClassifyRequest,
+    JobEvent,
+    JobFailure,
+    new_job_id,
+)
 from shared.states import JobStatus
 
 log = logging.getLogger(__name__)
@@ -33,12 +40,18 @@ class Publisher(Protocol):
     @property
     def ready(self) -> bool: ...
 
+    @property
+    def user(self) -> str | None:
+        """The broker user requests go out as: a job's events name it (``requested_by``)."""
+
     async def submit(self, request: ClassifyRequest, queued: JobEvent, content_type: str) -> None:
         """Return once the broker has confirmed the job; raise ``ImgqError`` if it did not."""
 
     async def publish_event(self, event: JobEvent) -> None: ...
 
     async def publish_forgotten(self, job_id: str) -> None: ...
+
+    async def publish_batch(self, record: BatchRecord) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +100,9 @@ class Jobs:
         try:
             for submission in submissions:
                 accepted.append(await self._accept(submission, owner, seats))
+            record = _batch_record(submissions, accepted, owner)
+            if record is not None:
+                await self._broker.publish_batch(record)
         except Exception:
             for earlier in accepted:
                 with contextlib.suppress(Exception):
@@ -110,6 +126,7 @@ class Jobs:
             idempotency_key=submission.idempotency_key,
             image_sha256=submission.image_sha256,
             owner=owner,
+            requested_by=self._broker.user,
         )
         key = submission.idempotency_key
         if key is not None:
@@ -129,9 +146,11 @@ class Jobs:
                     earlier.reused_from is not None
                     and key is None
                     and earlier.image == request.image_name
+                    and request.batch is None
                 ):
                     # Already a reuse of this client's: answer with it again rather than log
                     # one more job, so resubmitting an image in a loop costs no log or store.
+                    # Not for a batch's image: a job of its own names the batch in its events.
                     return Accepted(earlier)
                 return await self._reuse(queued, earlier)
 
@@ -195,3 +214,26 @@ class Jobs:
         await self._broker.publish_forgotten(job_id)
         self._store.forget(job_id)
         return None
+
+
+def _batch_record(
+    submissions: Sequence[Submission], accepted: Sequence[Accepted], owner: str | None
+) -> BatchRecord | None:
+    """The record of a batch whose jobs' own events do not all name it, or None.
+
+    A member whose idempotency key was replayed is an earlier job, whose events name the batch
+    it was first submitted in (or none): another gateway could not find it under this batch,
+    so the batch goes in the log as a list of its members.  A batch of new jobs needs none.
+    """
+    refs = [submission.batch for submission in submissions]
+    if not refs or refs[0] is None:
+        return None
+    if all(item.job.batch == ref for item, ref in zip(accepted, refs, strict=True)):
+        return None
+    return BatchRecord(
+        batch_id=refs[0].batch_id,
+        model=submissions[0].model,
+        job_ids=tuple(item.job.job_id for item in accepted),
+        owner=owner,
+        created_at=time.time(),
+    )

@@ -130,6 +130,12 @@ class ClassifyRequest:
     version: int = SCHEMA_VERSION
     # Set for a job submitted in a batch (POST /batches).
     batch: BatchRef | None = None
+    # The broker user that published the request: its ``user_id``, which RabbitMQ refuses
+    # unless it is the publishing connection's own user (a gateway sets its own); None when
+    # the request named none (then RabbitMQ checked nothing).  Carried into every event of
+    # the job, so a gateway believes the owner, batch and idempotency key above only when a
+    # gateway sent the request (gateway/senders.py).
+    requested_by: str | None = None
     # Hashed once: a submission needs it for idempotency, reuse and its events, and an
     # upload can be 10 MiB.  Pass it when known (gallery images are hashed at start-up).
     image_sha256: str = field(default="", repr=False, compare=False)
@@ -235,6 +241,9 @@ class JobEvent:
     owner: str | None = None
     # Broker-only: the batch the job was submitted in, if any.
     batch: BatchRef | None = None
+    # Broker-only: who published the job's request (``ClassifyRequest.requested_by``), "" when
+    # it named nobody; None only in an event written before the field existed.
+    requested_by: str | None = None
 
     @classmethod
     def for_request(cls, request: ClassifyRequest, status: JobStatus) -> JobEvent:
@@ -248,6 +257,7 @@ class JobEvent:
             idempotency_key=request.idempotency_key,
             owner=request.owner,
             batch=request.batch,
+            requested_by=request.requested_by or "",
         )
 
     def advance(self, status: JobStatus, **changes: Any) -> JobEvent:
@@ -286,6 +296,7 @@ class JobEvent:
                 "idempotency_key": self.idempotency_key,
                 "owner": self.owner,
                 "batch": None if self.batch is None else str(self.batch),
+                "requested_by": self.requested_by,
             }
         )
 
@@ -328,6 +339,7 @@ class JobEvent:
             reused_from=_opt_str(data, "reused_from"),
             owner=_opt_str(data, "owner"),
             batch=BatchRef.parse(data.get("batch")),
+            requested_by=_opt_str(data, "requested_by"),
         )
 
 
@@ -348,6 +360,63 @@ class JobForgotten:
         if at is None:
             raise MessageError("'at' must be a number")
         return cls(job_id=_job_id(data), at=at)
+
+
+# The most jobs a batch record lists: the most images one POST /batches may ever take
+# (IMGQ_BATCH_MAX_IMAGES is bounded by it), so a record read from the log is bounded too.
+MAX_BATCH_JOBS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRecord:
+    """A batch's members by index, published by the gateway that accepted it when its jobs'
+    own events cannot describe it: a member that is an earlier job (an idempotency key
+    replayed) names the batch it was first submitted in, not this one.  Any gateway then
+    answers for the batch from this record."""
+
+    batch_id: str
+    model: str
+    job_ids: tuple[str, ...]
+    owner: str | None
+    created_at: float
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "v": SCHEMA_VERSION,
+                "batch_id": self.batch_id,
+                "model": self.model,
+                "job_ids": list(self.job_ids),
+                "owner": self.owner,
+                "created_at": self.created_at,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, body: bytes) -> BatchRecord:
+        data = _load(body)
+        job_ids = data.get("job_ids")
+        if (
+            not isinstance(job_ids, list)
+            or not 0 < len(job_ids) <= MAX_BATCH_JOBS
+            or not all(is_job_id(job_id) for job_id in job_ids)
+        ):
+            raise MessageError(
+                f"'job_ids' must be a list of 1 to {MAX_BATCH_JOBS} job IDs (32 lowercase hex)"
+            )
+        batch_id = data.get("batch_id")
+        if not isinstance(batch_id, str) or not is_job_id(batch_id):
+            raise MessageError("'batch_id' must be 32 lowercase hex characters")
+        created_at = _opt_float(data, "created_at")
+        if created_at is None:
+            raise MessageError("'created_at' must be a number")
+        return cls(
+            batch_id=batch_id,
+            model=_str(data, "model"),
+            job_ids=tuple(job_ids),
+            owner=_opt_str(data, "owner"),
+            created_at=created_at,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,6 +72,9 @@ HEARTBEAT_ROUTING_KEY: Final = "replica.heartbeat"
 JOB_EVENTS_PATTERN: Final = "job.*"
 CANCELLED_ROUTING_KEY: Final = "job.cancelled"
 FORGOTTEN_ROUTING_KEY: Final = "job.forgotten"
+# A batch's members, when their own events cannot say (shared/messages.py, BatchRecord): not a
+# job status, but under ``job.`` so that the event log's binding takes it in.
+BATCH_ROUTING_KEY: Final = "job.batch"
 # Cancellations only, as a small stream of their own: a replica replays it when it starts,
 # so it also skips jobs that were cancelled before it was running.
 CANCELLATIONS: Final = "imgq.cancellations"

@@ -20,7 +20,7 @@ so routing keys are spelled only in ``shared/topology.py`` and used only here.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 import aio_pika
@@ -32,6 +32,7 @@ from shared.messages import (
     JSON,
     SCHEMA_VERSION,
     V1,
+    BatchRecord,
     BatchRef,
     ClassifyRequest,
     JobEvent,
@@ -42,6 +43,7 @@ from shared.messages import (
     is_job_id,
 )
 from shared.topology import (
+    BATCH_ROUTING_KEY,
     FORGOTTEN_ROUTING_KEY,
     HEARTBEAT_ROUTING_KEY,
     REQUEST_ROUTING_KEY,
@@ -128,6 +130,7 @@ class RequestInfo:
     version: int
     owner: str | None = None
     batch: BatchRef | None = None
+    requested_by: str | None = None
 
 
 def _header_str(headers: HeadersType, key: str) -> str | None:
@@ -173,7 +176,13 @@ def request_info(message: AbstractIncomingMessage) -> RequestInfo:
     if not _is_v2(message):
         request = ClassifyRequest.from_v1_json(message.body)
         return RequestInfo(
-            request.job_id, request.model, request.image_name, request.queued_at, None, V1
+            request.job_id,
+            request.model,
+            request.image_name,
+            request.queued_at,
+            None,
+            V1,
+            requested_by=message.user_id,
         )
     headers = message.headers or {}
     version = headers[H_VERSION]
@@ -194,13 +203,14 @@ def request_info(message: AbstractIncomingMessage) -> RequestInfo:
         version=SCHEMA_VERSION,
         owner=_header_str(headers, H_OWNER) or None,
         batch=BatchRef.parse(_header_str(headers, H_BATCH)),
+        requested_by=message.user_id,
     )
 
 
 def parse_request(message: AbstractIncomingMessage) -> ClassifyRequest:
     """A request of either version; ``MessageError`` says what is wrong with a bad one."""
     if not _is_v2(message):
-        return ClassifyRequest.from_v1_json(message.body)
+        return replace(ClassifyRequest.from_v1_json(message.body), requested_by=message.user_id)
     info = request_info(message)
     if not message.body:
         raise MessageError("the message body must be the image bytes; it is empty")
@@ -214,6 +224,7 @@ def parse_request(message: AbstractIncomingMessage) -> ClassifyRequest:
         version=info.version,
         owner=info.owner,
         batch=info.batch,
+        requested_by=info.requested_by,
     )
 
 
@@ -263,6 +274,18 @@ def reply_message(
     return Outgoing(message, request.reply_to)
 
 
+def batch_message(record: BatchRecord, *, user_id: str | None = None) -> Outgoing:
+    """A batch record for the events exchange (and so the event log): persistent JSON."""
+    message = aio_pika.Message(
+        record.to_json(),
+        content_type=JSON,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=record.batch_id,
+        user_id=user_id,
+    )
+    return Outgoing(message, BATCH_ROUTING_KEY)
+
+
 def forgotten_message(job_id: str, *, user_id: str | None = None) -> Outgoing:
     message = aio_pika.Message(
         JobForgotten(job_id, time.time()).to_json(),
@@ -298,16 +321,18 @@ class Marker:
     value: str
 
 
-LogEntry = Marker | JobForgotten | JobEvent
+LogEntry = Marker | JobForgotten | BatchRecord | JobEvent
 
 
 def parse_log_entry(message: AbstractIncomingMessage) -> LogEntry:
-    """One entry of the event log: a marker, a forgotten job, or a job event."""
+    """One entry of the event log: a marker, a forgotten job, a batch record or a job event."""
     routing_key = message.routing_key or ""
     if is_marker(routing_key):
         return Marker(message.body.decode(errors="replace"))
     if routing_key == FORGOTTEN_ROUTING_KEY:
         return JobForgotten.from_json(message.body)
+    if routing_key == BATCH_ROUTING_KEY:
+        return BatchRecord.from_json(message.body)
     return JobEvent.from_json(message.body)
 
 

@@ -19,9 +19,11 @@ from compose.broker import BrokerNode
 from compose.stack import ManagedProcess, Stack, wait_http_ok, wait_replicas_online
 from shared.messages import JobEvent
 from shared.topology import (
+    BATCH_ROUTING_KEY,
     DEAD_LETTER_QUEUE,
     EVENT_LOG,
     EVENTS_EXCHANGE,
+    FORGOTTEN_ROUTING_KEY,
     REQUESTS_QUEUE,
     model_queue,
 )
@@ -101,7 +103,7 @@ async def _read_log(url: str) -> list[JobEvent]:
             key = message.routing_key or ""
             if key.startswith("marker.") and message.body.decode() == marker:
                 done.set()
-            elif key.startswith("job.") and key != "job.forgotten":
+            elif key.startswith("job.") and key not in (FORGOTTEN_ROUTING_KEY, BATCH_ROUTING_KEY):
                 events.append(JobEvent.from_json(message.body))
             await message.ack()
 

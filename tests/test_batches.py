@@ -196,3 +196,34 @@ def test_a_batch_reference_is_checked_where_it_is_read() -> None:
     for bad in (f"{batch_id}/5/5", f"{batch_id}/x/5", "nope/0/1", f"{batch_id}/0", 7):
         with pytest.raises(MessageError):
             BatchRef.parse(bad)
+
+
+@pytest.mark.broker
+def test_any_gateway_answers_for_a_batch_of_replayed_keys_and_reused_results(
+    service: Service,
+) -> None:
+    """A retried batch's members are the first batch's jobs (their events name that batch),
+    and an image answered from an earlier result is a job of its own: another gateway still
+    lists every member of each batch."""
+    url = service.base_url
+    body = {"model": MODEL, "images": ["rocket.jpg", "camera.jpg"]}
+    key = {"Idempotency-Key": f"retry-{time.monotonic_ns()}", "Cache-Control": "no-cache"}
+    first = api.post_json(url, "/batches", body, key).json()
+    retried = api.post_json(url, "/batches", body, key)
+    assert retried.status == 202, retried.body
+    retry = retried.json()
+    assert [job["job_id"] for job in retry["jobs"]] == [job["job_id"] for job in first["jobs"]]
+    assert wait_batch(url, first["batch_id"])["counts"]["succeeded"] == 2
+    # The same image again, answered from that result: a job that names this batch, even
+    # where the client's last single submission was already such an answer.
+    assert api.submit(url, MODEL, "rocket.jpg", reuse=True)["reused_from"] is not None
+    reused = api.post_json(url, "/batches", {"model": MODEL, "images": ["rocket.jpg"]}).json()
+    assert reused["jobs"][0]["reused_from"] is not None
+
+    other = service.extra_gateway()
+    for accepted in (retry, reused):
+        batch = wait_batch(other, accepted["batch_id"])
+        assert [job["job_id"] for job in batch["jobs"]] == [
+            job["job_id"] for job in accepted["jobs"]
+        ]
+        assert wait_batch(url, accepted["batch_id"])["jobs"] == batch["jobs"]

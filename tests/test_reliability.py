@@ -376,6 +376,13 @@ def test_full_queue_answers_503_then_recovers(cluster: Cluster, figure: Figure) 
         assert int(reply.headers["retry-after"]) > 0
     queued = api.get(url, f"/classifications/{accepted[-1]}").json()
     assert queued["position"] == len(accepted)
+    # A job's "queued" event goes out only once the broker confirmed the job: the refused
+    # submissions left nothing in the log that another gateway would show as queued.
+    # (Each is published just after its 202: wait until all of the accepted are there.)
+    deadline = time.monotonic() + 30
+    while not set(accepted) <= (logged := {event.job_id for event in read_log(cluster.node.url)}):
+        assert time.monotonic() < deadline, set(accepted) - logged
+    assert logged == set(accepted)
     cluster.start_replica()
     finals = _wait_all([url], accepted)
     assert all(f["status"] == "succeeded" for f in finals)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.senders import Senders
-from shared.messages import JobEvent, JobFailure, JobForgotten, new_job_id
+from shared.messages import BatchRecord, JobEvent, JobFailure, JobForgotten, new_job_id
 from shared.states import JobStatus
 from shared.wire import LogEntry, Marker
 
@@ -40,3 +40,15 @@ def test_unconfigured_senders_trust_everyone() -> None:
     assert Senders().refuses(JOB, None) is None
     assert Senders.from_env({}).enforced is False
     assert Senders.from_env({"IMGQ_GATEWAY_USERS": "a,b"}).gateways == {"a", "b"}
+
+
+def test_a_batch_record_is_trusted_only_from_a_gateway() -> None:
+    record = BatchRecord(new_job_id(), "efficientnet_lite0", (JOB.job_id,), None, 1.0)
+    assert SENDERS.refuses(record, "imgq-gateway") is None
+    assert SENDERS.refuses(record, "imgq-classifier") is not None
+
+
+def test_requests_are_a_gateways_when_a_gateway_user_sent_them() -> None:
+    assert SENDERS.requesters("whoever") == {"imgq-gateway"}
+    # Unconfigured: this gateway's own user (gateways usually share one).
+    assert Senders().requesters("imgq-gateway") == {"imgq-gateway"}

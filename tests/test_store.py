@@ -185,3 +185,24 @@ def test_an_event_about_another_model_or_image_is_ignored() -> None:
     assert not store.apply(job.advance(JobStatus.SUCCEEDED, image_sha256="0" * 64))
     assert store.get(job.job_id).status is JobStatus.QUEUED
     assert store.apply(job.advance(JobStatus.STARTED))
+
+
+def test_what_earlier_events_said_of_owner_batch_and_sender_stays() -> None:
+    store = JobStore(ttl=60, max_jobs=10)
+    job = _queued().advance(JobStatus.QUEUED, owner="alice", idempotency_key="k", requested_by="gw")
+    store.apply(job)
+    # An event whose owner, key and sender were dropped (gateway/log_follower.py) moves the
+    # job on and takes nothing away.
+    store.apply(job.advance(JobStatus.STARTED, owner=None, idempotency_key=None, requested_by=None))
+    seen = store.get(job.job_id, "alice")
+    assert (seen.status, seen.owner, seen.idempotency_key, seen.requested_by) == (
+        JobStatus.STARTED,
+        "alice",
+        "k",
+        "gw",
+    )
+    with pytest.raises(JobNotFound):
+        store.get(job.job_id, "bob")
+    # peek() is the record itself, whoever owns it, with no expiry of its own.
+    assert store.peek(job.job_id) == seen
+    assert store.peek(new_job_id()) is None

@@ -1,0 +1,121 @@
+"""Dead-lettered requests, made visible: each notice becomes a "failed" event for its job.
+
+The work queues dead-letter a request no replica could complete (rejected as unreadable,
+delivered too often) to ``imgq.dead-letter``; a copy reaches ``imgq.requests.dead.notices``,
+which the gateways share.  The one that takes a notice publishes the job's "failed" event to
+the log, so every gateway shows it.  Each notice is settled whatever happens: acked once its
+event is published, requeued when the broker would not take the event (another try, here or on
+another gateway), rejected when it cannot be handled at all, so one bad notice never holds up
+the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable
+from typing import Final, Protocol
+
+from aio_pika.abc import AbstractIncomingMessage
+
+from gateway.metrics import GatewayMetrics
+from shared import wire
+from shared.errors import BrokerUnavailable, MessageError
+from shared.logs import job_fields
+from shared.messages import JobEvent, JobFailure, is_job_id
+from shared.states import JobStatus
+from shared.topology import DELIVERY_LIMIT
+
+log = logging.getLogger(__name__)
+
+_REASONS: Final = {
+    "delivery_limit": f"it was delivered more than {DELIVERY_LIMIT} times without completing "
+    "(each attempt crashed or lost its replica)",
+    "rejected": "a replica rejected it as unprocessable",
+    "expired": "it expired in the queue",
+    "maxlen": "the queue overflowed",
+}
+
+
+class EventPublisher(Protocol):
+    async def publish_event(self, event: JobEvent) -> None: ...
+
+
+def failed_event(message: AbstractIncomingMessage) -> JobEvent | None:
+    """The "failed" event of the dead-lettered request ``message``, or None when it names no
+    job.  A version 2 request's job is read from its properties and headers: the image, which
+    may be anything a producer sent, is never decoded here."""
+    headers = message.headers or {}
+    reason = str(headers.get("x-first-death-reason", "unknown"))
+    try:
+        info: wire.RequestInfo | None = wire.request_info(message)
+    except MessageError:
+        info = None
+    job_id = info.job_id if info else message.message_id
+    if not is_job_id(job_id):
+        return None
+    assert job_id is not None
+    explanation = _REASONS.get(reason, reason)
+    return JobEvent(
+        job_id,
+        JobStatus.FAILED,
+        info.model if info else "unknown",
+        info.image_name if info else "unknown",
+        queued_at=info.queued_at if info else None,
+        idempotency_key=info.idempotency_key if info else None,
+        owner=info.owner if info else None,
+        batch=info.batch if info else None,
+        # Whoever published the request, as RabbitMQ checked it: the log believes the fields
+        # above only from a gateway's request (gateway/log_follower.py).
+        requested_by=message.user_id or "",
+        finished_at=time.time(),
+        error=JobFailure("dead_lettered", f"the job was dead-lettered: {explanation}"),
+    )
+
+
+class DeadLetters:
+    def __init__(self, publisher: EventPublisher, metrics: GatewayMetrics) -> None:
+        self._publisher = publisher
+        self._metrics = metrics
+
+    async def on_message(self, message: AbstractIncomingMessage) -> None:
+        """The notices consumer: one notice, settled whatever happens."""
+        try:
+            event = failed_event(message)
+        except Exception as exc:  # whatever a producer's headers did to the parser
+            log.warning("dropping a dead-letter notice that cannot be read: %r", exc)
+            await _settle(message.reject(requeue=False), "reject")
+            return
+        if event is not None:
+            try:
+                await self._publisher.publish_event(event)
+            except BrokerUnavailable as exc:
+                log.warning(
+                    "job %s dead-lettered; its event will be retried: %s", event.job_id, exc
+                )
+                await _settle(message.nack(requeue=True), "requeue")
+                return
+            except Exception as exc:  # not the broker's doing: trying again would not help
+                log.error(
+                    "dropping the dead-letter notice of job %s: publishing its event failed: %r",
+                    event.job_id,
+                    exc,
+                    extra=job_fields(event.job_id, event.model),
+                )
+                await _settle(message.reject(requeue=False), "reject")
+                return
+            log.warning(
+                "job %s dead-lettered (%s)",
+                event.job_id,
+                (message.headers or {}).get("x-first-death-reason", "unknown"),
+                extra=job_fields(event.job_id, event.model),
+            )
+        self._metrics.dead_lettered.inc()
+        await _settle(message.ack(), "ack")
+
+
+async def _settle(settling: Awaitable[None], what: str) -> None:
+    try:
+        await settling
+    except Exception as exc:  # the channel closed: the broker requeues the notice itself
+        log.warning("could not %s a dead-letter notice: %r", what, exc)
