@@ -60,7 +60,7 @@ def _batch(
         for index, image in enumerate(images)
     ]
     jobs = Jobs(store, broker, GatewayMetrics())
-    return asyncio.run(jobs.accept_all(submissions, ALICE))
+    return asyncio.run(jobs.accept_all(submissions, ALICE.owner))
 
 
 def test_a_batch_of_new_jobs_logs_no_record_and_its_requests_name_their_sender() -> None:

@@ -26,7 +26,7 @@ from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from gateway.submissions import Jobs
 from imgq.http_wire import Upload, encode_multipart
-from shared.messages import ClassifyRequest, JobEvent
+from shared.messages import BatchRecord, ClassifyRequest, JobEvent
 from shared.states import JobStatus
 from tests.openapi_contract import assert_response_matches
 
@@ -39,9 +39,11 @@ class Broker:
     """Takes every job at once, as a broker that confirms; keeps what was published."""
 
     ready = True
+    user = "imgq-gateway"
 
     def __init__(self) -> None:
         self.published: list[ClassifyRequest] = []
+        self.batch_records: list[BatchRecord] = []
 
     async def submit(self, request: ClassifyRequest, queued: JobEvent, content_type: str) -> None:
         self.published.append(request)
@@ -51,6 +53,9 @@ class Broker:
 
     async def publish_forgotten(self, job_id: str) -> None:
         pass
+
+    async def publish_batch(self, record: BatchRecord) -> None:
+        self.batch_records.append(record)
 
 
 Scenario = Callable[[Any, web.Application, Broker], Awaitable[None]]

@@ -25,7 +25,7 @@ from gateway.clients import owner_of
 from shared import wire
 from shared.messages import BatchRef, ClassifyRequest, JobEvent, new_job_id
 from shared.states import JobStatus
-from shared.topology import REQUESTS_EXCHANGE
+from shared.topology import REPLIES_EXCHANGE, REQUESTS_EXCHANGE
 from tests import api
 from tests.cluster import MODEL, Cluster, read_log
 
@@ -76,6 +76,8 @@ async def _produce(url: str, claims: list[tuple[ClassifyRequest, bytes, str | No
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
         replies = await channel.declare_queue(exclusive=True, auto_delete=True)
+        # Least-privilege replicas reply through imgq.replies, not the default exchange.
+        await replies.bind(REPLIES_EXCHANGE, routing_key=replies.name)
         exchange = await channel.get_exchange(REQUESTS_EXCHANGE, ensure=False)
         for request, body, user_id in claims:
             out = wire.request_message(request, reply_to=replies.name, user_id=user_id)
