@@ -67,6 +67,9 @@ FORGOTTEN_ROUTING_KEY: Final = "job.forgotten"
 # Cancellations only, as a small stream of their own: a replica replays it when it starts,
 # so it also skips jobs that were cancelled before it was running.
 CANCELLATIONS: Final = "imgq.cancellations"
+# A replica that died holding jobs reports them when it starts again (shared.messages.CrashReport).
+# Not under job.*: the event log and the gateways have no use for it.
+CRASHED_ROUTING_KEY: Final = "replica.crashed"
 CANCELLATIONS_ARGUMENTS: Final[dict[str, aio_pika.abc.FieldValue]] = {
     "x-queue-type": "stream",
     # A cancellation matters only until its job leaves the queue.
