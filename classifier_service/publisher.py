@@ -1,0 +1,96 @@
+"""Everything a replica publishes, on the one channel (with publisher confirms) of a session.
+
+Job events (and a final event's reply to its producer's ``reply_to`` queue), dead letters,
+crash reports and heartbeats.  Frames go out in call order, so one job's events reach the log
+in the order they were sent; each send returns its confirm (a future) to wait on when the
+caller needs it, so a batch's confirms can be awaited together, or later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Sequence
+from typing import Protocol
+
+from aio_pika.abc import AbstractIncomingMessage, AbstractMessage
+
+from shared import wire
+from shared.messages import ClassifyRequest, CrashReport, JobEvent, ReplicaHeartbeat
+
+log = logging.getLogger(__name__)
+
+Confirm = asyncio.Future[object]
+
+
+class Exchange(Protocol):
+    """What is used of ``aio_pika.abc.AbstractExchange`` (a stand-in in the unit tests)."""
+
+    def publish(
+        self, message: AbstractMessage, routing_key: str, *, mandatory: bool = ...
+    ) -> Awaitable[object]: ...
+
+
+class Publisher:
+    def __init__(
+        self,
+        events: Exchange,
+        default: Exchange,
+        dead_letters: Exchange,
+        user: str | None,
+    ) -> None:
+        self._events = events
+        self._default = default
+        self._dead_letters = dead_letters
+        # The broker user we are connected as: every message we publish says so (user_id).
+        self._user = user
+
+    def _send(self, exchange: Exchange, out: wire.Outgoing) -> Confirm:
+        # mandatory=False: no gateway may be listening right now, which is not an error.
+        return asyncio.ensure_future(
+            exchange.publish(out.message, out.routing_key, mandatory=False)
+        )
+
+    def event(
+        self,
+        event: JobEvent,
+        message: AbstractIncomingMessage | None = None,
+        request: ClassifyRequest | None = None,
+    ) -> list[Confirm]:
+        """Send ``event`` to the events exchange and, for a final event whose producer asked,
+        to its ``reply_to`` queue.  Returns the confirms to wait for."""
+        sends = [self._send(self._events, wire.event_message(event, user_id=self._user))]
+        if message is not None and request is not None and message.reply_to:
+            if not wire.reply_allowed(message.reply_to):
+                log.warning(
+                    "job %s: not replying to %r (only server-named or direct reply-to queues)",
+                    event.job_id,
+                    message.reply_to,
+                )
+                return sends
+            reply = wire.reply_message(event, message, request.version, user_id=self._user)
+            sends.append(self._send(self._default, reply))
+        return sends
+
+    async def dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
+        """Put ``message`` in the dead-letter queues with ``reason``; returns once confirmed."""
+        out = wire.dead_letter_message(message, reason, user_id=self._user)
+        await confirmed([self._send(self._dead_letters, out)])
+
+    async def crash_report(self, report: CrashReport) -> None:
+        await confirmed(
+            [self._send(self._events, wire.crash_report_message(report, user_id=self._user))]
+        )
+
+    async def heartbeat(self, beat: ReplicaHeartbeat) -> None:
+        await confirmed(
+            [self._send(self._events, wire.heartbeat_message(beat, user_id=self._user))]
+        )
+
+
+async def confirmed(confirms: Sequence[Confirm]) -> None:
+    """Wait for every confirm; then raise the first failure, if any (none left unread)."""
+    outcomes = await asyncio.gather(*confirms, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
