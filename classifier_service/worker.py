@@ -174,8 +174,9 @@ class Replica:
         stopped = asyncio.create_task(self._stopping.wait())
         died = asyncio.create_task(self._died.wait())
         await asyncio.wait({stopped, died}, return_when=asyncio.FIRST_COMPLETED)
-        stopped.cancel()
-        died.cancel()
+        for waiter in (stopped, died):
+            waiter.cancel()
+        await asyncio.gather(stopped, died, return_exceptions=True)
         if self._died.is_set():
             status = DIED
         else:
