@@ -214,12 +214,12 @@ class Replica:
             self._idle.clear()
             self._busy = True
             try:
-                await self.process(batch)
+                await self._process(batch)
             finally:
                 self._busy = False
                 self.progress.moved()
 
-    async def process(self, batch: Sequence[AbstractIncomingMessage]) -> None:
+    async def _process(self, batch: Sequence[AbstractIncomingMessage]) -> None:
         """Admit each delivery, then run each model's jobs: a suspect (one that crashed a
         replica before) alone, the rest together."""
         runs: dict[str, list[Admitted]] = {}
