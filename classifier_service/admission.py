@@ -117,7 +117,7 @@ class Admission:
     ) -> None:
         """The job's failed event, confirmed, so the client reads the replica's own reason.
         Should it not go out, the dead letter still does, and the gateways fail the job from
-        that (with the reason the dead letter carries)."""
+        that."""
         event = JobEvent.for_request(request, JobStatus.FAILED).advance(
             JobStatus.FAILED, finished_at=time.time(), replica=self._replica_id, error=failure
         )

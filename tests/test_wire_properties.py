@@ -224,6 +224,10 @@ def _parses_or_message_error(incoming: Incoming) -> None:
         except MessageError:
             continue
         assert isinstance(parsed, ClassifyRequest | wire.RequestInfo)
+        if isinstance(parsed, ClassifyRequest):
+            # What a replica sends about an accepted request can always be built.
+            started = JobEvent.for_request(parsed, JobStatus.STARTED)
+            assert JobEvent.from_json(wire.event_message(started).message.body) == started
     # Never fails at all: a malformed context costs only the trace.
     assert isinstance(wire.trace_headers(_message(incoming)), dict)
     reason = wire.dead_letter_reason(_message(incoming))
