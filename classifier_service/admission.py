@@ -27,7 +27,7 @@ from classifier_service.acks import AckBook
 from classifier_service.inbox import channel_open
 from classifier_service.metrics import ReplicaMetrics
 from classifier_service.notices import Notices
-from classifier_service.publisher import Publisher, confirmed
+from classifier_service.publisher import Publisher
 from shared import wire
 from shared.errors import MessageError, UnknownModel
 from shared.logs import job_fields
@@ -122,7 +122,8 @@ class Admission:
             JobStatus.FAILED, finished_at=time.time(), replica=self._replica_id, error=failure
         )
         try:
-            await confirmed(self._connected().event(event, message, request))
+            publisher = self._connected()
+            await publisher.confirmed(publisher.event(event, message, request))
         except Exception as exc:
             log.warning("job %s: failed event not published: %r", request.job_id, exc)
 

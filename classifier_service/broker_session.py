@@ -79,7 +79,11 @@ class ReplicaSession:
         try:
             channel, topology = await self._open_topology(connection, lost)
             publisher = Publisher(
-                topology.events, channel.default_exchange, topology.dead_letters, broker_user(url)
+                topology.events,
+                channel.default_exchange,
+                topology.dead_letters,
+                broker_user(url),
+                lost,
             )
             await self._follow_notices(connection, lost)
             await self._report_crash(publisher)

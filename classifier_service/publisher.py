@@ -22,6 +22,17 @@ log = logging.getLogger(__name__)
 
 Confirm = asyncio.Future[object]
 
+# A confirm the broker owes for longer than this will not come: RabbitMQ 3.10 can drop the
+# confirms of messages routed to a stream whose leader node was killed, with the channel open
+# and nothing else wrong.  The session is then given up (its deliveries go back to the queue,
+# its results are sent again by whoever takes them) rather than wait for ever.  Far above
+# what a loaded cluster takes to confirm, far below the stall limit.
+CONFIRM_TIMEOUT = 30.0
+
+
+class ConfirmTimeout(ConnectionError):
+    """The broker did not confirm in time: the session is over."""
+
 
 class Exchange(Protocol):
     """What is used of ``aio_pika.abc.AbstractExchange`` (a stand-in in the unit tests)."""
@@ -38,12 +49,17 @@ class Publisher:
         default: Exchange,
         dead_letters: Exchange,
         user: str | None,
+        lost: asyncio.Event,
+        confirm_timeout: float = CONFIRM_TIMEOUT,
     ) -> None:
         self._events = events
         self._default = default
         self._dead_letters = dead_letters
         # The broker user we are connected as: every message we publish says so (user_id).
         self._user = user
+        # Set to end the session this publisher belongs to.
+        self._lost = lost
+        self._confirm_timeout = confirm_timeout
 
     def _send(self, exchange: Exchange, out: wire.Outgoing) -> Confirm:
         # mandatory=False: no gateway may be listening right now, which is not an error.
@@ -75,22 +91,31 @@ class Publisher:
     async def dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
         """Put ``message`` in the dead-letter queues with ``reason``; returns once confirmed."""
         out = wire.dead_letter_message(message, reason, user_id=self._user)
-        await confirmed([self._send(self._dead_letters, out)])
+        await self.confirmed([self._send(self._dead_letters, out)])
 
     async def crash_report(self, report: CrashReport) -> None:
-        await confirmed(
-            [self._send(self._events, wire.crash_report_message(report, user_id=self._user))]
-        )
+        out = wire.crash_report_message(report, user_id=self._user)
+        await self.confirmed([self._send(self._events, out)])
 
     async def heartbeat(self, beat: ReplicaHeartbeat) -> None:
-        await confirmed(
-            [self._send(self._events, wire.heartbeat_message(beat, user_id=self._user))]
-        )
+        out = wire.heartbeat_message(beat, user_id=self._user)
+        await self.confirmed([self._send(self._events, out)])
 
-
-async def confirmed(confirms: Sequence[Confirm]) -> None:
-    """Wait for every confirm; then raise the first failure, if any (none left unread)."""
-    outcomes = await asyncio.gather(*confirms, return_exceptions=True)
-    for outcome in outcomes:
-        if isinstance(outcome, BaseException):
-            raise outcome
+    async def confirmed(self, confirms: Sequence[Confirm]) -> None:
+        """Wait for every confirm, then raise the first failure, if any (none left unread);
+        ``ConfirmTimeout``, and the session ended, if they do not all come in time."""
+        try:
+            outcomes = await asyncio.wait_for(
+                asyncio.gather(*confirms, return_exceptions=True), self._confirm_timeout
+            )
+        except TimeoutError:
+            log.error(
+                "the broker did not confirm %d message(s) within %g s; starting a new session",
+                len(confirms),
+                self._confirm_timeout,
+            )
+            self._lost.set()
+            raise ConfirmTimeout("the broker did not confirm in time") from None
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome

@@ -26,7 +26,7 @@ from classifier_service.inference import classify_batch, configure_threads, warm
 from classifier_service.journal import Journal
 from classifier_service.metrics import ReplicaMetrics
 from classifier_service.models import LoadedModel
-from classifier_service.publisher import Confirm, Publisher, confirmed
+from classifier_service.publisher import Confirm, Publisher
 from classifier_service.settings import ClassifierSettings
 from shared import tracing, wire
 from shared.errors import ImgqError, JobTimedOut
@@ -125,13 +125,17 @@ class BatchRunner:
         for final, job in zip(finals, jobs, strict=True):
             with traces.publishing(final):  # the final event carries this span's context
                 confirms += publisher.event(final, job.message, job.request)
-        await self._settle(jobs, finals, confirms)
+        await self._settle(jobs, finals, publisher, confirms)
 
     async def _settle(
-        self, jobs: Sequence[Admitted], finals: Sequence[JobEvent], confirms: list[Confirm]
+        self,
+        jobs: Sequence[Admitted],
+        finals: Sequence[JobEvent],
+        publisher: Publisher,
+        confirms: list[Confirm],
     ) -> None:
         """One wait for the whole batch's confirms (started and final), then its acks."""
-        await confirmed(confirms)
+        await publisher.confirmed(confirms)
         await self._acks.ack_batch([job.message for job in jobs])
         self.jobs_done += len(jobs)
         for final in finals:

@@ -102,13 +102,19 @@ class FakeBroker:
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
+        self.lost = asyncio.Event()
         self.channel = FakeChannel(self)
         self.events = FakeExchange("imgq.events", self)
         self.default = FakeExchange("", self)
         self.dead_letters = FakeExchange("imgq.dead-letter", self)
 
-    def publisher(self, user: str | None = "imgq-classifier") -> Publisher:
-        return Publisher(self.events, self.default, self.dead_letters, user)
+    def publisher(
+        self, user: str | None = "imgq-classifier", confirm_timeout: float = GIVE_UP
+    ) -> Publisher:
+        """A publisher on this broker; ``self.lost`` is set when it gives the session up."""
+        return Publisher(
+            self.events, self.default, self.dead_letters, user, self.lost, confirm_timeout
+        )
 
     def delivery(
         self, message: aio_pika.Message, *, redelivered: bool = False, routing_key: str = "classify"
@@ -194,15 +200,16 @@ class FakeSessions:
     """The replica's broker sessions (``classifier_service.worker.Sessions``), on a fake broker:
     one session, attached and consuming until the replica stops consuming."""
 
-    def __init__(self, replica: Any, broker: FakeBroker) -> None:
+    def __init__(self, replica: Any, broker: FakeBroker, confirm_timeout: float = GIVE_UP) -> None:
         self._replica = replica
         self._broker = broker
+        self._confirm_timeout = confirm_timeout
         self.consuming = False
         self.ready = asyncio.Event()
         self.stopped = asyncio.Event()
 
     async def run(self) -> None:
-        self._replica.attach(self._broker.publisher())
+        self._replica.attach(self._broker.publisher(confirm_timeout=self._confirm_timeout))
         self.consuming = True
         self.ready.set()
         await asyncio.Event().wait()

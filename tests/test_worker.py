@@ -142,6 +142,31 @@ def test_a_job_is_acked_only_once_its_results_are_confirmed(tmp_path: Path) -> N
     _run(scenario)
 
 
+def test_a_confirm_that_never_comes_ends_the_session_and_gives_the_job_back(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        broker = FakeBroker()
+        sessions: list[FakeSessions] = []
+        replica = Replica(
+            _settings(tmp_path),
+            {MODEL: _model()},
+            classify=Inference(),
+            sessions=lambda r: sessions.append(FakeSessions(r, broker, 0.2)) or sessions[0],
+        )
+        running = asyncio.create_task(replica.run())
+        await sessions[0].ready.wait()
+        broker.holding_confirms = True  # they never come
+        await sessions[0].deliver(broker.request(_job()))
+        await broker.join()
+        assert broker.lost.is_set(), "the session was not given up"
+        assert broker.settled == {1: ("nack", True)}  # back to the queue, never acked
+        replica.stop()
+        assert await running == 0
+
+    asyncio.run(scenario())
+
+
 def test_a_full_batch_is_one_forward_pass_and_one_multiple_ack(tmp_path: Path) -> None:
     inference = Inference()
 
