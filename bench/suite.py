@@ -36,6 +36,7 @@ from bench.load import LoadResult
 from bench.machine import CpuMeter, ForeignLoad
 from bench.photos import image_files, read_labels
 from bench.precision import PrecisionResult
+from classifier_service.health import readiness
 from compose.broker import BrokerNode, start_cluster
 from compose.stack import (
     ManagedProcess,
@@ -202,10 +203,10 @@ def _start_replicas(
         stack.start_replica(f"{tag}-{i + 1}", threads=threads, env=options.replica_env)
         for i in range(count)
     ]
-    # Each replica touches its health file once its first heartbeat is on the broker, which
-    # is after its models are loaded and warm: a stale registration cannot fool this.
+    # Each replica's health file says ready once it consumes, which is after its models are
+    # loaded and warm: a stale registration cannot fool this.
     health = [stack.log_dir / f"{r.name}.alive" for r in replicas]
-    wait_until(lambda: all(p.exists() for p in health), REPLICA_START_TIMEOUT, replicas)
+    wait_until(lambda: all(readiness(p) is None for p in health), REPLICA_START_TIMEOUT, replicas)
     wait_replicas_online(base_url, count, 60)
     return replicas
 

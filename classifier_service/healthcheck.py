@@ -1,30 +1,38 @@
-"""Container health check: ``python -m classifier_service.healthcheck``.
+"""Container health check: ``python -m classifier_service.healthcheck [--live | --ready]``.
 
-Healthy while the replica's heartbeat loop keeps touching its health file, which it
-does only after a heartbeat reached the broker.  Imports no torch: it runs often.
+``--live`` (the default): the replica's loop is alive and it is not stalled: restart it when
+this fails.  ``--ready``: alive, connected to the broker and consuming: send it no work (and
+do not count it in a rollout) while this fails, but do not restart it for that.  Both read the
+health file the replica rewrites every heartbeat interval (``classifier_service/health.py``);
+exit status 0 = yes, 1 = no, with the reason on stderr.  Imports no torch: it runs often.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
-import time
+from collections.abc import Sequence
 from pathlib import Path
 
-from shared.settings import env_float, env_str, process_env
+from classifier_service.health import liveness, readiness
+from shared.settings import env_str, process_env
 
 
-def main() -> int:
-    env = process_env()
-    path = Path(env_str(env, "IMGQ_HEALTH_FILE", "/tmp/imgq-classifier.alive"))
-    # Three missed heartbeats in a row mean the replica is stuck or cut off from the broker.
-    max_age = 3 * env_float(env, "IMGQ_HEARTBEAT_INTERVAL", 5.0, minimum=0.1)
-    try:
-        age = time.time() - path.stat().st_mtime
-    except FileNotFoundError:
-        print(f"unhealthy: {path} does not exist", file=sys.stderr)
-        return 1
-    if age > max_age:
-        print(f"unhealthy: last heartbeat {age:.0f} s ago (limit {max_age:.0f} s)", file=sys.stderr)
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m classifier_service.healthcheck",
+        description="Is the classifier replica alive (the default), or ready for work?",
+    )
+    probe = parser.add_mutually_exclusive_group()
+    probe.add_argument("--live", action="store_true", help="liveness (the default)")
+    probe.add_argument("--ready", action="store_true", help="readiness")
+    args = parser.parse_args(argv)
+    # The same variable, and default, as the replica's settings (classifier_service/settings.py);
+    # not imported from there, which would load far more than a probe needs.
+    path = Path(env_str(process_env(), "IMGQ_HEALTH_FILE", "/tmp/imgq-classifier.alive"))
+    problem = readiness(path) if args.ready else liveness(path)
+    if problem is not None:
+        print(f"{'not ready' if args.ready else 'unhealthy'}: {problem}", file=sys.stderr)
         return 1
     return 0
 

@@ -80,7 +80,23 @@ _HEALTH_FILE = variable(
     "IMGQ_HEALTH_FILE",
     "/tmp/imgq-classifier.alive",
     CLASSIFIER,
-    "touched after each heartbeat the broker took; the container health check reads it",
+    "rewritten every heartbeat interval, broker or not, with the replica's state: "
+    "`python -m classifier_service.healthcheck` (alive) and `--ready` read it",
+)
+_STALL_TIMEOUT = variable(
+    "IMGQ_STALL_TIMEOUT",
+    180.0,
+    CLASSIFIER,
+    "seconds a replica may hold work without progress before it reports itself stalled "
+    "(unhealthy: its supervisor restarts it); keep it well above `IMGQ_JOB_TIME_LIMIT`",
+)
+_JOURNAL_FILE = variable(
+    "IMGQ_JOURNAL_FILE",
+    None,
+    CLASSIFIER,
+    "the jobs the replica is running, kept across its restarts (on the same filesystem) so "
+    "that a job that keeps crashing replicas is stopped",
+    shown="`$IMGQ_HEALTH_FILE.jobs`",
 )
 _DRAIN_TIMEOUT = variable(
     "IMGQ_DRAIN_TIMEOUT",
@@ -197,6 +213,9 @@ class ClassifierSettings:
     batch_wait: float
     heartbeat_interval: float
     health_file: str
+    # Where the jobs in hand are journalled (classifier_service/journal.py): it must outlive
+    # the process, on whatever its supervisor keeps across a restart.
+    journal_file: Path
     # On SIGTERM, in-flight jobs get this long to finish before they are requeued.
     drain_timeout: float
     queue_bounds: QueueBounds
@@ -233,6 +252,9 @@ class ClassifierSettings:
     # and the replica goes on with a fresh inference thread: a picture that takes minutes to
     # decode must not stop a replica.
     job_time_limit: float = _JOB_TIME_LIMIT.default
+    # Holding work with no progress for this long, the replica reports itself stalled
+    # (classifier_service/health.py): alive by its heartbeats, useless all the same.
+    stall_timeout: float = _STALL_TIMEOUT.default
     # OpenTelemetry (shared/tracing.py): off unless asked for.
     tracing: TracingSettings = field(default_factory=TracingSettings)
     logs: LogSettings = field(default_factory=LogSettings)
@@ -245,6 +267,7 @@ class ClassifierSettings:
     @classmethod
     def from_env(cls, env: Environ) -> ClassifierSettings:
         models = catalog_models(env)
+        health_file = env_str(env, _HEALTH_FILE.name, _HEALTH_FILE.default)
         return cls(
             torchvision_models=_torchvision_models(env),
             weights_dir=Path(env_str(env, _WEIGHTS_DIR.name, str(default_weights_dir(env)))),
@@ -260,7 +283,9 @@ class ClassifierSettings:
             heartbeat_interval=env_float(
                 env, _HEARTBEAT_INTERVAL.name, _HEARTBEAT_INTERVAL.default, minimum=0.1
             ),
-            health_file=env_str(env, _HEALTH_FILE.name, _HEALTH_FILE.default),
+            health_file=health_file,
+            journal_file=Path(env_str(env, _JOURNAL_FILE.name, f"{health_file}.jobs")),
+            stall_timeout=env_float(env, _STALL_TIMEOUT.name, _STALL_TIMEOUT.default, minimum=1),
             drain_timeout=env_float(env, _DRAIN_TIMEOUT.name, _DRAIN_TIMEOUT.default),
             job_time_limit=env_float(
                 env, _JOB_TIME_LIMIT.name, _JOB_TIME_LIMIT.default, minimum=0.1

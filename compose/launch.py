@@ -2,8 +2,10 @@
 
 A private RabbitMQ node (or ``--broker-nodes 3``: a cluster of three), the gateway and
 classifier replicas (two by default), then the page's URL.  While it runs it supervises
-them like compose's ``restart: unless-stopped`` (compose/supervise.py): whatever dies is
-started again.  Only Ctrl-C (or SIGTERM) stops everything this started.
+them as compose's ``restart: unless-stopped`` and Kubernetes' liveness probes would
+(compose/supervise.py): whatever dies, or runs without being alive (a replica stalled, a
+gateway that does not answer ``/healthz``), is started again; what is only unready (the broker
+is down) is left alone.  Only Ctrl-C (or SIGTERM) stops everything this started.
 """
 
 from __future__ import annotations

@@ -18,9 +18,13 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from classifier_service.health import liveness as replica_liveness
 from compose.broker import free_port
 
 REPO = Path(__file__).resolve().parent.parent
+# A liveness probe that takes longer failed (a kubelet's default is 1 s; a loaded laptop
+# deserves more).
+PROBE_TIMEOUT = 3.0
 
 
 @dataclass
@@ -57,6 +61,30 @@ class ManagedProcess:
     def log_tail(self, chars: int = 4000) -> str:
         return self.log_file.read_text(errors="replace")[-chars:]
 
+    def liveness(self) -> str | None:
+        """Why this running process is not alive, or None when it is: what Kubernetes' liveness
+        probes ask.  A replica: its health file is fresh and it is not stalled (the same logic
+        as ``python -m classifier_service.healthcheck``); a gateway: ``GET /healthz`` answers.
+        Neither depends on the broker."""
+        if self.module == "classifier_service":
+            return replica_liveness(Path(self.env["IMGQ_HEALTH_FILE"]))
+        if self.module == "gateway":
+            host = self.env.get("IMGQ_HTTP_HOST", "127.0.0.1")
+            if host in ("0.0.0.0", "::", ""):
+                host = "127.0.0.1"
+            return _http_ok(f"http://{host}:{self.env['IMGQ_HTTP_PORT']}/healthz")
+        return None
+
+
+def _http_ok(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT) as response:
+            return None if response.status == 200 else f"{url} answered {response.status}"
+    except urllib.error.HTTPError as exc:
+        return f"{url} answered {exc.code}"
+    except OSError as exc:
+        return f"{url} did not answer: {exc!r}"
+
 
 def threads_per_replica(replicas: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, replicas))
@@ -74,6 +102,10 @@ class Stack:
         """Start a process that exited again, as it was started (same name, port, env)."""
         if dead in self.processes:
             self.processes.remove(dead)
+        if "IMGQ_HEALTH_FILE" in dead.env:
+            # What the dead one last wrote says nothing about its successor (its journal, of
+            # the jobs it died running, stays: the successor reports them).
+            Path(dead.env["IMGQ_HEALTH_FILE"]).unlink(missing_ok=True)
         return self._spawn(dead.name, dead.module, {**dead.env, **extra_env})
 
     def _spawn(self, name: str, module: str, env: dict[str, str]) -> ManagedProcess:

@@ -45,8 +45,6 @@ def failed_event(message: AbstractIncomingMessage) -> JobEvent | None:
     """The "failed" event of the dead-lettered request ``message``, or None when it names no
     job.  A version 2 request's job is read from its properties and headers: the image, which
     may be anything a producer sent, is never decoded here."""
-    headers = message.headers or {}
-    reason = str(headers.get("x-first-death-reason", "unknown"))
     try:
         info: wire.RequestInfo | None = wire.request_info(message)
     except MessageError:
@@ -55,7 +53,7 @@ def failed_event(message: AbstractIncomingMessage) -> JobEvent | None:
     if not is_job_id(job_id):
         return None
     assert job_id is not None
-    explanation = _REASONS.get(reason, reason)
+    explanation = _explanation(message)
     return JobEvent(
         job_id,
         JobStatus.FAILED,
@@ -71,6 +69,16 @@ def failed_event(message: AbstractIncomingMessage) -> JobEvent | None:
         finished_at=time.time(),
         error=JobFailure("dead_lettered", f"the job was dead-lettered: {explanation}"),
     )
+
+
+def _explanation(message: AbstractIncomingMessage) -> str:
+    """Why: the reason a replica gave when it dead-lettered the request itself (a header of its
+    own, ``wire.dead_letter_reason``), else the broker's ``x-first-death-reason``."""
+    given = wire.dead_letter_reason(message)
+    if given is not None:
+        return given
+    reason = str((message.headers or {}).get("x-first-death-reason", "unknown"))
+    return _REASONS.get(reason, reason)
 
 
 class DeadLetters:
@@ -105,9 +113,9 @@ class DeadLetters:
                 await _settle(message.reject(requeue=False), "reject")
                 return
             log.warning(
-                "job %s dead-lettered (%s)",
+                "job %s dead-lettered: %s",
                 event.job_id,
-                (message.headers or {}).get("x-first-death-reason", "unknown"),
+                _explanation(message),
                 extra=job_fields(event.job_id, event.model),
             )
         self._metrics.dead_lettered.inc()

@@ -28,6 +28,7 @@ async def status(request: web.Request) -> web.Response:
                     "busy": beat.busy,
                     "last_seen": beat.at,
                     "restarts": beat.restarts,
+                    "stalled": beat.stalled,
                 }
                 for beat in replicas
             ],

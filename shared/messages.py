@@ -16,8 +16,8 @@ still has everything it needs to answer for it.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
+import math
 import re
 import uuid
 from dataclasses import dataclass, field, replace
@@ -35,6 +35,7 @@ V1 = 1
 READABLE_VERSIONS = frozenset({V1, SCHEMA_VERSION})
 JSON = "application/json"
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+_BATCH_REF = re.compile(r"([0-9a-f]{32})/([0-9]{1,6})/([0-9]{1,6})")
 # Names are shown on pages and kept per job: long enough for any real file name or model
 # name, short enough that a producer cannot make every job's record large.
 MAX_NAME_CHARS = 200
@@ -57,7 +58,9 @@ def _load(body: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise MessageError("body must be a JSON object")
     version = data.get("v")
-    if isinstance(version, bool) or version not in READABLE_VERSIONS:
+    # The type first (an int, not a bool): an unhashable value (a list, an object) cannot even
+    # be looked up in the set.
+    if type(version) is not int or version not in READABLE_VERSIONS:
         raise MessageError(
             f"unsupported schema version {version!r}; expected one of {sorted(READABLE_VERSIONS)}"
         )
@@ -90,7 +93,19 @@ def _opt_float(data: dict[str, Any], key: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise MessageError(f"{key!r} must be a number or null")
-    return float(value)
+    return finite(value, key)
+
+
+def finite(value: int | float, key: str) -> float:
+    """``value`` as a float, refusing what has none (an integer past 1e308) or is no time or
+    count at all (NaN, the infinities)."""
+    try:
+        number = float(value)
+    except OverflowError:
+        raise MessageError(f"{key!r} is too large") from None
+    if not math.isfinite(number):
+        raise MessageError(f"{key!r} must be a finite number")
+    return number
 
 
 def _opt_str(data: dict[str, Any], key: str) -> str | None:
@@ -155,7 +170,7 @@ class ClassifyRequest:
             )
         try:
             image = base64.b64decode(_str_unbounded(data, "image_b64"), validate=True)
-        except binascii.Error as exc:
+        except ValueError as exc:  # binascii.Error, or a str with non-ASCII characters
             raise MessageError(f"'image_b64' is not base64: {exc}") from None
         queued_at = _opt_float(data, "queued_at")
         if queued_at is None:
@@ -202,15 +217,12 @@ class BatchRef:
     def parse(cls, raw: object) -> BatchRef | None:
         if raw is None:
             return None
-        parts = raw.split("/") if isinstance(raw, str) else []
-        if (
-            len(parts) != 3
-            or not is_job_id(parts[0])
-            or not all(p.isdigit() and len(p) <= 6 for p in parts[1:])
-            or not int(parts[1]) < int(parts[2])
-        ):
-            raise MessageError(f"'batch' must be '<32 hex>/<index>/<size>', got {raw!r}")
-        return cls(parts[0], int(parts[1]), int(parts[2]))
+        # ASCII digits only: str.isdigit() also passes superscripts and other scripts' digits,
+        # some of which int() then refuses.
+        match = _BATCH_REF.fullmatch(raw) if isinstance(raw, str) else None
+        if match is None or not int(match[2]) < int(match[3]):
+            raise MessageError(f"'batch' must be '<32 hex>/<index>/<size>', got {raw!r:.100}")
+        return cls(match[1], int(match[2]), int(match[3]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,8 +333,8 @@ class JobEvent:
             failure = (
                 None if error is None else JobFailure(str(error["code"]), str(error["message"]))
             )
-        except (TypeError, KeyError, ValueError) as exc:
-            raise MessageError(f"malformed result or error: {exc!r}") from None
+        except (TypeError, KeyError, ValueError, OverflowError) as exc:
+            raise MessageError(f"malformed result or error: {exc!r:.200}") from None
         return cls(
             job_id=_job_id(data),
             status=status,
@@ -455,6 +467,9 @@ class ReplicaHeartbeat:
     model_info: dict[str, AnnouncedModel] = field(default_factory=dict)
     # How often a supervisor (the local launcher) restarted this replica; 0 elsewhere.
     restarts: int = 0
+    # Holding work and making no progress for longer than its IMGQ_STALL_TIMEOUT: alive (its
+    # loop sends this) but stuck, and reported unhealthy until it moves again or is restarted.
+    stalled: bool = False
 
     def to_json(self) -> bytes:
         return orjson.dumps(
@@ -479,6 +494,7 @@ class ReplicaHeartbeat:
                     for key, info in self.model_info.items()
                 },
                 "restarts": self.restarts,
+                "stalled": self.stalled,
             }
         )
 
@@ -493,6 +509,9 @@ class ReplicaHeartbeat:
         jobs_done = data.get("jobs_done")
         if interval is None or at is None or not isinstance(jobs_done, int):
             raise MessageError("'interval', 'at' and 'jobs_done' are required numbers")
+        stalled = data.get("stalled", False)  # older replicas do not say
+        if not isinstance(stalled, bool):
+            raise MessageError("'stalled' must be true or false")
         return cls(
             replica=_str(data, "replica"),
             models=tuple(models),
@@ -502,6 +521,51 @@ class ReplicaHeartbeat:
             at=at,
             model_info=_model_info(data.get("model_info")),
             restarts=_count(data.get("restarts")),
+            stalled=stalled,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CrashReport:
+    """A replica that died holding jobs says so when it starts again (from its journal,
+    ``classifier_service/journal.py``): each of these jobs was running when that replica's
+    process ended without settling it.  Every replica counts the reports per job, and a job
+    reported ``CRASH_LIMIT`` times is dead-lettered as poison (``shared/topology.py``).
+
+    ``life`` names the process that died (a fresh random ID per start), so a report sent twice
+    (its sender died again before clearing its journal) counts once.
+    """
+
+    replica: str
+    life: str
+    jobs: tuple[str, ...]
+    at: float
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "v": SCHEMA_VERSION,
+                "replica": self.replica,
+                "life": self.life,
+                "jobs": list(self.jobs),
+                "at": self.at,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, body: bytes) -> CrashReport:
+        data = _load(body)
+        jobs = data.get("jobs")
+        if not isinstance(jobs, list) or not all(is_job_id(job) for job in jobs):
+            raise MessageError("'jobs' must be a list of job IDs")
+        at = _opt_float(data, "at")
+        if at is None:
+            raise MessageError("'at' must be a number")
+        return cls(
+            replica=_str(data, "replica"),
+            life=_str(data, "life"),
+            jobs=tuple(jobs),
+            at=at,
         )
 
 

@@ -75,9 +75,13 @@ FORGOTTEN_ROUTING_KEY: Final = "job.forgotten"
 # A batch's members, when their own events cannot say (shared/messages.py, BatchRecord): not a
 # job status, but under ``job.`` so that the event log's binding takes it in.
 BATCH_ROUTING_KEY: Final = "job.batch"
-# Cancellations only, as a small stream of their own: a replica replays it when it starts,
-# so it also skips jobs that were cancelled before it was running.
+# What every replica must know about a job before it runs it, as a small stream of its own
+# that each replica replays when it starts and then follows: the job was cancelled while queued
+# (skip it), or a replica died running it (see CRASH_LIMIT).  Named for the first of the two.
 CANCELLATIONS: Final = "imgq.cancellations"
+# A replica that died holding jobs reports them when it starts again (shared.messages.CrashReport).
+# Not under job.*: the event log and the gateways have no use for it.
+CRASHED_ROUTING_KEY: Final = "replica.crashed"
 CANCELLATIONS_ARGUMENTS: Final[dict[str, aio_pika.abc.FieldValue]] = {
     "x-queue-type": "stream",
     # A cancellation matters only until its job leaves the queue.
@@ -90,9 +94,26 @@ CANCELLATIONS_ARGUMENTS: Final[dict[str, aio_pika.abc.FieldValue]] = {
 EVENT_LOG: Final = "imgq.events.log"
 MARKER_PATTERN: Final = "marker.*"
 
-# A job whose delivery kills replicas again and again stops being redelivered after this
-# many attempts and is dead-lettered instead of taking the whole fleet down.
-DELIVERY_LIMIT: Final = 3
+# Poison: a job that crashed replicas (killed the process running it, or stalled it until it
+# was restarted) this many times is dead-lettered by the next replica it reaches, instead of
+# taking the fleet down.  Only crashes count, never redeliveries caused by the infrastructure
+# (a broker node restarting, a connection lost, a replica draining): those leave no crash.
+#
+# How crashes are counted: a replica journals the jobs it runs (classifier_service/journal.py:
+# written before inference, cleared once they are settled) in a file that outlives its process
+# (the launcher, compose and a Kubernetes container restart keep the same filesystem or
+# emptyDir).  Started again after dying, it publishes the jobs it died holding as a CrashReport
+# to the cancellations stream (CRASHED_ROUTING_KEY), which every replica follows and counts per
+# job.  A redelivered job with a crash on record runs alone, in a batch of one, so that no
+# innocent batch-mate is blamed with it; at CRASH_LIMIT it is not run again.  A job that merely
+# runs too long fails by itself (IMGQ_JOB_TIME_LIMIT) and crashes nothing.
+CRASH_LIMIT: Final = 3
+# The quorum queues' own count (x-delivery-limit) counts every return of a message to its queue,
+# however caused: three broker restarts under load were enough to dead-letter a healthy job at
+# the limit of 3 this used to be.  It stays only as a far-off backstop, for poison whose crashes
+# go unreported (a replica that never starts again on the same filesystem).  RabbitMQ refuses
+# to redeclare a queue with another x-delivery-limit: see "Upgrading" in the README.
+DELIVERY_LIMIT: Final = 20
 
 # The tunable arguments below are part of each queue's declaration: every service that
 # declares the topology (and the setup step) must be given the same values.
@@ -263,6 +284,8 @@ class Topology:
     # so reaches reply queues that were never bound to imgq.replies), imgq.replies for a
     # least-privilege one (find_topology).
     replies: AbstractExchange
+    # Where a replica republishes a request it dead-letters itself, with its reason.
+    dead_letters: AbstractExchange
 
 
 async def declare_topology(channel: AbstractChannel, bounds: QueueBounds) -> Topology:
@@ -299,6 +322,7 @@ async def declare_topology(channel: AbstractChannel, bounds: QueueBounds) -> Top
         arguments={**CANCELLATIONS_ARGUMENTS, **bounds.replication.stream()},
     )
     await cancellations.bind(events, CANCELLED_ROUTING_KEY)
+    await cancellations.bind(events, CRASHED_ROUTING_KEY)
     queue = await channel.declare_queue(REQUESTS_QUEUE, durable=True, arguments=bounds.arguments())
     await queue.bind(unrouted)
     # Before model queues, this queue was bound to the requests exchange directly; that binding
@@ -310,6 +334,7 @@ async def declare_topology(channel: AbstractChannel, bounds: QueueBounds) -> Top
         requests_queue=queue,
         router=router,
         replies=channel.default_exchange,
+        dead_letters=dead,
     )
 
 
@@ -345,6 +370,7 @@ async def find_topology(channel: AbstractChannel) -> Topology:
         requests_queue=await channel.get_queue(REQUESTS_QUEUE),
         router=await channel.get_exchange(MODEL_ROUTER),
         replies=await channel.get_exchange(REPLIES_EXCHANGE),
+        dead_letters=await channel.get_exchange(DEAD_LETTER_EXCHANGE),
     )
 
 

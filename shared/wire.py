@@ -35,6 +35,7 @@ from shared.messages import (
     BatchRecord,
     BatchRef,
     ClassifyRequest,
+    CrashReport,
     JobEvent,
     JobForgotten,
     ReplicaHeartbeat,
@@ -44,6 +45,7 @@ from shared.messages import (
 )
 from shared.topology import (
     BATCH_ROUTING_KEY,
+    CRASHED_ROUTING_KEY,
     FORGOTTEN_ROUTING_KEY,
     HEARTBEAT_ROUTING_KEY,
     REQUEST_ROUTING_KEY,
@@ -61,6 +63,12 @@ H_QUEUED_AT_US: Final = "queued_at_us"
 H_IDEMPOTENCY_KEY: Final = "idempotency_key"
 H_OWNER: Final = "owner"
 H_BATCH: Final = "batch"
+# Set by a replica that dead-letters a request itself (republished to the dead-letter exchange,
+# then acked): why, in words.  A request the broker dead-lettered has its x-death headers
+# instead (x-first-death-reason: delivery_limit, rejected, ...).
+H_DEAD_REASON: Final = "dead_reason"
+# Microseconds since 1970 stay below 2**53 until the year 2255: anything larger is no time.
+_MAX_TIME_US: Final = 2**53
 # The content type of a request whose producer did not say what the image is; replicas
 # judge the format from the bytes either way.
 OCTET_STREAM: Final = "application/octet-stream"
@@ -191,8 +199,14 @@ def request_info(message: AbstractIncomingMessage) -> RequestInfo:
     if not is_job_id(message.message_id):
         raise MessageError("the message_id property must be the job ID (32 lowercase hex)")
     queued_at_us = headers.get(H_QUEUED_AT_US)
-    if isinstance(queued_at_us, bool) or not isinstance(queued_at_us, int):
-        raise MessageError(f"header {H_QUEUED_AT_US!r} must be an integer (microseconds)")
+    if (
+        isinstance(queued_at_us, bool)
+        or not isinstance(queued_at_us, int)
+        or abs(queued_at_us) > _MAX_TIME_US
+    ):
+        raise MessageError(
+            f"header {H_QUEUED_AT_US!r} must be an integer (microseconds since 1970)"
+        )
     key = _header_str(headers, H_IDEMPOTENCY_KEY)
     return RequestInfo(
         job_id=checked_job_id(message.message_id),
@@ -226,6 +240,60 @@ def parse_request(message: AbstractIncomingMessage) -> ClassifyRequest:
         batch=info.batch,
         requested_by=info.requested_by,
     )
+
+
+# -- dead letters ----------------------------------------------------------------------------
+
+# The properties a dead letter keeps from its request: all but expiration (it would expire in
+# the dead-letter queue, which has its own age limit) and user_id (the broker refuses a message
+# whose user_id is not the sender's own user: the replica's, now).
+_KEPT_PROPERTIES: Final = (
+    "content_type",
+    "content_encoding",
+    "priority",
+    "correlation_id",
+    "reply_to",
+    "message_id",
+    "timestamp",
+    "type",
+    "app_id",
+)
+# A reason is a sentence; a header is no place for an essay (an exception's repr may be long).
+MAX_REASON_CHARS: Final = 500
+
+
+def dead_letter_message(
+    request: AbstractIncomingMessage, reason: str, *, user_id: str | None = None
+) -> Outgoing:
+    """A request a replica dead-letters itself, for the dead-letter exchange: the request as it
+    came (body, headers, properties) with ``reason`` in its ``dead_reason`` header.
+
+    RabbitMQ's own dead-lettering (reject without requeue) keeps the headers but cannot add
+    one, so an operator reading the dead-letter queue would see only "rejected"; republishing
+    the request there, confirmed, before acking it keeps the reason with the message."""
+    properties = {name: getattr(request, name, None) for name in _KEPT_PROPERTIES}
+    headers: HeadersType = dict(request.headers or {})
+    headers[H_DEAD_REASON] = reason[:MAX_REASON_CHARS]
+    message = aio_pika.Message(
+        request.body,
+        headers=headers,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        user_id=user_id,
+        **properties,
+    )
+    return Outgoing(message, request.routing_key or "")
+
+
+def dead_letter_reason(message: AbstractIncomingMessage) -> str | None:
+    """Why a replica dead-lettered this request, or None: the broker dead-lettered it (its
+    ``x-first-death-reason`` says why), or no replica gave a reason.  Never fails."""
+    headers = message.headers or {}
+    if "x-first-death-reason" in headers or "x-death" in headers:
+        return None  # the header, if any, was the producer's, not a replica's
+    try:
+        return _header_str(headers, H_DEAD_REASON) or None
+    except MessageError:
+        return None
 
 
 # -- events --------------------------------------------------------------------------------
@@ -306,6 +374,22 @@ def heartbeat_message(beat: ReplicaHeartbeat, *, user_id: str | None = None) -> 
 
 def parse_heartbeat(message: AbstractIncomingMessage) -> ReplicaHeartbeat:
     return ReplicaHeartbeat.from_json(message.body)
+
+
+def crash_report_message(report: CrashReport, *, user_id: str | None = None) -> Outgoing:
+    """For the cancellations stream, which every replica follows (``shared/topology.py``)."""
+    message = aio_pika.Message(
+        report.to_json(),
+        content_type=JSON,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        timestamp=time.time(),
+        user_id=user_id,
+    )
+    return Outgoing(message, CRASHED_ROUTING_KEY)
+
+
+def parse_crash_report(message: AbstractIncomingMessage) -> CrashReport:
+    return CrashReport.from_json(message.body)
 
 
 def marker_message(marker: str, *, user_id: str | None = None) -> Outgoing:

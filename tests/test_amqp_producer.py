@@ -24,6 +24,7 @@ from shared import wire
 from shared.messages import (
     BatchRef,
     ClassifyRequest,
+    CrashReport,
     JobEvent,
     ReplicaHeartbeat,
     new_job_id,
@@ -285,6 +286,11 @@ def test_asyncapi_payloads_match_the_messages_field_for_field() -> None:
     body = wire.heartbeat_message(beat).message.body
     assert _errors("ReplicaHeartbeat", body) == []
     assert _properties("ReplicaHeartbeat") == set(orjson.loads(body))
+
+    report = CrashReport("replica-1", "life", (request.job_id,), time.time())
+    body = wire.crash_report_message(report).message.body
+    assert _errors("CrashReport", body) == []
+    assert _properties("CrashReport") == set(orjson.loads(body))
 
 
 def test_asyncapi_schemas_refuse_what_the_parsers_refuse() -> None:

@@ -211,6 +211,23 @@ def test_leader_of_the_work_queue_killed_and_restarted(three: ThreeNodes, figure
     _finish(three, load, thread, figure, f"work-queue leader {leader.name} SIGKILLed", killed)
 
 
+def test_five_node_kills_within_a_minute(three: ThreeNodes, figure: Figure) -> None:
+    """Each kill takes back the jobs held through that node and counts a delivery against
+    each; only a replica's crash may fail a job, so none fails here."""
+    load = Load(three.deployment.urls)
+    thread = load.start()
+    load.wait_accepted(100)
+    started = time.monotonic()
+    nodes = three.brokers.nodes
+    for kill in range(5):
+        # The work queue's leader first (the worst one to lose), then the others in turn.
+        node = three.work_queue_leader() if kill == 0 else nodes[kill % len(nodes)]
+        node.kill()
+        node.start_again()
+    took = time.monotonic() - started
+    _finish(three, load, thread, figure, f"five node kills in {took:.0f} s", started)
+
+
 def test_rolling_restart_of_every_node(three: ThreeNodes, figure: Figure) -> None:
     load = Load(three.deployment.urls)
     thread = load.start()

@@ -16,6 +16,7 @@ from shared import wire
 from shared.errors import BrokerUnavailable
 from shared.messages import BatchRef, JobEvent, ReplicaHeartbeat, new_job_id
 from shared.states import JobStatus
+from shared.topology import DELIVERY_LIMIT
 from tests.fake_log import FakeChannel, notice, request
 from tests.wire_helpers import delivered
 
@@ -54,10 +55,24 @@ def test_a_notice_becomes_the_jobs_failed_event_and_is_acked() -> None:
     assert (event.job_id, event.status, event.model) == (job.job_id, JobStatus.FAILED, job.model)
     assert event.error is not None
     assert event.error.code == "dead_lettered"
-    assert "delivered more than 3 times" in event.error.message
+    assert f"delivered more than {DELIVERY_LIMIT} times" in event.error.message
     assert (event.owner, event.batch, event.idempotency_key) == ("alice", batch, "k")
     # Who published the request, as RabbitMQ checked it: the log decides what to believe.
     assert event.requested_by == "gw"
+    assert channel.settled == [("ack", 1, False)]
+
+
+def test_a_request_a_replica_dead_lettered_itself_says_the_replicas_reason() -> None:
+    channel = FakeChannel()
+    job = wire.request_message(request(), user_id="gw")
+    # What a replica republishes: the request with its reason, and no x-death (it was not
+    # the broker that dead-lettered it).
+    given = wire.dead_letter_message(delivered(job.message, "classify"), "it crashed 3 replicas")
+    publisher = Publisher()
+    _handle(publisher, delivered(given.message, "classify", channel=channel))
+    [event] = publisher.events
+    assert event.error is not None
+    assert event.error.message == "the job was dead-lettered: it crashed 3 replicas"
     assert channel.settled == [("ack", 1, False)]
 
 

@@ -156,7 +156,7 @@ def test_hostile_log_entries_and_notices_are_skipped_and_every_job_is_answered(
     assert "ignoring malformed heartbeat" in logged
     # Each hostile notice was settled one way or another (how depends on what the parser
     # makes of its headers), and the notices consumer went on to the ordinary one.
-    assert "dead-letter notice that cannot be read" in logged or "dead-lettered (" in logged
+    assert "dead-letter notice that cannot be read" in logged or "dead-lettered: " in logged
 
     # A gateway started now replays the whole log, garbage included, and says the same.
     _, late = cluster.start_gateway()

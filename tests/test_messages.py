@@ -13,6 +13,7 @@ from shared.messages import (
     V1,
     AnnouncedModel,
     ClassifyRequest,
+    CrashReport,
     JobEvent,
     JobFailure,
     Label,
@@ -96,6 +97,25 @@ def test_heartbeat_round_trip() -> None:
     info = {"resnet18": AnnouncedModel("ResNet18", 224)}
     beat = ReplicaHeartbeat("r1", ("resnet18",), 3, True, 5.0, 10.0, info)
     assert ReplicaHeartbeat.from_json(beat.to_json()) == beat
+
+
+def test_a_heartbeat_says_whether_its_replica_is_stalled() -> None:
+    beat = ReplicaHeartbeat("r1", ("m",), 0, True, 5.0, 10.0, stalled=True)
+    assert ReplicaHeartbeat.from_json(beat.to_json()).stalled is True
+    data = orjson.loads(beat.to_json())
+    del data["stalled"]  # an older replica's heartbeat
+    assert ReplicaHeartbeat.from_json(orjson.dumps(data)).stalled is False
+    data["stalled"] = "yes"
+    with pytest.raises(MessageError, match="stalled"):
+        ReplicaHeartbeat.from_json(orjson.dumps(data))
+
+
+def test_crash_report_round_trip() -> None:
+    report = CrashReport("r1", "life", (new_job_id(), new_job_id()), 12.5)
+    assert CrashReport.from_json(report.to_json()) == report
+    data = orjson.loads(report.to_json()) | {"jobs": ["../etc"]}
+    with pytest.raises(MessageError, match="jobs"):
+        CrashReport.from_json(orjson.dumps(data))
 
 
 def test_heartbeat_model_info_is_optional_but_checked() -> None:

@@ -616,6 +616,7 @@ def test_events_status_and_metrics_media_types() -> None:
                 "busy": False,
                 "last_seen": 1764072000.0,
                 "restarts": 0,
+                "stalled": False,
             }
         ],
         "queue_depth": None,

@@ -147,6 +147,33 @@ def test_a_dead_letter_names_its_job_without_reading_the_image() -> None:
     )
 
 
+def test_a_replica_dead_letters_a_request_as_it_came_with_its_reason() -> None:
+    request = _request()
+    sent = wire.request_message(request, content_type="image/png", reply_to="amq.gen-r").message
+    incoming = delivered(sent, routing_key="classify")
+    out = wire.dead_letter_message(incoming, "unreadable: 'model' is wrong", user_id="imgq-c")
+    assert out.message.body == IMAGE
+    assert out.message.message_id == request.job_id
+    assert out.message.content_type == "image/png"
+    assert out.message.reply_to == "amq.gen-r"
+    assert out.message.user_id == "imgq-c"
+    assert out.message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+    dead = delivered(out.message)
+    assert wire.dead_letter_reason(dead) == "unreadable: 'model' is wrong"
+    # Its job is still known from it, as from any dead letter.
+    assert wire.request_info(dead).job_id == request.job_id
+    assert len(wire.dead_letter_message(incoming, "x" * 10_000).message.headers["dead_reason"]) == (
+        wire.MAX_REASON_CHARS
+    )
+
+
+def test_a_reason_on_a_request_the_broker_dead_lettered_is_not_a_replicas() -> None:
+    message = _with_headers(dead_reason="a producer wrote this")
+    message.headers = {**(message.headers or {}), "x-first-death-reason": "delivery_limit"}
+    assert wire.dead_letter_reason(delivered(message)) is None
+    assert wire.dead_letter_reason(delivered(_with_headers())) is None
+
+
 def test_log_entries_are_told_apart_by_routing_key() -> None:
     marker = wire.marker_message("abc")
     assert wire.parse_log_entry(delivered(marker.message, marker.routing_key)) == wire.Marker("abc")

@@ -75,7 +75,9 @@ function renderReplicas(replicas) {
     done.dataset.field = "jobs_done";
     const state = document.createElement("td");
     state.dataset.field = "state";
-    state.append(pill(replica.busy ? "busy" : "idle"));
+    // Stalled: holding work and not moving (its supervisor should restart it), whatever
+    // else its heartbeat says.
+    state.append(pill(replica.stalled ? "stalled" : replica.busy ? "busy" : "idle"));
     const seen = cell(ago(replica.last_seen), "num", "Last seen");
     seen.dataset.field = "last_seen";
     if (Number.isFinite(replica.last_seen)) seen.title = new Date(replica.last_seen * 1000).toLocaleString();
