@@ -138,7 +138,7 @@ class ReplicaSession:
     ) -> AbstractQueue:
         """The work queue of a model ID we serve (``name`` and ``name@version``): the broker
         routes each request to its model's queue, so we take only jobs we can do.  Besides
-        these we read the shared queue of unrouted requests (v1 producers).
+        these we read the shared queue of unrouted requests (models with no queue of their own).
 
         Declared even under least privilege (IMGQ_DECLARE_TOPOLOGY=false): which models a
         replica serves is its model repository's business, not the setup step's, so its broker

@@ -86,7 +86,7 @@ class Publisher:
                     message.reply_to,
                 )
                 return sends
-            reply = wire.reply_message(event, message, request.version, user_id=self._user)
+            reply = wire.reply_message(event, message, user_id=self._user)
             sends.append(self._send(self._replies, reply))
         return sends
 

@@ -93,7 +93,10 @@ class BatchRunner:
         started_at = time.time()
         started = [
             JobEvent.for_request(job.request, JobStatus.STARTED).advance(
-                JobStatus.STARTED, started_at=started_at, replica=replica
+                JobStatus.STARTED,
+                started_at=started_at,
+                replica=replica,
+                model_version=model.version,
             )
             for job in jobs
         ]

@@ -16,9 +16,10 @@ import orjson
 from aiohttp import web
 
 from gateway import keys
+from gateway.answers import job_body
 from gateway.context import client_of
 from gateway.store import JobStore
-from gateway.views import job_body, requested_job_id
+from gateway.views import requested_job_id
 from shared.errors import JobGone, JobNotFound
 from shared.messages import JobEvent
 

@@ -119,6 +119,7 @@ class JobStore:
                 batch=event.batch or current.batch,
                 owner=event.owner or current.owner,
                 requested_by=event.requested_by or current.requested_by,
+                model_version=event.model_version or current.model_version,
             )
         self._jobs[event.job_id] = event
         if event.status.is_final:

@@ -179,6 +179,7 @@ class Jobs:
             replica=earlier.replica,
             result=earlier.result,
             reused_from=earlier.job_id,
+            model_version=earlier.model_version,
         )
         await self._broker.publish_event(reused)
         self._metrics.accepted(reused.job_id)

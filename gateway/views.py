@@ -11,6 +11,7 @@ import orjson
 from aiohttp import web
 
 from gateway import intake, keys
+from gateway.answers import job_body
 from gateway.context import client_of, offered
 from gateway.limits import MAX_PIXELS, MAX_UPLOAD_BYTES
 from gateway.settings import GatewaySettings
@@ -24,7 +25,7 @@ from shared.errors import (
     NotFound,
     NotReady,
 )
-from shared.messages import JobEvent, is_job_id
+from shared.messages import is_job_id
 from shared.states import JobStatus
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -148,17 +149,6 @@ def _accepted(request: web.Request, store: JobStore, accepted: Accepted) -> web.
             f"no replica serves {model} right now: the job waits in its queue until one does"
         )
     return json_response(body, status=202, headers=headers)
-
-
-def job_body(store: JobStore, job: JobEvent, *, newest: bool = False) -> dict[str, Any]:
-    body = job.to_dict()
-    if job.status is not JobStatus.QUEUED:
-        body["position"] = None
-    elif newest:
-        body["position"] = store.position_if_newest(job.job_id)
-    else:
-        body["position"] = store.position(job.job_id)
-    return body
 
 
 def requested_job_id(request: web.Request) -> str:

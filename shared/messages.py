@@ -2,11 +2,9 @@
 
 Schema version 2: a ``ClassifyRequest`` travels as the raw image bytes in the AMQP body
 with its metadata in message properties and headers (``shared/wire.py`` builds and parses
-every broker message); every other message body is a JSON object with ``"v"``.  Version 1
-requests (the image base64-encoded inside a JSON body) are still accepted for one version,
-so producers written against the v1 documentation keep working.  Parsing is strict and
-raises ``MessageError`` with what was wrong, so a consumer can dead-letter a bad message
-instead of crashing on it.
+every broker message); every other message body is a JSON object with ``"v"``.  Parsing is
+strict and raises ``MessageError`` with what was wrong, so a consumer can dead-letter a bad
+message instead of crashing on it.
 
 A ``JobEvent`` is a full snapshot of the job at the moment it changed state, not
 a delta: whoever sees only the last event of a job (a gateway that started late)
@@ -15,7 +13,6 @@ still has everything it needs to answer for it.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import math
 import re
@@ -28,11 +25,9 @@ import orjson
 from shared.errors import MessageError
 from shared.states import JobStatus
 
+# The one schema version read and written.  (Version 1, JSON requests with the image in
+# base64, was dropped before the first release.)
 SCHEMA_VERSION = 2
-# The previous version, still read (requests, events from replicas mid-upgrade) and still
-# written back to a v1 producer's reply_to queue.  Dropped with version 3.
-V1 = 1
-READABLE_VERSIONS = frozenset({V1, SCHEMA_VERSION})
 JSON = "application/json"
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 _BATCH_REF = re.compile(r"([0-9a-f]{32})/([0-9]{1,6})/([0-9]{1,6})")
@@ -60,10 +55,8 @@ def _load(body: bytes) -> dict[str, Any]:
     version = data.get("v")
     # The type first (an int, not a bool): an unhashable value (a list, an object) cannot even
     # be looked up in the set.
-    if type(version) is not int or version not in READABLE_VERSIONS:
-        raise MessageError(
-            f"unsupported schema version {version!r}; expected one of {sorted(READABLE_VERSIONS)}"
-        )
+    if type(version) is not int or version != SCHEMA_VERSION:
+        raise MessageError(f"unsupported schema version {version!r}; expected {SCHEMA_VERSION}")
     return data
 
 
@@ -108,6 +101,12 @@ def finite(value: int | float, key: str) -> float:
     return number
 
 
+def _opt_name(data: dict[str, Any], key: str) -> str | None:
+    """A name (``checked_name``) or null."""
+    value = data.get(key)
+    return None if value is None else checked_name(value, key)
+
+
 def _opt_str(data: dict[str, Any], key: str) -> str | None:
     value = data.get(key)
     if value is not None and not isinstance(value, str):
@@ -141,8 +140,6 @@ class ClassifyRequest:
     # Who submitted it, on a gateway with tokens: a hash of the token, so every gateway can
     # show the job, its idempotency key and its result only to the same client.
     owner: str | None = None
-    # The schema version the producer wrote: replies to its reply_to queue use the same.
-    version: int = SCHEMA_VERSION
     # Set for a job submitted in a batch (POST /batches).
     batch: BatchRef | None = None
     # The broker user that published the request: its ``user_id``, which RabbitMQ refuses
@@ -158,38 +155,6 @@ class ClassifyRequest:
     def __post_init__(self) -> None:
         if not self.image_sha256:
             object.__setattr__(self, "image_sha256", hashlib.sha256(self.image).hexdigest())
-
-    @classmethod
-    def from_v1_json(cls, body: bytes) -> ClassifyRequest:
-        """A version 1 request: JSON with the image base64-encoded (deprecated, still read)."""
-        data = _load(body)
-        if data.get("v") != V1:
-            raise MessageError(
-                f"a JSON request must be schema version {V1}; version {SCHEMA_VERSION} "
-                "requests carry the image bytes as the message body (docs/amqp.md)"
-            )
-        try:
-            image = base64.b64decode(_str_unbounded(data, "image_b64"), validate=True)
-        except ValueError as exc:  # binascii.Error, or a str with non-ASCII characters
-            raise MessageError(f"'image_b64' is not base64: {exc}") from None
-        queued_at = _opt_float(data, "queued_at")
-        if queued_at is None:
-            raise MessageError("'queued_at' must be a number")
-        return cls(
-            job_id=_job_id(data),
-            model=_str(data, "model"),
-            image_name=_str(data, "image_name"),
-            image=image,
-            queued_at=queued_at,
-            version=V1,
-        )
-
-
-def _str_unbounded(data: dict[str, Any], key: str) -> str:
-    value = data.get(key)
-    if not isinstance(value, str) or not value:
-        raise MessageError(f"{key!r} must be a non-empty string")
-    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +221,9 @@ class JobEvent:
     # Broker-only: who published the job's request (``ClassifyRequest.requested_by``), "" when
     # it named nobody; None only in an event written before the field existed.
     requested_by: str | None = None
+    # The version of the model that ran the job (``model`` may name no version, or be served
+    # in two versions during a rollout): set by the replica that takes it, None before.
+    model_version: str | None = None
 
     @classmethod
     def for_request(cls, request: ClassifyRequest, status: JobStatus) -> JobEvent:
@@ -275,35 +243,31 @@ class JobEvent:
     def advance(self, status: JobStatus, **changes: Any) -> JobEvent:
         return replace(self, status=status, **changes)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON shape of a job, shared by events on the broker and the HTTP API."""
-        return {
-            "job_id": self.job_id,
-            "status": self.status.value,
-            "model": self.model,
-            "image": self.image,
-            "result": None
-            if self.result is None
-            else [
-                {"label": x.label, "class_index": x.class_index, "score": x.score}
-                for x in self.result
-            ],
-            "error": None
-            if self.error is None
-            else {"code": self.error.code, "message": self.error.message},
-            "queued_at": self.queued_at,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "replica": self.replica,
-            "reused_from": self.reused_from,
-        }
-
-    def to_json(self, version: int = SCHEMA_VERSION) -> bytes:
-        """The event as JSON; ``version`` 1 for a v1 producer's reply (the same fields)."""
+    def to_json(self) -> bytes:
+        """The event on the broker (the event log, ``job.*`` and a producer's reply).  The HTTP
+        API's view of a job is the gateway's own (``gateway/answers.py``)."""
         return orjson.dumps(
             {
-                "v": version,
-                **self.to_dict(),
+                "v": SCHEMA_VERSION,
+                "job_id": self.job_id,
+                "status": self.status.value,
+                "model": self.model,
+                "model_version": self.model_version,
+                "image": self.image,
+                "result": None
+                if self.result is None
+                else [
+                    {"label": x.label, "class_index": x.class_index, "score": x.score}
+                    for x in self.result
+                ],
+                "error": None
+                if self.error is None
+                else {"code": self.error.code, "message": self.error.message},
+                "queued_at": self.queued_at,
+                "started_at": self.started_at,
+                "finished_at": self.finished_at,
+                "replica": self.replica,
+                "reused_from": self.reused_from,
                 "image_sha256": self.image_sha256,
                 "idempotency_key": self.idempotency_key,
                 "owner": self.owner,
@@ -352,6 +316,7 @@ class JobEvent:
             owner=_opt_str(data, "owner"),
             batch=BatchRef.parse(data.get("batch")),
             requested_by=_opt_str(data, "requested_by"),
+            model_version=_opt_name(data, "model_version"),
         )
 
 

@@ -5,7 +5,6 @@ encoded image bytes, untouched, and everything else rides in the message propert
 (``message_id`` = job ID, ``type``, ``timestamp``, ``reply_to``, ``correlation_id``) and a
 few headers.  No base64, no JSON around megabytes of pixels: a producer writes the file's
 bytes, the broker stores them once, and a replica hands them straight to the decoder.
-Version 1 requests (JSON with the image in base64) are still read, for one version.
 
 Events, heartbeats and the other small messages stay JSON bodies (``shared/messages.py``).
 
@@ -20,7 +19,7 @@ so routing keys are spelled only in ``shared/topology.py`` and used only here.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Final
 
 import aio_pika
@@ -31,7 +30,6 @@ from shared.errors import MessageError
 from shared.messages import (
     JSON,
     SCHEMA_VERSION,
-    V1,
     BatchRecord,
     BatchRef,
     ClassifyRequest,
@@ -135,7 +133,6 @@ class RequestInfo:
     image_name: str
     queued_at: float
     idempotency_key: str | None
-    version: int
     owner: str | None = None
     batch: BatchRef | None = None
     requested_by: str | None = None
@@ -174,28 +171,15 @@ def trace_headers(message: AbstractIncomingMessage) -> dict[str, str]:
     return carried
 
 
-def _is_v2(message: AbstractIncomingMessage) -> bool:
-    version = (message.headers or {}).get(H_VERSION)
-    return isinstance(version, int) and not isinstance(version, bool) and version >= 2
-
-
 def request_info(message: AbstractIncomingMessage) -> RequestInfo:
-    """The job's metadata: from the headers (v2, the body is never read), or the JSON (v1)."""
-    if not _is_v2(message):
-        request = ClassifyRequest.from_v1_json(message.body)
-        return RequestInfo(
-            request.job_id,
-            request.model,
-            request.image_name,
-            request.queued_at,
-            None,
-            V1,
-            requested_by=message.user_id,
-        )
+    """The job's metadata, from the properties and headers: the body is never read."""
     headers = message.headers or {}
-    version = headers[H_VERSION]
-    if version != SCHEMA_VERSION:
-        raise MessageError(f"unsupported schema version {version!r}; expected {SCHEMA_VERSION}")
+    version = headers.get(H_VERSION)
+    if type(version) is not int or version != SCHEMA_VERSION:
+        raise MessageError(
+            f"header {H_VERSION!r} must be the schema version {SCHEMA_VERSION}, got {version!r}: "
+            "a request is the image bytes as the body with its metadata in headers (docs/amqp.md)"
+        )
     if not is_job_id(message.message_id):
         raise MessageError("the message_id property must be the job ID (32 lowercase hex)")
     queued_at_us = headers.get(H_QUEUED_AT_US)
@@ -214,7 +198,6 @@ def request_info(message: AbstractIncomingMessage) -> RequestInfo:
         image_name=checked_name(_header_str(headers, H_IMAGE_NAME), H_IMAGE_NAME),
         queued_at=queued_at_us / 1_000_000,
         idempotency_key=key or None,
-        version=SCHEMA_VERSION,
         owner=_header_str(headers, H_OWNER) or None,
         batch=BatchRef.parse(_header_str(headers, H_BATCH)),
         requested_by=message.user_id,
@@ -222,9 +205,7 @@ def request_info(message: AbstractIncomingMessage) -> RequestInfo:
 
 
 def parse_request(message: AbstractIncomingMessage) -> ClassifyRequest:
-    """A request of either version; ``MessageError`` says what is wrong with a bad one."""
-    if not _is_v2(message):
-        return replace(ClassifyRequest.from_v1_json(message.body), requested_by=message.user_id)
+    """A request; ``MessageError`` says what is wrong with a bad one."""
     info = request_info(message)
     if not message.body:
         raise MessageError("the message body must be the image bytes; it is empty")
@@ -235,7 +216,6 @@ def parse_request(message: AbstractIncomingMessage) -> ClassifyRequest:
         image=message.body,
         queued_at=info.queued_at,
         idempotency_key=info.idempotency_key,
-        version=info.version,
         owner=info.owner,
         batch=info.batch,
         requested_by=info.requested_by,
@@ -325,13 +305,13 @@ def reply_allowed(reply_to: str | None) -> bool:
 
 
 def reply_message(
-    event: JobEvent, request: AbstractIncomingMessage, version: int, *, user_id: str | None = None
+    event: JobEvent, request: AbstractIncomingMessage, *, user_id: str | None = None
 ) -> Outgoing:
-    """The final event for the producer's ``reply_to`` queue, in the version it wrote."""
+    """The final event for the producer's ``reply_to`` queue."""
     assert reply_allowed(request.reply_to), "check reply_allowed() first"
     assert request.reply_to is not None
     message = aio_pika.Message(
-        event.to_json(version),
+        event.to_json(),
         content_type=JSON,
         correlation_id=request.correlation_id or event.job_id,
         message_id=event.job_id,

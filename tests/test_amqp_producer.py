@@ -15,7 +15,6 @@ import aio_pika
 import orjson
 import pytest
 import yaml
-from aio_pika.abc import AbstractIncomingMessage
 from jsonschema import Draft7Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
@@ -43,7 +42,6 @@ from shared.topology import (
 )
 from tests import api
 from tests.conftest import REPO, Service
-from tests.wire_helpers import v1_body
 
 MODEL = "efficientnet_lite0"
 COFFEE = (REPO / "images" / "coffee.jpg").read_bytes()
@@ -94,9 +92,19 @@ def test_classify_gets_the_reply_and_http_shows_the_same_job(service: Service) -
 
     job = _http_job(service.base_url, event.job_id)
     assert job["status"] == "succeeded"
-    expected = event.to_dict()
-    for key in ("job_id", "model", "image", "result", "replica", "started_at", "finished_at"):
+    expected = orjson.loads(event.to_json())
+    for key in (
+        "job_id",
+        "model",
+        "model_version",
+        "image",
+        "result",
+        "replica",
+        "started_at",
+        "finished_at",
+    ):
         assert job[key] == expected[key], key
+    assert job["model_version"] == "1"
 
 
 @pytest.mark.broker
@@ -134,42 +142,6 @@ def test_an_unknown_model_gets_a_failed_reply(service: Service) -> None:
     assert event.error is not None
     assert event.error.code == "unknown_model"
     assert _http_job(service.base_url, event.job_id)["error"]["code"] == "unknown_model"
-
-
-@pytest.mark.broker
-def test_a_v1_producer_still_gets_its_answer_in_v1(service: Service) -> None:
-    """A producer written against the version 1 docs: JSON body, image in base64."""
-    request = ClassifyRequest(new_job_id(), MODEL, "coffee.jpg", COFFEE, time.time())
-
-    async def scenario() -> AbstractIncomingMessage:
-        connection = await aio_pika.connect(service.broker_url)
-        async with connection:
-            channel = await connection.channel(publisher_confirms=True)
-            replies = await channel.declare_queue(exclusive=True, auto_delete=True)
-            requests = await channel.get_exchange(REQUESTS_EXCHANGE)
-            message = aio_pika.Message(
-                orjson.dumps(v1_body(request)),
-                content_type="application/json",
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                message_id=request.job_id,
-                correlation_id=request.job_id,
-                reply_to=replies.name,
-            )
-            await requests.publish(message, REQUEST_ROUTING_KEY, mandatory=True)
-            async with replies.iterator(timeout=120) as incoming:
-                async for reply in incoming:
-                    await reply.ack()
-                    return reply
-        raise AssertionError("no reply")
-
-    reply = asyncio.run(scenario())
-    body = orjson.loads(reply.body)
-    assert body["v"] == 1
-    assert reply.correlation_id == request.job_id
-    assert body["status"] == "succeeded"
-    assert body["result"][0]["label"] == "espresso"
-    assert _errors("JobEvent", reply.body) == []
-    assert _http_job(service.base_url, request.job_id)["status"] == "succeeded"
 
 
 # -- docs/asyncapi.yaml ----------------------------------------------------------------------
@@ -223,14 +195,6 @@ def test_asyncapi_names_the_real_topology() -> None:
     assert model_channel["bindings"]["amqp"]["queue"]["name"] == model_queue("{model}")
     shared = channels["unroutedRequests"]
     assert shared["address"] == shared["bindings"]["amqp"]["queue"]["name"] == REQUESTS_QUEUE
-    # Only the shared queue receives version 1 requests (they carry no model header).
-    v1 = "#/components/messages/ClassifyRequestV1"
-    receiving_v1 = {
-        name
-        for name, channel in channels.items()
-        if any(m.get("$ref") == v1 for m in channel.get("messages", {}).values())
-    }
-    assert receiving_v1 == {"requests", "unroutedExchange", "unroutedRequests"}
     for name in ("jobEvents", "jobForgotten", "heartbeats"):
         exchange = channels[name]["bindings"]["amqp"]["exchange"]
         assert (exchange["name"], exchange["type"]) == (EVENTS_EXCHANGE, "topic")
@@ -268,14 +232,10 @@ def test_asyncapi_payloads_match_the_messages_field_for_field() -> None:
     # Every header a request can carry, but the trace context: a sender adds that only while
     # tracing (tests/test_tracing.py checks those headers on real messages).
     assert _properties("ClassifyRequestHeaders") - {"traceparent", "tracestate"} == set(headers)
-    v1 = v1_body(request)
-    assert ClassifyRequest.from_v1_json(orjson.dumps(v1)).image == COFFEE
-    assert _errors("ClassifyRequestV1", v1) == []
-    assert _properties("ClassifyRequestV1") == set(v1)
-
     event = JobEvent.for_request(request, JobStatus.QUEUED)
     assert _errors("JobEvent", event.to_json()) == []
-    assert _errors("JobEvent", event.to_json(version=1)) == []
+    ran = event.advance(JobStatus.SUCCEEDED, model_version="1")
+    assert _errors("JobEvent", ran.to_json()) == []
     assert _properties("JobEvent") == set(orjson.loads(event.to_json()))
 
     forgotten = wire.forgotten_message(request.job_id).message.body
@@ -306,19 +266,6 @@ def test_asyncapi_schemas_refuse_what_the_parsers_refuse() -> None:
         assert _errors("ClassifyRequestHeaders", {**good, **change}), change
     without_model = {k: v for k, v in good.items() if k != "model"}
     assert _errors("ClassifyRequestHeaders", without_model)
-
-    v1 = v1_body(request)
-    for change in (
-        {"v": 2},
-        {"job_id": "ABC"},
-        {"model": ""},
-        {"image_b64": "not base64!"},
-        {"queued_at": None},
-        {"queued_at": True},
-    ):
-        assert _errors("ClassifyRequestV1", {**v1, **change}), change
-    without_image = {k: v for k, v in v1.items() if k != "image_b64"}
-    assert _errors("ClassifyRequestV1", without_image)
 
 
 def test_asyncapi_examples_are_valid() -> None:

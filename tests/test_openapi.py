@@ -97,6 +97,7 @@ def queued_job() -> dict[str, Any]:
         "job_id": JOB_ID,
         "status": "queued",
         "model": "efficientnet_lite0",
+        "model_version": None,
         "image": "cat.jpg",
         "result": None,
         "error": None,
@@ -118,6 +119,7 @@ def succeeded_job() -> dict[str, Any]:
         "started_at": 1764072000.3,
         "finished_at": 1764072000.5,
         "replica": "classifier-1",
+        "model_version": "1",
     }
 
 
@@ -129,6 +131,7 @@ def failed_job() -> dict[str, Any]:
         "started_at": 1764072000.3,
         "finished_at": 1764072000.4,
         "replica": "classifier-2",
+        "model_version": "1",
     }
 
 

@@ -57,7 +57,8 @@ def test_recent_job_survives_a_reload_and_opens_its_result(page: Page) -> None:
     rows = page.locator("#result-chart .bar-row")
     expect(rows).to_have_count(5)
     expect(rows.first).to_have_attribute("data-label", "espresso")
-    expect(page.locator("#job-subject")).to_have_text("EfficientNet-Lite1 · coffee.jpg")
+    # The version that ran is named (the job asked for the bare name, its default version).
+    expect(page.locator("#job-subject")).to_have_text("EfficientNet-Lite1 (version 1) · coffee.jpg")
     expect(page.locator("#model-select")).to_have_value("efficientnet_lite1")
     expect(page.locator('input[name="image"][value="coffee.jpg"]')).to_be_checked()
     expect(page.locator("#error-message")).to_be_hidden()

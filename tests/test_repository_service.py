@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,13 +41,22 @@ def _online(url: str, model_id: str) -> bool:
     return False
 
 
-async def _over_amqp(url: str, model: str, data: bytes) -> str:
+async def _over_amqp(url: str, model: str, data: bytes) -> tuple[str, str]:
     async with Producer(url) as producer:
         job_id = await producer.submit(model, "red.png", data)
         async with asyncio.timeout(120):
             reply = await producer.reply(job_id)
     assert reply.event.result, reply.event.error
-    return reply.event.result[0].label
+    assert reply.event.model_version is not None
+    return reply.event.result[0].label, reply.event.model_version
+
+
+def _serving(url: str, model: str) -> int:
+    """How many replicas serve ``model`` (a bare name: its default version on each)."""
+    for entry in api.get(url, "/info").json()["models"]:
+        if entry["name"] == model:
+            return int(entry["replicas"])
+    return 0
 
 
 @pytest.mark.broker
@@ -91,19 +101,41 @@ def test_a_model_of_our_own_classifies_through_http_and_amqp(
     ]
 
     red = tiny_models.picture("red", fmt="PNG")
-    by_http = {
-        model: _top(
-            api.wait_final(
-                url, multipart.accepted(multipart.upload(url, model, "red.png", red))["job_id"]
-            )
-        )
-        for model in ("tiny@9", "tiny@10", "tiny")
-    }
-    assert by_http == {"tiny@9": "red", "tiny@10": "rouge", "tiny": "rouge"}
+
+    def classify(model: str) -> tuple[str, str]:
+        upload = multipart.upload(url, model, "red.png", red)
+        job = api.wait_final(url, multipart.accepted(upload)["job_id"])
+        return _top(job), job["model_version"]
+
+    # Each answer names the version that ran, the bare name included.
+    by_http = {model: classify(model) for model in ("tiny@9", "tiny@10", "tiny")}
+    assert by_http == {"tiny@9": ("red", "9"), "tiny@10": ("rouge", "10"), "tiny": ("rouge", "10")}
 
     broker = cluster.node.url
-    assert asyncio.run(_over_amqp(broker, "tiny@9", red)) == "red"
-    assert asyncio.run(_over_amqp(broker, "tiny", red)) == "rouge"
+    assert asyncio.run(_over_amqp(broker, "tiny@9", red)) == ("red", "9")
+    assert asyncio.run(_over_amqp(broker, "tiny", red)) == ("rouge", "10")
+
+    # A rollout: a replica of the previous release, whose repository has only version 9, so
+    # its default for "tiny" is 9.  Jobs for the bare name go to either replica, and each says
+    # which version it got.
+    previous = tmp_path / "previous"
+    shutil.copytree(repository / "tiny" / "9", previous / "tiny" / "9")
+    cluster.start_replica(
+        IMGQ_MODEL_DIR=str(previous),
+        IMGQ_MODEL_CACHE=str(tmp_path / "cache"),
+        IMGQ_SERVE="tiny",
+        IMGQ_ALLOW_TORCHSCRIPT="true",
+    )
+    deadline = time.monotonic() + 120
+    while _serving(url, "tiny") < 2:
+        assert time.monotonic() < deadline, "the second replica never served tiny"
+        time.sleep(0.2)
+    ran: set[tuple[str, str]] = set()
+    for _ in range(40):
+        ran.add(classify("tiny"))
+        if len(ran) == 2:
+            break
+    assert ran == {("red", "9"), ("rouge", "10")}, ran
 
     log = replica.log_tail(200_000)
     assert f"model folder {repository / 'broken' / '1'} skipped: model.json is not readable" in log
@@ -111,7 +143,8 @@ def test_a_model_of_our_own_classifies_through_http_and_amqp(
     assert replica.alive()
     figure(
         "own model (3 classes, trained in the test): tiny@9 (TorchScript) answered "
-        f"{by_http['tiny@9']!r} over HTTP and AMQP, tiny (default: v10, ONNX) {by_http['tiny']!r}"
+        f"{by_http['tiny@9'][0]!r} over HTTP and AMQP, tiny (default: v10, ONNX) "
+        f"{by_http['tiny'][0]!r}; during a rollout each answer named the version that ran"
     )
 
     # The page's picker offers the model by name (its default version), then each version.

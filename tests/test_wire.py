@@ -1,4 +1,4 @@
-"""The wire format (schema version 2), version 1 compatibility, and batched acks."""
+"""The wire format (schema version 2) and batched acks."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from classifier_service.acks import AckBook
 from shared import wire
 from shared.errors import MessageError
-from shared.messages import V1, ClassifyRequest, JobEvent, JobForgotten, new_job_id
+from shared.messages import ClassifyRequest, JobEvent, JobForgotten, new_job_id
 from shared.states import JobStatus
 from shared.topology import FORGOTTEN_ROUTING_KEY, REQUEST_ROUTING_KEY
 from tests.wire_helpers import RecordingChannel, delivered, v1_body
@@ -46,7 +46,6 @@ def test_the_image_is_the_body_and_metadata_rides_in_headers() -> None:
     parsed = wire.parse_request(delivered(out.message))
     assert replace(parsed, queued_at=request.queued_at) == request
     assert parsed.image == IMAGE
-    assert parsed.version == 2
     # Microseconds survive the trip (a float header would be a 32-bit float on the wire).
     assert abs(parsed.queued_at - request.queued_at) < 1e-6
     assert parsed.idempotency_key == "order-42"
@@ -97,41 +96,30 @@ def test_a_v2_request_needs_its_job_id_and_its_image() -> None:
         wire.parse_request(delivered(empty))
 
 
-def test_a_message_without_version_header_is_read_as_v1_json() -> None:
-    with pytest.raises(MessageError, match="not JSON"):
+def test_a_json_request_of_the_dropped_version_1_is_refused_saying_what_a_request_is() -> None:
+    """Version 1 (JSON with the image in base64) was dropped before the first release: such a
+    request is a MessageError (dead-lettered) that says what a request is now."""
+    request = _request(idempotency_key=None)
+    v1 = aio_pika.Message(
+        orjson.dumps(v1_body(request)), content_type="application/json", message_id=request.job_id
+    )
+    for parse in (wire.parse_request, wire.request_info):
+        with pytest.raises(MessageError, match=r"'v' must be the schema version 2.*headers"):
+            parse(delivered(v1))
+    with pytest.raises(MessageError, match="schema version"):
         wire.parse_request(delivered(aio_pika.Message(b"not a request")))
 
 
-def _v1_message(request: ClassifyRequest, **properties: Any) -> aio_pika.Message:
-    """Exactly what a producer written against the version 1 documentation publishes."""
-    return aio_pika.Message(
-        orjson.dumps(v1_body(request)),
-        content_type="application/json",
-        message_id=request.job_id,
-        type="classify.request",
-        **properties,
-    )
-
-
-def test_v1_producers_keep_working_and_get_v1_replies() -> None:
-    request = _request(idempotency_key=None)
-    incoming = delivered(_v1_message(request, reply_to="amq.gen-r", correlation_id="c-1"))
-    parsed = wire.parse_request(incoming)
-    assert (parsed.job_id, parsed.model, parsed.image, parsed.version) == (
-        request.job_id,
-        request.model,
-        IMAGE,
-        V1,
-    )
-    final = JobEvent.for_request(parsed, JobStatus.SUCCEEDED)
-    reply = wire.reply_message(final, incoming, parsed.version)
+def test_a_reply_goes_to_the_producers_queue_with_its_correlation_id() -> None:
+    request = _request()
+    out = wire.request_message(request, reply_to="amq.gen-r", correlation_id="c-1")
+    incoming = delivered(out.message)
+    final = JobEvent.for_request(wire.parse_request(incoming), JobStatus.SUCCEEDED)
+    reply = wire.reply_message(final, incoming)
     assert reply.routing_key == "amq.gen-r"
     assert reply.message.correlation_id == "c-1"
-    body = orjson.loads(reply.message.body)
-    assert body["v"] == V1
+    assert orjson.loads(reply.message.body)["v"] == 2
     assert JobEvent.from_json(reply.message.body) == final
-    # A v2 producer gets v2 replies.
-    assert orjson.loads(wire.reply_message(final, incoming, 2).message.body)["v"] == 2
 
 
 def test_a_dead_letter_names_its_job_without_reading_the_image() -> None:

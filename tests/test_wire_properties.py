@@ -213,7 +213,9 @@ def test_any_headers_and_body_parse_or_are_a_message_error(
 @example(orjson.dumps({**_good_v1(), "image_b64": "é"}), None)
 @example(orjson.dumps({**_good_v1(), "queued_at": 2**64 - 1}), None)
 @example(b'{"v": 1, "queued_at": 1e400}', None)
-def test_a_v1_request_parses_or_is_a_message_error(body: bytes, message_id: Any) -> None:
+def test_a_json_request_of_the_old_version_1_is_a_message_error(
+    body: bytes, message_id: Any
+) -> None:
     _parses_or_message_error(Incoming({}, body, message_id))
 
 

@@ -228,7 +228,7 @@ def _bad_requests() -> list[tuple[aio_pika.Message, str]]:
         (unicode_batch, "'batch' must be"),
         (no_model, "'model'"),
         (v1_list_version, "schema version"),
-        (aio_pika.Message(b"\x00 not json"), "not JSON"),
+        (aio_pika.Message(b"\x00 not json"), "must be the schema version 2"),
         (aio_pika.Message(b"", headers={"v": 2}, message_id=new_job_id()), "queued_at_us"),
     ]
 

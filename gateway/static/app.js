@@ -491,7 +491,9 @@ function renderBars(list, result) {
 
 function renderJob(job, current) {
   jobIdOut.textContent = job.job_id;
-  jobSubject.textContent = `${modelTitle(job.model)} · ${imageLabel(job.image)}`;
+  // The version that ran, once a replica has taken the job (a job may name no version).
+  const version = job.model_version ? ` (version ${job.model_version})` : "";
+  jobSubject.textContent = `${modelTitle(job.model)}${version} · ${imageLabel(job.image)}`;
   setStatus(job.status);
   updateRecent(job.job_id, job.status);
   if (job.replica) {
