@@ -11,7 +11,8 @@ from aio_pika.exceptions import ChannelNotFoundEntity
 
 from bench.load import Done, JobFailed, LoadResult, run_jobs
 from shared.catalog import CATALOG
-from shared.producer import Producer, QueueFull
+from shared.errors import QueueFull
+from shared.producer import Producer
 from shared.states import JobStatus
 from shared.topology import REQUESTS_QUEUE, model_queue
 

@@ -106,7 +106,7 @@ class Admission:
         if request.model not in self._models:
             error = UnknownModel(request.model, self._models)
             log.warning("dead-lettering job %s: %s", request.job_id, error.message, extra=fields)
-            # Not in imgq_jobs_total: its model label would be whatever a producer wrote.
+            # Not in imgq_replica_jobs_total: its model label would be whatever a producer wrote.
             await self._fail(message, request, JobFailure(error.code, error.message))
             await self.dead_letter(message, f"{error.code}: {error.message}")
             return None

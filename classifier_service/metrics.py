@@ -42,7 +42,7 @@ class ReplicaMetrics:
             registry=registry,
         )
         self.jobs = Counter(
-            "imgq_jobs_total",
+            "imgq_replica_jobs_total",
             "Jobs this replica finished, by model and final status.",
             ("model", "status"),
             registry=registry,
@@ -53,7 +53,7 @@ class ReplicaMetrics:
             registry=registry,
         )
         self.dead_lettered = Counter(
-            "imgq_dead_lettered_total",
+            "imgq_replica_dead_lettered_total",
             "Requests this replica rejected to the dead-letter queue as unprocessable.",
             registry=registry,
         )

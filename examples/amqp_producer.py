@@ -24,13 +24,14 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from aio_pika.exceptions import AMQPError
 
 from shared.catalog import DEFAULT_MODEL
+from shared.connect import safe_url
+from shared.errors import ImgqError, QueueFull
 from shared.messages import JobEvent
-from shared.producer import Producer, ProducerError, QueueFull, Reply
+from shared.producer import Producer, ProducerError, Reply
 from shared.wire import OCTET_STREAM
 
 __all__ = ["Producer", "ProducerError", "QueueFull", "Reply", "classify", "main"]
@@ -68,15 +69,6 @@ def _describe(event: JobEvent) -> str:
     return event.status.value
 
 
-def _safe(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -98,14 +90,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         events = asyncio.run(classify(args.broker, args.model, images, args.timeout))
-    except ProducerError as exc:
+    except ImgqError as exc:  # ProducerError, QueueFull: the broker would not take a job
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except TimeoutError:
         print(f"error: not every reply came within {args.timeout:g} s", file=sys.stderr)
         return 1
     except (AMQPError, OSError) as exc:
-        print(f"error: cannot use the broker at {_safe(args.broker)}: {exc}", file=sys.stderr)
+        print(f"error: cannot use the broker at {safe_url(args.broker)}: {exc}", file=sys.stderr)
         return 2
     for (name, _), event in zip(images, events, strict=True):
         print(f"{event.job_id}  {name}  {_describe(event)}")

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from gateway.clients import Client
+from gateway.clients import Caller
 from shared.errors import TooManyRequests, UploadsBusy, retry_after_header
 
 # 429 says to retry after this long: about when one of the client's requests is answered.
@@ -32,11 +32,11 @@ class BodyBytes:
         self.held = 0
         self._by_client: dict[str, int] = {}
 
-    def of(self, client: Client) -> int:
+    def of(self, client: Caller) -> int:
         return self._by_client.get(client.key, 0)
 
     @contextmanager
-    def lease(self, client: Client) -> Iterator[Lease]:
+    def lease(self, client: Caller) -> Iterator[Lease]:
         """What one request holds; all of it is given back on exit."""
         lease = Lease(self, client.key)
         try:

@@ -129,7 +129,10 @@ def owner_of(token: bytes) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Client:
+class Caller:
+    """Who is asking, as the per-client shares, budgets and long-poll counts tell callers
+    apart (not to be mistaken for the ``imgq`` library's ``Client``)."""
+
     # A hash of the bearer token on a gateway with tokens; None on an open gateway, where
     # every job is everyone's (as the README says).
     owner: str | None
@@ -154,7 +157,7 @@ class RateLimiter:
         self._burst = float(burst)
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
 
-    def check(self, client: Client, now: float | None = None) -> None:
+    def check(self, client: Caller, now: float | None = None) -> None:
         """Refuse (TooManyRequests) a client without a whole submission left, spending
         nothing: what a request is charged before its body is read."""
         if self._rate <= 0:
@@ -167,7 +170,7 @@ class RateLimiter:
         if tokens < 1:
             self._refuse(1, tokens)
 
-    def take(self, client: Client, now: float | None = None, count: int = 1) -> None:
+    def take(self, client: Caller, now: float | None = None, count: int = 1) -> None:
         """Spend ``count`` submissions of the client's share (a batch of N images is N), or
         raise TooManyRequests and spend nothing."""
         if self._rate <= 0:
@@ -214,11 +217,11 @@ class OpenWaits:
         self.stream_seconds = stream_seconds
         self._open: dict[str, int] = {}
 
-    def count(self, client: Client) -> int:
+    def count(self, client: Caller) -> int:
         return self._open.get(client.key, 0)
 
     @contextmanager
-    def hold(self, client: Client) -> Iterator[None]:
+    def hold(self, client: Caller) -> Iterator[None]:
         held = self._open.get(client.key, 0)
         if held >= self._limit:
             raise TooManyRequests(

@@ -9,15 +9,15 @@ from aiohttp import web
 
 from gateway import keys
 from gateway.auth import OWNER
-from gateway.clients import Client
+from gateway.clients import Caller
 from shared.catalog import CATALOG
 
 
-def client_of(request: web.Request) -> Client:
+def client_of(request: web.Request) -> Caller:
     """Who is asking: their token's hash on a gateway with tokens, and their address."""
     limits = request.app[keys.SETTINGS].client_limits
     address = limits.client_address(request.remote, request.headers.get("X-Forwarded-For"))
-    return Client(owner=request.get(OWNER), address=address)
+    return Caller(owner=request.get(OWNER), address=address)
 
 
 @dataclass(frozen=True, slots=True)

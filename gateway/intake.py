@@ -33,7 +33,7 @@ from aiohttp import web
 from gateway import keys
 from gateway.batch_store import new_batch_id
 from gateway.bodies import Lease
-from gateway.clients import Client
+from gateway.clients import Caller
 from gateway.context import client_of, is_offered, offered
 from gateway.forms import Image, read_form, read_small_body, urlencoded_fields
 from gateway.limits import MAX_IDEMPOTENCY_KEY
@@ -58,7 +58,7 @@ class Intake:
     """A request taken in: its jobs, accepted, in the order of its images."""
 
     model: str
-    client: Client
+    client: Caller
     accepted: list[Accepted]
     # Set for POST /batches: the batch every job carries its place in.
     batch_id: str | None = None

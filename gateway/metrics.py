@@ -47,7 +47,7 @@ class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = registry = new_registry()
         self.jobs = Counter(
-            "imgq_jobs_total",
+            "imgq_gateway_jobs_total",
             "Jobs accepted by this gateway that reached a final state, by model and status.",
             ("model", "status"),
             registry=registry,
@@ -75,7 +75,7 @@ class GatewayMetrics:
             registry=registry,
         )
         self.dead_lettered = Counter(
-            "imgq_dead_lettered_total",
+            "imgq_gateway_dead_lettered_total",
             "Dead-lettered requests whose notice this gateway handled (the job shows as failed).",
             registry=registry,
         )

@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Final
 
-from gateway.clients import Client, RateLimiter
+from gateway.clients import Caller, RateLimiter
 from shared.errors import TooManyRequests
 from shared.messages import JobEvent
 
@@ -78,11 +78,11 @@ class JobShares:
         # Job ID -> the client it counts against, while it is in flight.
         self._jobs: dict[str, str] = {}
 
-    def in_flight(self, client: Client) -> int:
+    def in_flight(self, client: Caller) -> int:
         entry = self._clients.get(client.key)
         return entry.in_flight if entry else 0
 
-    def share(self, client: Client) -> int:
+    def share(self, client: Caller) -> int:
         """The most jobs ``client`` may have in flight now."""
         self._prune(self._clock())
         others = len(self._clients) - (client.key in self._clients)
@@ -91,7 +91,7 @@ class JobShares:
         divided = math.ceil(SHARE_PER_REPLICA * max(1, self._replicas()) / (others + 1))
         return max(1, min(self._alone, divided))
 
-    def check(self, client: Client, jobs: int = 1) -> None:
+    def check(self, client: Caller, jobs: int = 1) -> None:
         """Room for ``jobs`` more of this client's jobs, or TooManyRequests (nothing taken)."""
         if self._alone <= 0:
             return
@@ -113,7 +113,7 @@ class JobShares:
         )
 
     @contextmanager
-    def reserve(self, client: Client, jobs: int) -> Iterator[Seats]:
+    def reserve(self, client: Caller, jobs: int) -> Iterator[Seats]:
         """``jobs`` seats for the request's jobs, all or none (TooManyRequests); each published
         job takes one (``Seats.take``), and the seats not taken are given back on exit."""
         self.check(client, jobs)
@@ -182,13 +182,13 @@ class ClientShares:
         self.jobs = jobs
         self._rate = rate if rate is not None else RateLimiter(0, 1)
 
-    def check(self, client: Client) -> None:
+    def check(self, client: Caller) -> None:
         """Before the body is read: a client with no room for one more job is refused at once."""
         self.jobs.check(client)
         self._rate.check(client)
 
     @contextmanager
-    def reserve(self, client: Client, jobs: int) -> Iterator[Seats]:
+    def reserve(self, client: Caller, jobs: int) -> Iterator[Seats]:
         """Once the request's images are known: all its jobs fit, or none is accepted (429)."""
         self.jobs.check(client, jobs)
         self._rate.take(client, count=jobs)

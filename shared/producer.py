@@ -28,7 +28,7 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import ChannelClosed, DeliveryError, PublishError
 
-from shared.errors import MessageError
+from shared.errors import ImgqError, MessageError, QueueFull
 from shared.messages import ClassifyRequest, JobEvent, new_job_id
 from shared.topology import REPLIES_EXCHANGE, REQUESTS_EXCHANGE
 from shared.wire import OCTET_STREAM, request_message
@@ -36,12 +36,11 @@ from shared.wire import OCTET_STREAM, request_message
 log = logging.getLogger(__name__)
 
 
-class ProducerError(Exception):
-    """The broker would not take a job (no imgq topology, queue full, connection lost)."""
+class ProducerError(ImgqError):
+    """The broker would not take a job (no imgq topology, connection lost).  A full work queue
+    is ``shared.errors.QueueFull``, as on the gateway."""
 
-
-class QueueFull(ProducerError):
-    """The work queue is at its bound: the broker refused the job; try again shortly."""
+    code = "producer_error"
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,7 @@
 
 The parser is the reference reader of the text format: what it cannot read, a scraper
 would not either.  Family names are the parser's: a counter's family drops ``_total``
-(``imgq_jobs`` holds the samples named ``imgq_jobs_total``).
+(``imgq_gateway_jobs`` holds the samples named ``imgq_gateway_jobs_total``).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import time
 import orjson
 
 from gateway.batch_store import Batches
-from gateway.clients import Client
+from gateway.clients import Caller
 from gateway.metrics import GatewayMetrics
 from gateway.store import JobStore
 from gateway.submissions import Accepted, Jobs, Submission
@@ -19,7 +19,7 @@ from shared.messages import BatchRecord, BatchRef, ClassifyRequest, JobEvent, ne
 from shared.states import JobStatus
 
 MODEL = "efficientnet_lite0"
-ALICE = Client(owner="alice", address="127.0.0.1")
+ALICE = Caller(owner="alice", address="127.0.0.1")
 
 
 class Publisher:

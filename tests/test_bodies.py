@@ -18,15 +18,15 @@ import pytest
 
 from compose.stack import wait_http_ok
 from gateway.bodies import BodyBytes
-from gateway.clients import Client, ClientLimits
+from gateway.clients import Caller, ClientLimits
 from gateway.problems import from_error
 from imgq.http_wire import Upload, encode_multipart
 from shared.errors import TooManyRequests, UploadsBusy
 from tests import api
 from tests.conftest import Service
 
-ALICE = Client("alice", "10.0.0.1")
-BOB = Client("bob", "10.0.0.2")
+ALICE = Caller("alice", "10.0.0.1")
+BOB = Caller("bob", "10.0.0.2")
 MIB = 1024 * 1024
 MODEL = "efficientnet_lite0"
 
@@ -57,7 +57,7 @@ def test_the_gateway_holds_at_most_its_budget_for_everyone() -> None:
     with bodies.lease(ALICE) as alices, bodies.lease(BOB) as bobs:
         alices.cover(100)
         bobs.cover(50)
-        with bodies.lease(Client(None, "10.0.0.3")) as carols, pytest.raises(UploadsBusy):
+        with bodies.lease(Caller(None, "10.0.0.3")) as carols, pytest.raises(UploadsBusy):
             carols.cover(1)
         assert from_error(UploadsBusy("x")).status == 503
     assert bodies.held == 0

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from gateway.clients import Client, OpenWaits, RateLimiter
+from gateway.clients import Caller, OpenWaits, RateLimiter
 from shared.errors import SettingsError, TooManyRequests
 from tests import api
 from tests.cluster import Cluster
@@ -37,7 +37,7 @@ def _get(url: str, path: str, token: str) -> api.Reply:
 
 def test_the_bucket_refills_at_the_rate_and_says_when_to_retry() -> None:
     limiter = RateLimiter(rate=2.0, burst=3)
-    alice, bob = Client("a", "1.1.1.1"), Client("b", "1.1.1.1")
+    alice, bob = Caller("a", "1.1.1.1"), Caller("b", "1.1.1.1")
     for _ in range(3):
         limiter.take(alice, now=100.0)
     with pytest.raises(TooManyRequests) as refused:
@@ -49,11 +49,11 @@ def test_the_bucket_refills_at_the_rate_and_says_when_to_retry() -> None:
 
 def test_open_waits_are_counted_per_client_and_released() -> None:
     waits = OpenWaits(per_client=2)
-    alice = Client(None, "10.0.0.1")
+    alice = Caller(None, "10.0.0.1")
     with waits.hold(alice), waits.hold(alice):
         with pytest.raises(TooManyRequests), waits.hold(alice):
             pass
-        with waits.hold(Client(None, "10.0.0.2")):
+        with waits.hold(Caller(None, "10.0.0.2")):
             pass
     assert waits.count(alice) == 0
 

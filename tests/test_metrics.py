@@ -55,7 +55,7 @@ def test_no_created_samples_beside_counters_and_histograms() -> None:
     metrics.batch_done(MODEL, 2, 0.1)
     metrics.job_done(MODEL, "succeeded")
     names = {name for name, _ in parse(expose(metrics.registry).decode()).samples}
-    assert "imgq_jobs_total" in names
+    assert "imgq_replica_jobs_total" in names
     assert not [name for name in names if name.endswith("_created")]
 
 
@@ -155,9 +155,9 @@ def test_the_replica_listener_serves_metrics() -> None:
     assert parsed.value("imgq_inference_seconds_bucket", model=MODEL, le="0.1") == 0
     assert parsed.value("imgq_inference_seconds_bucket", model=MODEL, le="0.25") == 1
     assert parsed.value("imgq_batch_size_sum", model=MODEL) == 3
-    assert parsed.value("imgq_jobs_total", model=MODEL, status="succeeded") == 1
+    assert parsed.value("imgq_replica_jobs_total", model=MODEL, status="succeeded") == 1
     assert ("imgq_redeliveries_total", frozenset()) in parsed.samples
-    assert parsed.value("imgq_dead_lettered_total") == 0
+    assert parsed.value("imgq_replica_dead_lettered_total") == 0
     assert parsed.value("process_resident_memory_bytes") > 0
 
 

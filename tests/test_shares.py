@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.clients import Client, RateLimiter
+from gateway.clients import Caller, RateLimiter
 from gateway.problems import from_error
 from gateway.shares import ACTIVE_SECONDS, SHARE_PER_REPLICA, ClientShares, JobShares
 from shared.errors import TooManyRequests
 from shared.messages import ClassifyRequest, JobEvent, new_job_id
 from shared.states import JobStatus
 
-ALICE = Client("alice", "10.0.0.1")
-BOB = Client("bob", "10.0.0.2")
-CAROL = Client(None, "10.0.0.3")
+ALICE = Caller("alice", "10.0.0.1")
+BOB = Caller("bob", "10.0.0.2")
+CAROL = Caller(None, "10.0.0.3")
 
 
 class Clock:
@@ -29,7 +29,7 @@ def _shares(alone: int = 64, replicas: int = 2) -> tuple[JobShares, Clock]:
     return JobShares(alone, lambda: replicas, clock), clock
 
 
-def _publish(shares: JobShares, client: Client, count: int = 1) -> list[str]:
+def _publish(shares: JobShares, client: Caller, count: int = 1) -> list[str]:
     """``count`` jobs of ``client`` accepted and published, as Jobs.accept_all does it."""
     job_ids = [new_job_id() for _ in range(count)]
     with shares.reserve(client, count) as seats:
@@ -72,7 +72,7 @@ def test_with_others_the_fleet_is_divided() -> None:
     # Never less than one job each, however many clients.
     many, _ = _shares(alone=64, replicas=1)
     for i in range(10):
-        _publish(many, Client(None, f"10.1.0.{i}"))
+        _publish(many, Caller(None, f"10.1.0.{i}"))
     assert many.share(ALICE) == 1
 
 

@@ -38,12 +38,12 @@ PROCESS_METRICS = {
     "process_open_fds": "gauge",
 }
 GATEWAY_METRICS = {
-    "imgq_jobs": "counter",
+    "imgq_gateway_jobs": "counter",
     "imgq_queue_wait_seconds": "histogram",
     "imgq_end_to_end_seconds": "histogram",
     "imgq_long_polls_waiting": "gauge",
     "imgq_result_reuse": "counter",
-    "imgq_dead_lettered": "counter",
+    "imgq_gateway_dead_lettered": "counter",
     "imgq_submissions_rejected": "counter",
     "imgq_queue_depth": "gauge",
     "imgq_http_requests": "counter",
@@ -53,9 +53,9 @@ GATEWAY_METRICS = {
 REPLICA_METRICS = {
     "imgq_inference_seconds": "histogram",
     "imgq_batch_size": "histogram",
-    "imgq_jobs": "counter",
+    "imgq_replica_jobs": "counter",
     "imgq_redeliveries": "counter",
-    "imgq_dead_lettered": "counter",
+    "imgq_replica_dead_lettered": "counter",
     **PROCESS_METRICS,
 }
 _HEX32 = re.compile(rb"[0-9a-f]{32}")
@@ -142,7 +142,9 @@ def test_gateway_metrics_count_jobs_reuse_and_rejections(service: Service) -> No
     assert bad.status == 422
     after = _metrics(service.base_url)
 
-    assert after.value("imgq_jobs_total", **labels) == before.value("imgq_jobs_total", **labels) + 2
+    assert after.value("imgq_gateway_jobs_total", **labels) == (
+        before.value("imgq_gateway_jobs_total", **labels) + 2
+    )
     for histogram in ("imgq_queue_wait_seconds", "imgq_end_to_end_seconds"):
         # The reused job is counted as a job but does not pull the latencies down.
         assert after.value(f"{histogram}_count") == before.value(f"{histogram}_count") + 1
@@ -254,21 +256,21 @@ def test_replica_serves_its_own_metrics(cluster: Cluster) -> None:
     replica_url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     metrics = _metrics(replica_url)
-    while metrics.value("imgq_dead_lettered_total") < 1 and time.monotonic() < deadline:
+    while metrics.value("imgq_replica_dead_lettered_total") < 1 and time.monotonic() < deadline:
         time.sleep(0.2)
         metrics = _metrics(replica_url)
     for name, kind in REPLICA_METRICS.items():
         assert metrics.types.get(name) == kind, name
-    assert metrics.value("imgq_jobs_total", model=MODEL, status="succeeded") == 1
+    assert metrics.value("imgq_replica_jobs_total", model=MODEL, status="succeeded") == 1
     assert metrics.value("imgq_inference_seconds_count", model=MODEL) == 1
     assert metrics.value("imgq_inference_seconds_sum", model=MODEL) > 0
     assert metrics.value("imgq_batch_size_count", model=MODEL) == 1
     assert metrics.value("imgq_batch_size_sum", model=MODEL) == 1
     assert metrics.value("imgq_redeliveries_total") == 1
-    assert metrics.value("imgq_dead_lettered_total") == 1
+    assert metrics.value("imgq_replica_dead_lettered_total") == 1
     # The gateway turned the dead letter's notice into its own count too.
     deadline = time.monotonic() + 10
-    while _metrics(url).value("imgq_dead_lettered_total") < 1:
+    while _metrics(url).value("imgq_gateway_dead_lettered_total") < 1:
         assert time.monotonic() < deadline, "the gateway did not count the dead letter"
         time.sleep(0.2)
 
@@ -323,7 +325,7 @@ def test_gateway_metrics_count_only_this_gateways_jobs() -> None:
             started.advance(JobStatus.FAILED, finished_at=job.queued_at + 3),  # type: ignore[operator]
         )
     text = parse(metrics.expose(long_polls=2, queue_depths={}).decode())
-    assert text.value("imgq_jobs_total", model="efficientnet_lite0", status="failed") == 1
+    assert text.value("imgq_gateway_jobs_total", model="efficientnet_lite0", status="failed") == 1
     assert text.value("imgq_queue_wait_seconds_sum") == pytest.approx(1)
     assert text.value("imgq_end_to_end_seconds_sum") == pytest.approx(3)
     assert text.value("imgq_long_polls_waiting") == 2

@@ -252,7 +252,9 @@ def test_bad_messages_are_dead_lettered_with_their_reason_and_the_consumer_goes_
             for job in good:
                 assert _statuses(broker, job) == [JobStatus.STARTED, JobStatus.SUCCEEDED]
             assert set(broker.settled.values()) == {("ack", False)}
-            dead_lettered = replica.metrics.registry.get_sample_value("imgq_dead_lettered_total")
+            dead_lettered = replica.metrics.registry.get_sample_value(
+                "imgq_replica_dead_lettered_total"
+            )
             assert dead_lettered == len(bad)
 
     _run(scenario)
