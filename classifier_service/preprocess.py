@@ -2,12 +2,12 @@
 
 numpy and Pillow only: the serving process never imports torch (a replica under ONNX Runtime
 holds three models in a fraction of torch's memory).  The numbers are exactly those of the
-torch code this replaced (float32 throughout, the same two operations in the same order);
-``tests/test_preprocess.py`` checks them against torch bit for bit.
+reference pipeline in torch (float32 throughout, the same two operations in the same order);
+``tests/test_preprocess.py`` checks them against it bit for bit.
 
 The pixels are the picture as a viewer shows it: turned upright by its EXIF orientation, an
 MPO's first frame, 16-bit greyscale scaled to 8 bits, CMYK through its embedded ICC profile.
-An ordinary RGB JPEG decodes exactly as it always did.
+An ordinary RGB JPEG is decoded as it is.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def _rgb(image: Image.Image) -> Image.Image:
         return Image.fromarray(((levels + 128) // 257).astype(np.uint8)).convert("RGB")
     if image.mode == "CMYK":
         return _cmyk_to_srgb(image)
-    # Palette, greyscale, alpha (dropped, as before): Pillow converts them exactly.
+    # Palette, greyscale, alpha (dropped): Pillow converts them exactly.
     return image.convert("RGB")
 
 
@@ -177,8 +177,8 @@ def normaliser(spec: ModelSpec) -> Normaliser:
 class Normaliser:
     """``(x / 255 - mean) / std`` per channel, as one multiply and one subtract in float32.
 
-    The constants are computed exactly as the torch code computed them (float32 tensors:
-    ``1 / (255 * std)`` and ``mean / std``), so every pixel gets the same float as before.
+    The constants are computed exactly as the torch reference computes them (float32 tensors:
+    ``1 / (255 * std)`` and ``mean / std``), so every pixel gets the same float.
     """
 
     def __init__(self, spec: ModelSpec) -> None:
@@ -190,7 +190,7 @@ class Normaliser:
     def __call__(self, image: Image.Image, out: Pixels) -> None:
         """Write the (3, H, W) normalised planes of an RGB image of that size into ``out``."""
         pixels = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
-        # uint8 * float32 computes in float32, as the torch code's .to(float32).mul_() did.
+        # uint8 * float32 computes in float32, as the torch reference's .to(float32).mul_().
         np.multiply(pixels, self.scale, out=out)
         np.subtract(out, self.offset, out=out)
 

@@ -5,9 +5,10 @@ without loading them.  The preprocessing is the one the weights were trained
 with: EfficientNet-Lite was trained on inputs scaled to [-1, 1] (mean = std =
 0.5 per channel), evaluated on a centre crop of ``input_size`` taken from the
 image resized so that its short side is ``input_size + 32`` (TensorFlow's
-``CROP_PADDING``).  Measured on ../shared/imagenet-sample, antialiased bilinear
-resizing gives Lite0 0.89 top-1 / 0.99 top-5 (bicubic: 0.89 / 0.97, and slower);
-the torchvision mean/std would cost about 11 points of top-1.
+``CROP_PADDING``).  On the 100-photo ImageNet sample the benchmark measures
+(docs/benchmarks.md), antialiased bilinear resizing gives Lite0 0.89 top-1 / 0.99 top-5
+(bicubic: 0.89 / 0.97, and slower); the torchvision mean/std would cost about 11 points of
+top-1.
 """
 
 from __future__ import annotations

@@ -442,7 +442,7 @@ def test_several_images_use_one_batch_request_or_fall_back_to_one_each(
     fake: tuple[FakeGateway, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     gateway, url = fake
-    # This fake has no /batches (an older gateway): one request per image, as before.
+    # This fake has no /batches (an older gateway): one request per image.
     assert run(capsys, "classify", "cat.jpg", "coffee.jpg", "-m", MODEL, "--url", url)[0] == 0
     posts = [(r["path"], json.loads(r["body"])) for r in gateway.requests if r["method"] == "POST"]
     assert posts == [

@@ -1,4 +1,4 @@
-"""The numpy preprocessing gives the very floats the torch code it replaced gave, from pixels
+"""The numpy preprocessing gives the very floats of the torch reference pipeline, from pixels
 decoded as a viewer shows them."""
 
 from __future__ import annotations
