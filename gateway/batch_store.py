@@ -19,13 +19,15 @@ from __future__ import annotations
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from gateway.limits import MIB
 from shared.errors import BatchNotFound, JobGone, JobNotFound
 from shared.messages import MAX_BATCH_JOBS, BatchRecord, JobEvent
 from shared.settings import GATEWAY, Environ, env_int, variable
+from shared.states import JobStatus
 
 # A batch holds at least one job and IMGQ_MAX_JOBS bounds the jobs; this bounds the records
 # themselves (a few hundred bytes each) even when their jobs are long gone.
@@ -92,6 +94,12 @@ class JobLookup(Protocol):
     def batch_members(self, batch_id: str) -> list[JobEvent]: ...
 
 
+def created_at(jobs: Iterable[JobEvent]) -> float:
+    """When a batch was created, as every gateway can tell from its jobs: the earliest time
+    one of them was queued."""
+    return min((job.queued_at for job in jobs if job.queued_at is not None), default=time.time())
+
+
 def new_batch_id() -> str:
     # Unguessable, like job IDs: on an open gateway the ID is what keeps a batch to its client.
     return secrets.token_hex(16)
@@ -116,8 +124,12 @@ class Batches:
         job_ids: tuple[str, ...],
         owner: str | None,
         batch_id: str | None = None,
+        created_at: float | None = None,
     ) -> Batch:
-        batch = Batch(batch_id or new_batch_id(), model, job_ids, owner, time.time(), len(job_ids))
+        """A batch this gateway accepted; ``created_at`` as ``created_at()`` says, so that every
+        gateway gives the batch the same time."""
+        created = time.time() if created_at is None else created_at
+        batch = Batch(batch_id or new_batch_id(), model, job_ids, owner, created, len(job_ids))
         self._keep(batch)
         return batch
 
@@ -165,7 +177,7 @@ class Batches:
             first.model,
             tuple(job.job_id for job in members),
             first.owner,
-            min(job.queued_at or time.time() for job in members),
+            created_at(members),
             first.batch.size,
         )
 
@@ -185,3 +197,31 @@ class Batches:
                 continue
             return False
         return True
+
+
+def batch_body(
+    batch: Batch, jobs: list[JobEvent | None], positions: list[int | None]
+) -> dict[str, Any]:
+    """The batch: its jobs in the order of the images (those gone are listed by ID in
+    ``gone``), how many are in each status, and whether all are final."""
+    records = []
+    gone = []
+    counts = {status.value: 0 for status in JobStatus}
+    for job_id, job, position in zip(batch.job_ids, jobs, positions, strict=True):
+        if job is None:
+            gone.append(job_id)
+            continue
+        counts[job.status.value] += 1
+        record = job.to_dict()
+        record["position"] = position if job.status is JobStatus.QUEUED else None
+        records.append(record)
+    return {
+        "batch_id": batch.batch_id,
+        "model": batch.model,
+        "created_at": batch.created_at,
+        # A batch read from the log before all its jobs' events arrived is not done yet.
+        "done": batch.complete and all(job is None or job.status.is_final for job in jobs),
+        "counts": counts,
+        "jobs": records,
+        "gone": gone,
+    }

@@ -12,12 +12,11 @@ new batch record).  The batch record itself lives in this gateway (``gateway/bat
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from aiohttp import web
 
 from gateway import intake, keys
-from gateway.batch_store import Batch, is_batch_id
+from gateway.batch_store import Batch, batch_body, created_at, is_batch_id
 from gateway.context import client_of
 from gateway.shapes import BATCH
 from gateway.store import JobStore
@@ -25,7 +24,6 @@ from gateway.submissions import Accepted
 from gateway.views import counts_rejections, json_response, wait_seconds
 from shared.errors import BatchNotFound, JobGone, JobNotFound
 from shared.messages import JobEvent
-from shared.states import JobStatus
 
 
 @counts_rejections
@@ -37,6 +35,7 @@ async def submit_batch(request: web.Request) -> web.StreamResponse:
         tuple(a.job.job_id for a in taken.accepted),
         taken.client.owner,
         batch_id=taken.batch_id,
+        created_at=created_at(a.job for a in taken.accepted),
     )
     store = request.app[keys.STORE]
     body = batch_body(batch, [a.job for a in taken.accepted], _positions(store, taken.accepted))
@@ -95,34 +94,6 @@ async def _wait_all(store: JobStore, batch: Batch, seconds: float) -> list[JobEv
         except (JobGone, JobNotFound):
             jobs.append(None)
     return jobs
-
-
-def batch_body(
-    batch: Batch, jobs: list[JobEvent | None], positions: list[int | None]
-) -> dict[str, Any]:
-    """The batch: its jobs in the order of the images (those gone are listed by ID in
-    ``gone``), how many are in each status, and whether all are final."""
-    records = []
-    gone = []
-    counts = {status.value: 0 for status in JobStatus}
-    for job_id, job, position in zip(batch.job_ids, jobs, positions, strict=True):
-        if job is None:
-            gone.append(job_id)
-            continue
-        counts[job.status.value] += 1
-        record = job.to_dict()
-        record["position"] = position if job.status is JobStatus.QUEUED else None
-        records.append(record)
-    return {
-        "batch_id": batch.batch_id,
-        "model": batch.model,
-        "created_at": batch.created_at,
-        # A batch read from the log before all its jobs' events arrived is not done yet.
-        "done": batch.complete and all(job is None or job.status.is_final for job in jobs),
-        "counts": counts,
-        "jobs": records,
-        "gone": gone,
-    }
 
 
 def _batch_path(batch_id: str) -> str:
