@@ -155,7 +155,11 @@ async def resolve_host(host: str, port: int) -> list[str]:
 
 
 async def checked_addresses(
-    host: str, port: int, policy: AddressPolicy, resolve: Resolver = resolve_host
+    host: str,
+    port: int,
+    policy: AddressPolicy,
+    resolve: Resolver = resolve_host,
+    seconds: float = RESOLVE_SECONDS,
 ) -> list[str]:
     """Every address ``host`` has, all of them allowed, or ``CallbackRefused`` saying why: a
     name with one address that may not be reached is refused whole, since the connection
@@ -167,11 +171,11 @@ async def checked_addresses(
             raise CallbackRefused(f"{_PUBLIC_ONLY}, and {host} is {why}")
         return [literal]
     try:
-        async with asyncio.timeout(RESOLVE_SECONDS):
+        async with asyncio.timeout(seconds):
             addresses = await resolve(host, port)
     except TimeoutError:
         raise CallbackRefused(
-            f"the callback's host {host} did not resolve within {RESOLVE_SECONDS:g} s"
+            f"the callback's host {host} did not resolve within {seconds:g} s"
         ) from None
     except OSError as exc:
         raise CallbackRefused(f"the callback's host {host} does not resolve: {exc}") from None
