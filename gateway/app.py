@@ -104,7 +104,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
     webhooks = Webhooks(
         store,
         batch_records,
-        follower.final_offsets,
+        follower.batch_ends,
         settings.senders,
         secrets,
         poster,

@@ -7,8 +7,8 @@ The transport (``gateway/broker.py``) consumes the stream and hands every messag
   (``begin``), which is what readiness waits for;
 - keeps the offset of the last entry it read, so the next session resumes right after it;
 - skips an entry that cannot be read, or whose sender may not send it (``gateway/senders.py``);
-- notes where each batch job first became final (``gateway/final_offsets.py``), the order
-  in which every gateway sees a batch complete;
+- notes where each batch job first became final (``gateway/batch_ends.py``), the order in
+  which every gateway sees a batch complete;
 - believes a job's owner, batch, idempotency key and callback only from a gateway's request,
   and lets no event of another producer's request touch a job a gateway accepted
   (``_admitted``);
@@ -28,7 +28,7 @@ from typing import Protocol
 
 from aio_pika.abc import AbstractIncomingMessage
 
-from gateway.final_offsets import FinalOffsets
+from gateway.batch_ends import BatchEnds
 from gateway.senders import Senders
 from gateway.store import JobStore
 from shared import tracing, wire
@@ -58,7 +58,7 @@ class LogFollower:
         # The offset of the last entry read: the next session starts right after it.
         self.offset: int | None = None
         # Where each batch job's first final event is in the log (gateway/webhooks.py).
-        self.final_offsets = FinalOffsets()
+        self.batch_ends = BatchEnds()
         self.replay_seconds: float | None = None
         self._started = time.monotonic()
 
@@ -120,7 +120,7 @@ class LogFollower:
             event = self._admitted(entry)
             if event is not None:
                 if event.batch is not None and event.status.is_final and offset is not None:
-                    self.final_offsets.record(event.job_id, offset)
+                    self.batch_ends.record(event.batch, event.job_id, offset)
                 with tracing.applying(event, wire.trace_headers(message), live=self._replayed):
                     self._store.apply(event)
         elif isinstance(entry, wire.Marker):

@@ -1,5 +1,5 @@
 """What a callback says: the job (or batch) as ``GET`` answers for it once final, its event
-type and its delivery ID; and, for a batch, whether this job's end is the one that completes it.
+type and its delivery ID.
 
 A job's callback (``POST /classifications`` with a ``callback_url``) is sent when the job is
 final, with ``{"id", "type": "job.<status>", "job": <GET /classifications/{id}>}``.  A batch's
@@ -24,7 +24,6 @@ from typing import Final, Protocol
 import orjson
 
 from gateway.batch_store import Batch, batch_body
-from gateway.final_offsets import FinalOffsets
 from shared.errors import BatchNotFound, JobGone, JobNotFound
 from shared.messages import JobEvent, WebhookDelivery
 
@@ -38,10 +37,8 @@ def delivery_id(kind: str, subject: str) -> str:
     return uuid.uuid5(_DELIVERIES, f"{kind}/{subject}").hex
 
 
-class BatchView(Protocol):
-    """What a batch's callback reads of the gateway's state (the store and the batches)."""
-
-    def batch_members(self, batch_id: str) -> list[JobEvent]: ...
+class JobLookup(Protocol):
+    """What a batch's callback reads of the gateway's jobs (the store)."""
 
     def get(self, job_id: str, owner: str | None = None) -> JobEvent: ...
 
@@ -61,29 +58,11 @@ def for_job(event: JobEvent, now: float | None = None) -> WebhookDelivery:
     return _delivery(event, ident, kind, body, None, now)
 
 
-def completes_batch(event: JobEvent, jobs: BatchView, offsets: FinalOffsets) -> bool:
-    """Whether ``event``'s job is the one whose end completes its batch: every job of the batch
-    is final here, and of their first final events in the log, this job's comes last.  Call it
-    once the log has brought this job's final event (``FinalOffsets.wait``): then every gateway
-    that asks for any job of the batch gets the same answer, true for exactly one job."""
-    assert event.batch is not None
-    members = jobs.batch_members(event.batch.batch_id)
-    if len(members) < event.batch.size:
-        return False  # some job of it has not even been read yet: not final either
-    ends = []
-    for member in members:
-        offset = offsets.get(member.job_id)
-        if offset is None or not member.status.is_final:
-            return False
-        ends.append((offset, member.job_id))
-    return max(ends)[1] == event.job_id
-
-
 def for_batch(
-    event: JobEvent, batches: BatchLookup, jobs: BatchView, now: float | None = None
+    event: JobEvent, batches: BatchLookup, jobs: JobLookup, now: float | None = None
 ) -> WebhookDelivery | None:
-    """The callback of ``event``'s batch, which ``event`` completed (``completes_batch``); None
-    when the batch is gone (its jobs expired or deleted meanwhile)."""
+    """The callback of ``event``'s batch, which ``event`` completed (``gateway/batch_ends.py``);
+    None when the batch is gone (its jobs expired or deleted meanwhile)."""
     assert event.callback is not None
     assert event.batch is not None
     try:

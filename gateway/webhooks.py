@@ -17,7 +17,7 @@ For each message (``Webhooks.handle``):
    dropped, so a producer that is not a gateway can never make the service POST anywhere.
 2. **What to send** (``gateway/webhook_payloads.py``): a job's callback at once; a batch's
    only by the gateway whose job completes the batch in the log's order, after its log has
-   read that far (``gateway/final_offsets.py``).
+   read that far (``gateway/batch_ends.py``).
 3. **One attempt** (``gateway/webhook_http.py``), signed (``gateway/webhook_signing.py``).
    Delivered: acked.  Failed: published again to wait in the delay queue of the next delay
    (``IMGQ_WEBHOOK_RETRY_DELAYS``), then acked; after the last delay, or a 410 Gone, given
@@ -37,8 +37,8 @@ from dataclasses import dataclass, replace
 from typing import Final, Protocol
 
 from gateway import webhook_payloads
+from gateway.batch_ends import BatchEnds
 from gateway.batch_store import Batches
-from gateway.final_offsets import FinalOffsets
 from gateway.metrics import GatewayMetrics
 from gateway.senders import Senders
 from gateway.store import JobStore
@@ -87,7 +87,7 @@ class Webhooks:
         self,
         store: JobStore,
         batches: Batches,
-        offsets: FinalOffsets,
+        ends: BatchEnds,
         senders: Senders,
         secrets: WebhookSecrets,
         poster: Poster,
@@ -96,7 +96,7 @@ class Webhooks:
     ) -> None:
         self._store = store
         self._batches = batches
-        self._offsets = offsets
+        self._ends = ends
         self._senders = senders
         self._secrets = secrets
         self._poster = poster
@@ -131,7 +131,7 @@ class Webhooks:
 
     async def _batch(self, event: JobEvent) -> Outcome:
         assert event.batch is not None
-        if await self._offsets.wait(event.job_id, LOG_WAIT_SECONDS) is None:
+        if await self._ends.wait(event.job_id, LOG_WAIT_SECONDS) is None:
             log.warning(
                 "the event log has not brought job %s's final event within %g s; its batch's "
                 "callback is handed back to be decided again",
@@ -140,8 +140,8 @@ class Webhooks:
                 extra=job_fields(event.job_id, event.model),
             )
             return Settle.REQUEUE
-        if not webhook_payloads.completes_batch(event, self._store, self._offsets):
-            return Settle.ACK  # another job of the batch ends it; its gateway delivers
+        if self._ends.last(event.batch.batch_id) != event.job_id:
+            return Settle.ACK  # another job of the batch ends it, or will: its gateway delivers
         delivery = webhook_payloads.for_batch(event, self._batches, self._store)
         if delivery is None:
             log.warning(

@@ -16,9 +16,9 @@ import orjson
 import pytest
 
 from gateway import webhooks as webhooks_module
+from gateway.batch_ends import BatchEnds
 from gateway.batch_store import Batches
 from gateway.clients import owner_of
-from gateway.final_offsets import FinalOffsets
 from gateway.log_follower import LogFollower
 from gateway.metrics import GatewayMetrics
 from gateway.senders import Senders
@@ -98,7 +98,7 @@ class Gateway:
         self.webhooks = Webhooks(
             self.store,
             self.batches,
-            self.follower.final_offsets,
+            self.follower.batch_ends,
             senders,
             WebhookSecrets(tokens, secret),
             self.poster,
@@ -364,31 +364,43 @@ def test_a_batch_job_whose_end_the_log_never_brings_is_handed_back(
 
 def test_the_log_keeps_each_batch_jobs_first_end() -> None:
     log = FakeLog()
-    jobs, entries = _batch(log, 1)
+    jobs, entries = _batch(log, 2)
     gateway = Gateway()
     done = final(jobs[0])
     end = log.event(done, "cl")
     run(gateway.read(*entries, end, log.event(done, "cl")))
-    assert gateway.follower.final_offsets.get(done.job_id) == end.headers["x-stream-offset"]
+    ends = gateway.follower.batch_ends
+    assert run(ends.wait(done.job_id, 0)) == end.headers["x-stream-offset"]
+    assert len(ends) == 1  # the repeat changed nothing
     # A single job's end is not kept: no batch waits for it.
     single = final(queued(callback=URL))
     run(gateway.read(log.event(single, "cl")))
-    assert gateway.follower.final_offsets.get(single.job_id) is None
+    assert len(ends) == 1
+    # A job deleted once final still counts as ended: the batch completes all the same.
+    gateway.store.forget(done.job_id)
+    later = final(jobs[1])
+    run(gateway.read(log.event(later, "cl")))
+    assert ends.last(jobs[0].batch.batch_id) == later.job_id  # type: ignore[union-attr]
 
 
-def test_final_offsets_are_bounded_and_wake_their_waiters() -> None:
-    offsets = FinalOffsets(limit=2)
+def test_batch_ends_are_bounded_and_wake_their_waiters() -> None:
+    ends = BatchEnds(limit=3)
+    first, second = BatchRef(new_job_id(), 0, 2), BatchRef(new_job_id(), 0, 2)
 
     async def scenario() -> None:
-        waiting = asyncio.create_task(offsets.wait("a", 60))
+        waiting = asyncio.create_task(ends.wait("a", 60))
         await asyncio.sleep(0)
-        offsets.record("a", 7)
-        offsets.record("a", 9)  # a later final event of the same job changes nothing
+        ends.record(first, "a", 7)
+        ends.record(first, "a", 9)  # a later final event of the same job changes nothing
         assert await waiting == 7
-        offsets.record("b", 8)
-        offsets.record("c", 10)
-        assert (offsets.get("a"), offsets.get("b"), offsets.get("c")) == (None, 8, 10)
-        assert await offsets.wait("z", 0.01) is None
+        assert ends.last(first.batch_id) is None  # job 1 has not ended
+        ends.record(replace(first, index=1), "b", 8)
+        assert ends.last(first.batch_id) == "b"
+        ends.record(second, "c", 10)
+        ends.record(replace(second, index=1), "d", 11)  # past the limit: the oldest batch goes
+        assert ends.last(first.batch_id) is None
+        assert await ends.wait("a", 0.01) is None
+        assert ends.last(second.batch_id) == "d"
 
     run(scenario())
 
