@@ -9,7 +9,9 @@ allow an internal network; nothing else of theirs is reachable).
 - many jobs through both gateways: each callback delivered once;
 - a batch: one callback once all its jobs are final, none per job;
 - the gateway making an attempt killed mid-attempt: the other delivers, the killed one is
-  restarted, and the receiver has exactly one delivery (two attempts, one ID).
+  restarted, and the receiver has exactly one delivery (two attempts, one ID);
+- the gateway making an attempt stopped (SIGTERM) mid-attempt: it finishes the attempt
+  before it exits, and there is no second.
 
 The retry delays are short here (``IMGQ_WEBHOOK_RETRY_DELAYS``); the schedule's arithmetic is
 tested without a broker in tests/test_webhooks.py.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import time
 import urllib.parse
 from collections import Counter
@@ -296,6 +299,24 @@ def test_exactly_one_delivery_when_the_gateway_attempting_it_is_killed(
     assert first.status is None  # its gateway died holding it: never answered
     assert second.status == 200
     assert second.json()["job"]["job_id"] == job["job_id"]
+
+
+def test_a_gateway_stopped_mid_attempt_finishes_it_before_it_exits(
+    deployment: Deployment,
+) -> None:
+    receiver = deployment.receiver
+    cluster = deployment.cluster
+    url = receiver.plan("/stopped", hold_first=True)
+    _submit(cluster.urls[1], url)
+    [held] = receiver.wait_for(lambda got: len(got) == 1, "/stopped")
+    attempting = _sender(held, receiver, [proc for proc, _ in cluster.gateways if proc.alive()])
+    attempting.process.send_signal(signal.SIGTERM)
+    receiver.release("/stopped")
+    assert attempting.process.wait(60) == 0
+    _restart(cluster, attempting)
+    _settled(deployment, "/stopped-sentinel")
+    # Answered by the gateway that was stopping, acked before it went: no second attempt.
+    assert [r.status for r in receiver.at("/stopped")] == [200]
 
 
 def _restart(cluster: Cluster, dead: ManagedProcess) -> None:
