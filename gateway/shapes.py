@@ -47,8 +47,12 @@ def _model(value: object) -> str:
     return value
 
 
-def _callback_url(value: object) -> str | None:
-    if value is None or isinstance(value, str):
+def _callback_url(body: dict[str, object]) -> str | None:
+    """A JSON body's callback_url: absent is None, anything but a string (null too) a 400."""
+    if "callback_url" not in body:
+        return None
+    value = body["callback_url"]
+    if isinstance(value, str):
         return value
     raise MalformedRequest(
         "field 'callback_url' must be a string: the http or https URL to POST the result to"
@@ -135,7 +139,7 @@ class _Single(Shape):
     def from_json(self, body: object, limits: BatchLimits) -> Wanted:
         if not isinstance(body, dict):
             raise MalformedRequest('body must be a JSON object like {"model": ..., "image": ...}')
-        callback = _callback_url(body.get("callback_url"))
+        callback = _callback_url(body)
         return self._one(body.get("model"), body.get("image"), None, "", callback)
 
     def from_fields(self, fields: dict[str, str]) -> Wanted:
@@ -213,7 +217,7 @@ class _Batch(Shape):
             if not isinstance(name, str):
                 raise MalformedRequest(f"images[{index}] must be a gallery image name (a string)")
             names.append(name)
-        callback = _callback_url(body.get("callback_url"))
+        callback = _callback_url(body)
         return self._checked(body.get("model"), names, callback)
 
     def from_form(self, form: Form) -> Wanted:

@@ -253,6 +253,7 @@ def test_a_refused_callback_queues_nothing() -> None:
             ("gopher://example.com/", 422, "callback_refused"),
             ("", 422, "callback_refused"),
             (42, 400, "malformed_request"),
+            (None, 400, "malformed_request"),
             (["https://example.com/"], 400, "malformed_request"),
         ]
         for callback, status, code in cases:
