@@ -266,7 +266,7 @@ class LogRetention:
 class WebhookRetries:
     """When a callback that failed is tried again: after each of ``delays`` in turn, then never.
 
-    The default, 10 s, 1 min, 10 min, 1 h, tries five times over about 75 minutes: a receiver
+    The default, 10 s, 1 min, 10 min, 1 h, tries five times over about 71 minutes: a receiver
     that restarts is reached within seconds, one that is down for an hour still gets it.
     """
 
