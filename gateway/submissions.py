@@ -147,7 +147,10 @@ class Jobs:
             image_name=submission.image_name,
             image=submission.image,
             batch=submission.batch,
-            queued_at=time.time(),
+            # In whole microseconds, as the request's header carries it (shared/wire.py): every
+            # event of the job, the replica's included, then says the same time, and so does
+            # every gateway's answer for it and for its batch.
+            queued_at=round(time.time() * 1_000_000) / 1_000_000,
             idempotency_key=submission.idempotency_key,
             image_sha256=submission.image_sha256,
             owner=owner,
