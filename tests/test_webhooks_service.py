@@ -162,8 +162,9 @@ def test_a_job_is_called_back_once_final_signed_and_as_get_answers_it(
     payload = got.json()
     assert payload["id"] == got.delivery
     assert payload["type"] == "job.succeeded"
-    # The job as any gateway answers for it.
-    assert payload["job"] == _get(deployment.urls[1], f"/classifications/{job['job_id']}")
+    # The job as any gateway answers for it (once its log has the end too).
+    answer = _get(deployment.urls[1], f"/classifications/{job['job_id']}?wait=30")
+    assert payload["job"] == answer
     assert_response_matches(
         "/classifications/{job_id}", "get", 200, "application/json", payload["job"]
     )
@@ -269,7 +270,7 @@ def test_a_batch_is_called_back_once_when_all_its_jobs_are_final(deployment: Dep
     assert batch["done"] is True
     assert batch["counts"]["succeeded"] == len(images)
     assert [job["image"] for job in batch["jobs"]] == images
-    assert batch == _get(deployment.urls[0], f"/batches/{batch_id}")
+    assert batch == _get(deployment.urls[0], f"/batches/{batch_id}?wait=30")
     assert_response_matches("/batches/{batch_id}", "get", 200, "application/json", batch)
     # Every job's final event reached the gateways; one batch callback came of them, no other.
     _settled(deployment, "/batch-sentinel")
