@@ -25,6 +25,8 @@ from shared.topology import (
     REPLIES_EXCHANGE,
     REQUESTS_EXCHANGE,
     REQUESTS_QUEUE,
+    WEBHOOK_RETRY_EXCHANGE,
+    WEBHOOKS_QUEUE,
 )
 
 GATEWAY_USER = "imgq-gateway"
@@ -57,11 +59,13 @@ class Grant:
 GRANTS: dict[str, Grant] = {
     GATEWAY_USER: Grant(
         configure=f"^{_PRIVATE_QUEUES}$",
-        # Publish requests and events (markers, cancellations); bind its private queue.
-        # (The model queues it would declare for its models are the setup step's to declare.)
-        write=_one_of(REQUESTS_EXCHANGE, EVENTS_EXCHANGE, private=True),
-        # Follow the log, turn dead letters into failed jobs, hear heartbeats.
-        read=_one_of(EVENTS_EXCHANGE, EVENT_LOG, DEAD_LETTER_NOTICES, private=True),
+        # Publish requests and events (markers, cancellations) and callbacks' retries; bind its
+        # private queue.  (The model queues it would declare for its models are the setup
+        # step's to declare.)
+        write=_one_of(REQUESTS_EXCHANGE, EVENTS_EXCHANGE, WEBHOOK_RETRY_EXCHANGE, private=True),
+        # Follow the log, turn dead letters into failed jobs, hear heartbeats, deliver
+        # callbacks.
+        read=_one_of(EVENTS_EXCHANGE, EVENT_LOG, DEAD_LETTER_NOTICES, WEBHOOKS_QUEUE, private=True),
     ),
     CLASSIFIER_USER: Grant(
         # The queues of the models it serves.

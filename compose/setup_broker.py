@@ -33,9 +33,11 @@ from shared.settings import SETUP, Environ, env_str, process_env, variable
 from shared.topology import (
     LogRetention,
     QueueBounds,
+    WebhookRetries,
     declare_event_log,
     declare_model_queue,
     declare_topology,
+    declare_webhooks,
 )
 
 log = logging.getLogger("imgq.setup")
@@ -108,13 +110,19 @@ def create_users(management_url: str, vhost: str, passwords: dict[str, str]) -> 
 
 
 async def declare(
-    admin_url: str, bounds: QueueBounds, retention: LogRetention, models: Sequence[str] = ()
+    admin_url: str,
+    bounds: QueueBounds,
+    retention: LogRetention,
+    models: Sequence[str] = (),
+    retries: WebhookRetries | None = None,
 ) -> None:
     connection = await aio_pika.connect(admin_url)
     async with connection:
         channel = await connection.channel()
         topology = await declare_topology(channel, bounds)
         await declare_event_log(channel, topology.events, retention)
+        # The callbacks' queues: the due queue, and a delay queue per retry delay.
+        await declare_webhooks(channel, topology.events, retries or WebhookRetries())
         # Least-privilege services may declare their model queues themselves; declaring the
         # configured ones here too means their jobs can wait before any replica has started.
         for model in models:
@@ -129,7 +137,11 @@ def setup(env: Environ) -> None:
     create_users(env_str(env, _MANAGEMENT_URL.name, _MANAGEMENT_URL.default), vhost, passwords)
     asyncio.run(
         declare(
-            admin_url, QueueBounds.from_env(env), LogRetention.from_env(env), catalog_models(env)
+            admin_url,
+            QueueBounds.from_env(env),
+            LogRetention.from_env(env),
+            catalog_models(env),
+            WebhookRetries.from_env(env),
         )
     )
 

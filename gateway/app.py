@@ -14,6 +14,7 @@ from gateway.auth import token_middleware
 from gateway.batch_store import Batches
 from gateway.bodies import BodyBytes
 from gateway.broker import GatewayBroker
+from gateway.callbacks import CallbackRules
 from gateway.checks import ImageChecks
 from gateway.clients import OpenWaits, RateLimiter
 from gateway.gallery import Gallery
@@ -29,8 +30,20 @@ from gateway.settings import GatewaySettings
 from gateway.shares import ClientShares, JobShares
 from gateway.store import JobStore
 from gateway.submissions import Jobs
+from gateway.webhook_http import WebhookPoster
+from gateway.webhook_signing import WebhookSecrets
+from gateway.webhooks import Webhooks
 
 log = logging.getLogger(__name__)
+
+
+async def _poster_ctx(app: web.Application) -> AsyncIterator[None]:
+    # Started before the broker and closed after it: the broker's close lets the callback
+    # attempts in flight end first.
+    poster = app[keys.WEBHOOK_POSTER]
+    await poster.start()
+    yield
+    await poster.close()
 
 
 async def _broker_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -83,7 +96,24 @@ def create_app(settings: GatewaySettings) -> web.Application:
     lifeline = Lifeline()
     app[keys.LIFELINE] = lifeline
     follower = LogFollower(store, batch_records, settings.senders)
-    broker = GatewayBroker(settings, follower, replicas, metrics, on_death=lifeline.task_died)
+    hooks = settings.webhooks
+    secrets = WebhookSecrets(settings.api_tokens, hooks.secret)
+    app[keys.CALLBACKS] = CallbackRules(secrets.can_sign, hooks.policy)
+    poster = WebhookPoster(hooks.policy)
+    app[keys.WEBHOOK_POSTER] = poster
+    webhooks = Webhooks(
+        store,
+        batch_records,
+        follower.batch_ends,
+        settings.senders,
+        secrets,
+        poster,
+        hooks.retries,
+        metrics,
+    )
+    broker = GatewayBroker(
+        settings, follower, replicas, metrics, on_death=lifeline.task_died, webhooks=webhooks
+    )
     app[keys.BROKER] = broker
     app[keys.JOBS] = Jobs(store, broker, metrics)
     app[keys.SHARES] = ClientShares(job_shares, RateLimiter(limits.rate, limits.burst))
@@ -91,6 +121,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app[keys.OPEN_WAITS] = OpenWaits(limits.waits, limits.stream_seconds)
     # Threads start only when the first upload is checked.
     app[keys.IMAGE_CHECKS] = ImageChecks(MAX_CONCURRENT_CHECKS, MAX_WAITING_CHECKS)
+    app.cleanup_ctx.append(_poster_ctx)
     app.cleanup_ctx.append(_broker_ctx)
     app.on_cleanup.append(_stop_image_checks)
     app.on_shutdown.append(_release_long_polls)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -92,6 +93,12 @@ class JobLookup(Protocol):
     def batch_members(self, batch_id: str) -> list[JobEvent]: ...
 
 
+def created_at(jobs: Iterable[JobEvent]) -> float:
+    """When a batch was created, as every gateway can tell from its jobs: the earliest time
+    one of them was queued."""
+    return min((job.queued_at for job in jobs if job.queued_at is not None), default=time.time())
+
+
 def new_batch_id() -> str:
     # Unguessable, like job IDs: on an open gateway the ID is what keeps a batch to its client.
     return secrets.token_hex(16)
@@ -116,8 +123,12 @@ class Batches:
         job_ids: tuple[str, ...],
         owner: str | None,
         batch_id: str | None = None,
+        created_at: float | None = None,
     ) -> Batch:
-        batch = Batch(batch_id or new_batch_id(), model, job_ids, owner, time.time(), len(job_ids))
+        """A batch this gateway accepted; ``created_at`` as ``created_at()`` says, so that every
+        gateway gives the batch the same time."""
+        created = time.time() if created_at is None else created_at
+        batch = Batch(batch_id or new_batch_id(), model, job_ids, owner, created, len(job_ids))
         self._keep(batch)
         return batch
 
@@ -165,7 +176,7 @@ class Batches:
             first.model,
             tuple(job.job_id for job in members),
             first.owner,
-            min(job.queued_at or time.time() for job in members),
+            created_at(members),
             first.batch.size,
         )
 

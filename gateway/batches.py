@@ -17,7 +17,7 @@ from aiohttp import web
 
 from gateway import intake, keys
 from gateway.answers import batch_body
-from gateway.batch_store import Batch, is_batch_id
+from gateway.batch_store import Batch, created_at, is_batch_id
 from gateway.context import client_of
 from gateway.shapes import BATCH
 from gateway.store import JobStore
@@ -36,6 +36,7 @@ async def submit_batch(request: web.Request) -> web.StreamResponse:
         tuple(a.job.job_id for a in taken.accepted),
         taken.client.owner,
         batch_id=taken.batch_id,
+        created_at=created_at(a.job for a in taken.accepted),
     )
     store = request.app[keys.STORE]
     body = batch_body(batch, [a.job for a in taken.accepted], _positions(store, taken.accepted))

@@ -38,20 +38,25 @@ from gateway.metrics import GatewayMetrics
 from gateway.queued_events import QueuedEvents
 from gateway.replicas import ReplicaRegistry
 from gateway.settings import GatewaySettings
+from gateway.webhook_consumer import PREFETCH, RetryRefused, WebhookConsumer
+from gateway.webhooks import Webhooks
 from shared import wire
 from shared.connect import broker_user, node_address, node_answers, safe_url, watch_channel
 from shared.errors import BrokerUnavailable, QueueFull
-from shared.messages import BatchRecord, ClassifyRequest, JobEvent
+from shared.messages import BatchRecord, ClassifyRequest, JobEvent, WebhookDelivery
 from shared.session import OnDeath, SessionLoop, Supervised
 from shared.topology import (
     DEAD_LETTER_NOTICES,
     EVENT_LOG,
     HEARTBEAT_ROUTING_KEY,
     REQUESTS_QUEUE,
+    WEBHOOK_RETRY_EXCHANGE,
+    WEBHOOKS_QUEUE,
     Topology,
     declare_event_log,
     declare_model_queue,
     declare_topology,
+    declare_webhooks,
     find_topology,
     model_queue,
 )
@@ -70,10 +75,16 @@ class GatewayBroker:
         replicas: ReplicaRegistry,
         metrics: GatewayMetrics,
         on_death: OnDeath,
+        webhooks: Webhooks | None = None,
     ) -> None:
         self._settings = settings
         self._follower = follower
         self._notices = DeadLetters(self, metrics)
+        # Callbacks: None where this gateway delivers none (tests of other parts).
+        self._hooks = None if webhooks is None else WebhookConsumer(webhooks, self, metrics)
+        # The due queue's consumer, to cancel on close, and where retries go.
+        self._hooks_consumer: tuple[aio_pika.abc.AbstractQueue, str] | None = None
+        self._retries: aio_pika.abc.AbstractExchange | None = None
         self._heartbeats = Heartbeats(replicas)
         self.gateway_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._sessions = SessionLoop(
@@ -98,7 +109,18 @@ class GatewayBroker:
         self._tasks.spawn(self._sessions.run(), "broker-session")
 
     async def close(self) -> None:
+        await self._stop_webhooks()
         await self._tasks.close()
+
+    async def _stop_webhooks(self) -> None:
+        """Take no more callbacks, and let the attempts in flight end (bounded)."""
+        consumer, self._hooks_consumer = self._hooks_consumer, None
+        if consumer is None or self._hooks is None:
+            return
+        queue, tag = consumer
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(queue.cancel(tag), self._settings.publish_timeout)
+        await self._hooks.drained()
 
     @property
     def ready(self) -> bool:
@@ -140,6 +162,7 @@ class GatewayBroker:
                     await declare_model_queue(
                         channel, topology.router, self._settings.queue_bounds, model
                     )
+                await declare_webhooks(channel, topology.events, self._settings.webhooks.retries)
             else:
                 # Least privilege: the deployment's setup step declared it; if it has not yet,
                 # this raises and the session loop tries again.
@@ -176,6 +199,20 @@ class GatewayBroker:
             events_channel = await watch(await connection.channel(publisher_confirms=True))
             self._events = await events_channel.get_exchange(topology.events.name, ensure=False)
 
+            if self._hooks is not None:
+                # Retries go out on this channel too: mandatory, so that a delay queue that
+                # does not exist is an error rather than a silent drop.
+                hooks_channel = await watch(
+                    await connection.channel(publisher_confirms=True, on_return_raises=True)
+                )
+                await hooks_channel.set_qos(prefetch_count=PREFETCH)
+                self._retries = await hooks_channel.get_exchange(
+                    WEBHOOK_RETRY_EXCHANGE, ensure=False
+                )
+                due = await hooks_channel.get_queue(WEBHOOKS_QUEUE)
+                tag = await due.consume(self._hooks.on_message)
+                self._hooks_consumer = (due, tag)
+
             self._topology = topology
             out = wire.marker_message(marker, user_id=self._user)
             await topology.events.publish(out.message, out.routing_key, mandatory=False)
@@ -191,6 +228,8 @@ class GatewayBroker:
             self._connected.clear()
             self._topology = None
             self._events = None
+            self._retries = None
+            self._hooks_consumer = None
             self._connection = None
 
     def _log_deleted(self, *_: object) -> None:
@@ -225,6 +264,26 @@ class GatewayBroker:
 
     async def publish_batch(self, record: BatchRecord) -> None:
         await self._publish(wire.batch_message(record, user_id=self._user))
+
+    async def publish_webhook_retry(self, delivery: WebhookDelivery, delay: float) -> None:
+        """Publish a failed callback to wait ``delay`` seconds in its delay queue; return once
+        the broker confirmed it."""
+        retries = self._retries
+        if retries is None:
+            raise BrokerUnavailable("not connected to the broker")
+        out = wire.webhook_retry_message(delivery, delay, user_id=self._user)
+        try:
+            await retries.publish(
+                out.message,
+                out.routing_key,
+                mandatory=True,
+                timeout=self._settings.publish_timeout,
+            )
+        except DeliveryError as exc:
+            # Returned (no such delay queue) or nacked (the queue is at its bound).
+            raise RetryRefused(f"{out.routing_key}: {exc!r}") from exc
+        except (TimeoutError, ConnectionError, AMQPError, RuntimeError) as exc:
+            raise BrokerUnavailable(f"the broker did not confirm the retry: {exc!r}") from exc
 
     async def _publish(self, out: wire.Outgoing) -> None:
         self._require()

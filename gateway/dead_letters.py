@@ -63,6 +63,8 @@ def failed_event(message: AbstractIncomingMessage) -> JobEvent | None:
         idempotency_key=info.idempotency_key if info else None,
         owner=info.owner if info else None,
         batch=info.batch if info else None,
+        # So that a job's callback tells of its end here too (gateway/webhooks.py).
+        callback=info.callback if info else None,
         # Whoever published the request, as RabbitMQ checked it: the log believes the fields
         # above only from a gateway's request (gateway/log_follower.py).
         requested_by=message.user_id or "",

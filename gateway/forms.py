@@ -18,7 +18,13 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.batch_store import BatchLimits
 from gateway.bodies import Lease
-from gateway.limits import MAX_FIELD_BYTES, MAX_SMALL_BODY_BYTES, MAX_UPLOAD_BYTES, MAX_UPLOAD_TEXT
+from gateway.limits import (
+    MAX_FIELD_BYTES,
+    MAX_SMALL_BODY_BYTES,
+    MAX_UPLOAD_BYTES,
+    MAX_UPLOAD_TEXT,
+    MAX_URL_FIELD_BYTES,
+)
 from gateway.uploads import Upload, display_name
 from shared.errors import ImgqError, MalformedRequest, PayloadTooLarge
 
@@ -67,7 +73,8 @@ def urlencoded_fields(body: bytes) -> dict[str, str]:
 @dataclass(slots=True)
 class Form:
     """A multipart/form-data body's parts, in the order sent: each text field (``model``,
-    ``image``) and each ``file`` part (a browser's empty file input is left out)."""
+    ``image``, ``callback_url``) and each ``file`` part (a browser's empty file input is left
+    out)."""
 
     parts: list[tuple[str, Image]] = field(default_factory=list)
 
@@ -179,14 +186,13 @@ async def _read_file(part: BodyPartReader, meter: _Meter) -> bytes:
 
 
 async def _read_field(part: BodyPartReader, meter: _Meter) -> str:
+    limit = MAX_URL_FIELD_BYTES if part.name == "callback_url" else MAX_FIELD_BYTES
     data = bytearray()
     while chunk := await part.read_chunk(_CHUNK):
         meter.spend(len(chunk))
         data += chunk
-        if len(data) > MAX_FIELD_BYTES:
-            raise MalformedRequest(
-                f"form field {part.name!r} is longer than {MAX_FIELD_BYTES} bytes"
-            )
+        if len(data) > limit:
+            raise MalformedRequest(f"form field {part.name!r} is longer than {limit} bytes")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:

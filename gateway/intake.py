@@ -11,7 +11,8 @@ their answers word a refusal.  The rest is the same path:
    it costs the gateway next to nothing;
 3. the body, read under the client's and the gateway's byte budgets and a time limit
    (``gateway/bodies.py``: 429, 503, 408), multipart streamed part by part with byte caps;
-4. the model, the images (a gallery name, or an upload checked on a thread:
+4. the callback URL, if any (``gateway/callbacks.py``: a public http(s) address, 422), the
+   model, the images (a gallery name, or an upload checked on a thread:
    ``gateway/checks.py``) and the Idempotency-Key, all before any job is published: one bad
    image refuses the request (a batch's refusal names the image's index);
 5. seats for all its jobs in the client's share, then ``Jobs.accept_all``: every job published
@@ -37,7 +38,7 @@ from gateway.clients import Caller
 from gateway.context import client_of, is_offered, offered
 from gateway.forms import Image, read_form, read_small_body, urlencoded_fields
 from gateway.limits import MAX_IDEMPOTENCY_KEY
-from gateway.shapes import MULTIPART, URLENCODED, Shape
+from gateway.shapes import MULTIPART, URLENCODED, Shape, Wanted
 from gateway.submissions import Accepted, Submission
 from shared.errors import (
     ImgqError,
@@ -72,17 +73,18 @@ async def take(request: web.Request, shape: Shape) -> Intake:
     shares = request.app[keys.SHARES]
     shares.check(client)
     with request.app[keys.BODIES].lease(client) as lease:
-        model, images = await _read_in_time(request, shape, lease)
+        wanted = await _read_in_time(request, shape, lease)
+        callback = None
+        if wanted.callback_url is not None:
+            callback = await request.app[keys.CALLBACKS].check(wanted.callback_url, client.owner)
         batch_id = new_batch_id() if shape.is_batch else None
-        submissions = await _submissions(request, shape, model, images, batch_id)
+        submissions = await _submissions(request, shape, wanted, batch_id, callback)
         with shares.reserve(client, len(submissions)) as seats:
             accepted = await request.app[keys.JOBS].accept_all(submissions, client.owner, seats)
-    return Intake(model, client, accepted, batch_id)
+    return Intake(wanted.model, client, accepted, batch_id)
 
 
-async def _read_in_time(
-    request: web.Request, shape: Shape, lease: Lease
-) -> tuple[str, list[Image]]:
+async def _read_in_time(request: web.Request, shape: Shape, lease: Lease) -> Wanted:
     seconds = request.app[keys.SETTINGS].body_timeout
     try:
         async with asyncio.timeout(seconds):
@@ -95,10 +97,15 @@ async def _read_in_time(
 
 
 async def _submissions(
-    request: web.Request, shape: Shape, model: str, images: list[Image], batch_id: str | None
+    request: web.Request,
+    shape: Shape,
+    wanted: Wanted,
+    batch_id: str | None,
+    callback: str | None,
 ) -> list[Submission]:
     """Every image checked and made a job, before any is published: the first bad one
     refuses the whole request."""
+    model, images = wanted.model, wanted.images
     if not is_offered(request, model):
         raise UnknownModel(model, offered(request))
     key = idempotency_key(request)
@@ -112,7 +119,13 @@ async def _submissions(
         place = None if batch_id is None else BatchRef(batch_id, index, len(images))
         try:
             submission = await _submission(
-                request, model, image, key=shape.image_key(key, index), reuse=reuse, batch=place
+                request,
+                model,
+                image,
+                key=shape.image_key(key, index),
+                reuse=reuse,
+                batch=place,
+                callback=callback,
             )
         except ImgqError as error:
             raise shape.about(error, index, image) from None
@@ -120,8 +133,8 @@ async def _submissions(
     return submissions
 
 
-async def _read(request: web.Request, shape: Shape, lease: Lease) -> tuple[str, list[Image]]:
-    """The model and the images, as the body names them (checked for shape, not content)."""
+async def _read(request: web.Request, shape: Shape, lease: Lease) -> Wanted:
+    """What the body asks for (checked for shape, not content)."""
     limits = request.app[keys.SETTINGS].batch_limits
     if request.content_type == MULTIPART:
         form = await read_form(request, shape, limits, lease)
@@ -144,6 +157,7 @@ async def _submission(
     key: str | None,
     reuse: bool,
     batch: BatchRef | None,
+    callback: str | None,
 ) -> Submission:
     """The job for one image: a gallery image as it was loaded (hashed once at start-up), an
     upload once its bytes are checked (off the event loop, bounded: ``gateway/checks.py``)."""
@@ -162,6 +176,7 @@ async def _submission(
         idempotency_key=key,
         reuse=reuse,
         batch=batch,
+        callback=callback,
     )
 
 

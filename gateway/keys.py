@@ -8,6 +8,7 @@ from gateway.activity import Activity
 from gateway.batch_store import Batches
 from gateway.bodies import BodyBytes
 from gateway.broker import GatewayBroker
+from gateway.callbacks import CallbackRules
 from gateway.checks import ImageChecks
 from gateway.clients import OpenWaits
 from gateway.gallery import Gallery
@@ -18,6 +19,7 @@ from gateway.settings import GatewaySettings
 from gateway.shares import ClientShares
 from gateway.store import JobStore
 from gateway.submissions import Jobs
+from gateway.webhook_http import WebhookPoster
 
 SETTINGS = web.AppKey("settings", GatewaySettings)
 STORE = web.AppKey("store", JobStore)
@@ -40,3 +42,8 @@ SHARES = web.AppKey("shares", ClientShares)
 BODIES = web.AppKey("bodies", BodyBytes)
 # Whether a background task died (the process then exits non-zero).
 LIFELINE = web.AppKey("lifeline", Lifeline)
+# What a submission's callback_url must be (gateway/callbacks.py).
+CALLBACKS = web.AppKey("callbacks", CallbackRules)
+# Makes the callbacks' HTTP requests (gateway/webhook_http.py): a client session, opened at
+# start-up.
+WEBHOOK_POSTER = web.AppKey("webhook_poster", WebhookPoster)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Final
 
 from shared.images import MEDIA_TYPES
+from shared.messages import MAX_CALLBACK_CHARS
 
 MIB: Final = 1024 * 1024
 
@@ -23,6 +24,9 @@ MAX_SMALL_BODY_BYTES: Final = 64 * 1024
 # A text field of a form (model or gallery image name): names are short; anything longer is
 # not a name.
 MAX_FIELD_BYTES: Final = 1024
+# A form's callback_url: the longest URL a callback may have (shared/messages.py), each
+# character as many as four bytes of UTF-8.
+MAX_URL_FIELD_BYTES: Final = 4 * MAX_CALLBACK_CHARS
 # Parts in one multipart body: ours has two or three; many more is someone probing.
 MAX_FORM_PARTS: Final = 8
 # An Idempotency-Key: long enough for a UUID or a client's own request ID, short enough to

@@ -7,8 +7,11 @@ The transport (``gateway/broker.py``) consumes the stream and hands every messag
   (``begin``), which is what readiness waits for;
 - keeps the offset of the last entry it read, so the next session resumes right after it;
 - skips an entry that cannot be read, or whose sender may not send it (``gateway/senders.py``);
-- believes a job's owner, batch and idempotency key only from a gateway's request, and lets no
-  event of another producer's request touch a job a gateway accepted (``_admitted``);
+- notes where each batch job first became final (``gateway/batch_ends.py``), the order in
+  which every gateway sees a batch complete;
+- believes a job's owner, batch, idempotency key and callback only from a gateway's request,
+  and lets no event of another producer's request touch a job a gateway accepted
+  (``_admitted``);
 - never stops on an entry: whatever goes wrong with one is logged with the reason, and the
   entry is acked past like any other.
 
@@ -25,6 +28,7 @@ from typing import Protocol
 
 from aio_pika.abc import AbstractIncomingMessage
 
+from gateway.batch_ends import BatchEnds
 from gateway.senders import Senders
 from gateway.store import JobStore
 from shared import tracing, wire
@@ -53,6 +57,8 @@ class LogFollower:
         self._replayed = False
         # The offset of the last entry read: the next session starts right after it.
         self.offset: int | None = None
+        # Where each batch job's first final event is in the log (gateway/webhooks.py).
+        self.batch_ends = BatchEnds()
         self.replay_seconds: float | None = None
         self._started = time.monotonic()
 
@@ -98,8 +104,9 @@ class LogFollower:
 
     def take(self, message: AbstractIncomingMessage) -> None:
         """Read one entry and apply it, or say in the log why not."""
-        offset = (message.headers or {}).get("x-stream-offset")
-        if isinstance(offset, int) and (self.offset is None or offset > self.offset):
+        raw = (message.headers or {}).get("x-stream-offset")
+        offset = raw if isinstance(raw, int) else None
+        if offset is not None and (self.offset is None or offset > self.offset):
             self.offset = offset
         try:
             entry = wire.parse_log_entry(message)
@@ -112,6 +119,8 @@ class LogFollower:
         elif isinstance(entry, JobEvent):
             event = self._admitted(entry)
             if event is not None:
+                if event.batch is not None and event.status.is_final and offset is not None:
+                    self.batch_ends.record(event.batch, event.job_id, offset)
                 with tracing.applying(event, wire.trace_headers(message), live=self._replayed):
                     self._store.apply(event)
         elif isinstance(entry, wire.Marker):
@@ -124,12 +133,12 @@ class LogFollower:
     def _admitted(self, event: JobEvent) -> JobEvent | None:
         """The event as far as it can be believed (see gateway/senders.py), or None.
 
-        A gateway's request: as it is.  Any other producer's request: its owner, batch and
-        idempotency key are that producer's say-so, so they are dropped (the store keeps what a
-        gateway's events said of the job); and when it names a job a gateway's request made,
-        it is a producer reusing a known job ID, so none of it applies.  An event written
-        before events named their request's sender (an older replica) cannot be told apart:
-        it loses the three fields but still moves its job on.
+        A gateway's request: as it is.  Any other producer's request: its owner, batch,
+        idempotency key and callback are that producer's say-so, so they are dropped (the store
+        keeps what a gateway's events said of the job); and when it names a job a gateway's
+        request made, it is a producer reusing a known job ID, so none of it applies.  An event
+        written before events named their request's sender (an older replica) cannot be told
+        apart: it loses those fields but still moves its job on.
         """
         if event.requested_by in self._requesters:
             return event
@@ -145,9 +154,14 @@ class LogFollower:
                     extra=job_fields(event.job_id, event.model),
                 )
                 return None
-        if event.owner is None and event.batch is None and event.idempotency_key is None:
+        if (
+            event.owner is None
+            and event.batch is None
+            and event.idempotency_key is None
+            and event.callback is None
+        ):
             return event
-        return replace(event, owner=None, batch=None, idempotency_key=None)
+        return replace(event, owner=None, batch=None, idempotency_key=None, callback=None)
 
     def _marker_read(self, value: str) -> None:
         if value != self._marker or self._caught_up:

@@ -38,6 +38,9 @@ HTTP_BUCKETS: Final = (
     60,
 )
 
+# Each is shown from the start, at 0, so a dashboard's rate is never "no data".
+WEBHOOK_OUTCOMES: Final = ("succeeded", "retried", "given_up")
+
 # Jobs accepted here and not yet final.  Bounded: a job whose final event never comes (its
 # log entries expired) must not pin memory forever.
 _MAX_TRACKED: Final = 100_000
@@ -107,6 +110,18 @@ class GatewayMetrics:
             buckets=HTTP_BUCKETS,
             registry=registry,
         )
+        # Counted by the gateway that made the attempt (the due queue has competing
+        # consumers), so summing over gateways gives the fleet's figure.
+        self.webhooks = Counter(
+            "imgq_webhook_deliveries_total",
+            "Callback attempts by outcome: succeeded (the receiver answered 2xx), retried (it "
+            "did not; another attempt waits), given_up (the last attempt failed, or the receiver "
+            "answered 410, or nothing signs it any more).",
+            ("outcome",),
+            registry=registry,
+        )
+        for outcome in WEBHOOK_OUTCOMES:
+            self.webhooks.labels(outcome=outcome)
         self._mine: OrderedDict[str, None] = OrderedDict()
 
     def accepted(self, job_id: str) -> None:

@@ -12,6 +12,7 @@ from aiohttp import web
 from shared.errors import (
     BatchNotFound,
     BrokerUnavailable,
+    CallbackRefused,
     EmptyBatch,
     IdempotencyKeyReused,
     ImageTooLarge,
@@ -60,6 +61,7 @@ _STATUS: dict[type[ImgqError], int] = {
     UnknownImage: 422,
     EmptyBatch: 422,
     IdempotencyKeyReused: 422,
+    CallbackRefused: 422,
     BrokerUnavailable: 503,
     QueueFull: 503,
     UploadsBusy: 503,

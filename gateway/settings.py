@@ -10,6 +10,7 @@ from gateway.batch_store import BatchLimits
 from gateway.clients import ClientLimits
 from gateway.limits import MAX_REQUEST_BYTES
 from gateway.senders import Senders
+from gateway.webhook_settings import WebhookSettings
 from shared.catalog import catalog_models
 from shared.errors import SettingsError
 from shared.logs import LogSettings
@@ -115,6 +116,8 @@ class GatewaySettings:
     # How long a body may take to arrive: a 64 MiB batch needs under a minute on a 10 Mbit/s
     # uplink; twice that, and a client that sends slowly or stops gives its share back.
     body_timeout: float = _BODY_TIMEOUT.default
+    # Callbacks (gateway/webhooks.py): their secret, the networks they may reach, retries.
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
 
     @classmethod
     def from_env(cls, env: Environ) -> GatewaySettings:
@@ -146,6 +149,7 @@ class GatewaySettings:
             batch_limits=BatchLimits.from_env(env),
             body_bytes=env_int(env, _BODY_BYTES.name, _BODY_BYTES.default, minimum=1),
             body_timeout=env_float(env, _BODY_TIMEOUT.name, _BODY_TIMEOUT.default, minimum=0.1),
+            webhooks=WebhookSettings.from_env(env),
         )._checked()
 
     def _checked(self) -> GatewaySettings:

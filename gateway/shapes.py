@@ -7,6 +7,7 @@ form may hold (``gateway/forms.py``) and how its answers word a refusal; nothing
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Final
 
 from gateway.batch_store import MAX_BATCH_IMAGES, BatchLimits
@@ -30,10 +31,37 @@ FORM_TYPES: Final = (URLENCODED, MULTIPART)
 MAX_BATCH_KEY: Final = MAX_IDEMPOTENCY_KEY - len(f"#{MAX_BATCH_IMAGES - 1}")
 
 
+@dataclass(frozen=True, slots=True)
+class Wanted:
+    """What a request asks for: a model, its images in order, and where to call back."""
+
+    model: str
+    images: list[Image]
+    # The client's callback_url, as sent (gateway/callbacks.py checks it); None if it sent none.
+    callback_url: str | None = None
+
+
 def _model(value: object) -> str:
     if not isinstance(value, str):
         raise MalformedRequest("field 'model' is required and must be a string")
     return value
+
+
+def _callback_url(body: dict[str, object]) -> str | None:
+    """A JSON body's callback_url: absent is None, anything but a string (null too) a 400."""
+    if "callback_url" not in body:
+        return None
+    value = body["callback_url"]
+    if isinstance(value, str):
+        return value
+    raise MalformedRequest(
+        "field 'callback_url' must be a string: the http or https URL to POST the result to"
+    )
+
+
+def _last(values: list[str]) -> str | None:
+    """A text field sent twice counts once, with its last value."""
+    return values[-1] if values else None
 
 
 class Shape(ABC):
@@ -46,16 +74,16 @@ class Shape(ABC):
     _form_has: str
 
     @abstractmethod
-    def from_json(self, body: object, limits: BatchLimits) -> tuple[str, list[Image]]:
-        """The model and the images a JSON body names."""
+    def from_json(self, body: object, limits: BatchLimits) -> Wanted:
+        """What a JSON body asks for."""
 
-    def from_fields(self, fields: dict[str, str]) -> tuple[str, list[Image]]:
-        """The model and the image an urlencoded form names (only a route that reads one)."""
+    def from_fields(self, fields: dict[str, str]) -> Wanted:
+        """What an urlencoded form asks for (only a route that reads one)."""
         raise NotImplementedError
 
     @abstractmethod
-    def from_form(self, form: Form) -> tuple[str, list[Image]]:
-        """The model and the images a multipart form names."""
+    def from_form(self, form: Form) -> Wanted:
+        """What a multipart form asks for."""
 
     @abstractmethod
     def form_bytes(self, limits: BatchLimits) -> int:
@@ -76,7 +104,7 @@ class Shape(ABC):
 
     def check_part(self, name: str | None, form: Form) -> None:
         """Refuse a part that may not come next, before it is read."""
-        if name not in ("model", "image", "file"):
+        if name not in ("model", "image", "file", "callback_url"):
             raise MalformedRequest(f"unknown form field {name!r}; {self._form_has}")
 
     def check_images(self, limits: BatchLimits, count: int) -> None:
@@ -106,41 +134,42 @@ class _Single(Shape):
     is_batch = False
     # As openapi.json says: only our parts.  A misnamed file part (say 'upload') gets this
     # answer rather than a puzzling "field 'image' is required".
-    _form_has = "a form has 'model' and either 'image' or 'file'"
+    _form_has = "a form has 'model', either 'image' or 'file', and optionally 'callback_url'"
 
-    def from_json(self, body: object, limits: BatchLimits) -> tuple[str, list[Image]]:
+    def from_json(self, body: object, limits: BatchLimits) -> Wanted:
         if not isinstance(body, dict):
             raise MalformedRequest('body must be a JSON object like {"model": ..., "image": ...}')
-        return self._one(body.get("model"), body.get("image"), None, suffix="")
+        callback = _callback_url(body)
+        return self._one(body.get("model"), body.get("image"), None, "", callback)
 
-    def from_fields(self, fields: dict[str, str]) -> tuple[str, list[Image]]:
-        return self._one(fields.get("model"), fields.get("image"), None, suffix="")
+    def from_fields(self, fields: dict[str, str]) -> Wanted:
+        callback = fields.get("callback_url")
+        return self._one(fields.get("model"), fields.get("image"), None, "", callback)
 
-    def from_form(self, form: Form) -> tuple[str, list[Image]]:
-        # A text field sent twice counts once, with its last value.
-        models, names = form.text("model"), form.text("image")
+    def from_form(self, form: Form) -> Wanted:
         uploads = [image for image in form.images() if isinstance(image, Upload)]
         return self._one(
-            models[-1] if models else None,
-            names[-1] if names else None,
+            _last(form.text("model")),
+            _last(form.text("image")),
             uploads[0] if uploads else None,
-            suffix=" (or upload a 'file')",
+            " (or upload a 'file')",
+            _last(form.text("callback_url")),
         )
 
     @staticmethod
     def _one(
-        model: object, name: object, upload: Upload | None, suffix: str
-    ) -> tuple[str, list[Image]]:
+        model: object, name: object, upload: Upload | None, suffix: str, callback: str | None
+    ) -> Wanted:
         checked = _model(model)
         if upload is not None:
             if name is not None:
                 raise MalformedRequest(
                     "send either a gallery 'image' or a 'file' to upload, not both"
                 )
-            return checked, [upload]
+            return Wanted(checked, [upload], callback)
         if not isinstance(name, str):
             raise MalformedRequest(f"field 'image' is required and must be a string{suffix}")
-        return checked, [name]
+        return Wanted(checked, [name], callback)
 
     def form_bytes(self, limits: BatchLimits) -> int:
         return MAX_REQUEST_BYTES
@@ -168,9 +197,12 @@ class _Batch(Shape):
 
     content_types = (JSON, MULTIPART)
     is_batch = True
-    _form_has = "a batch form has one 'model' and 'file' parts and/or 'image' fields"
+    _form_has = (
+        "a batch form has one 'model', 'file' parts and/or 'image' fields, and optionally one "
+        "'callback_url'"
+    )
 
-    def from_json(self, body: object, limits: BatchLimits) -> tuple[str, list[Image]]:
+    def from_json(self, body: object, limits: BatchLimits) -> Wanted:
         if not isinstance(body, dict) or not isinstance(body.get("images"), list):
             raise MalformedRequest(
                 'body must be a JSON object like {"model": ..., "images": ["name", ...]}'
@@ -185,18 +217,21 @@ class _Batch(Shape):
             if not isinstance(name, str):
                 raise MalformedRequest(f"images[{index}] must be a gallery image name (a string)")
             names.append(name)
-        return self._checked(body.get("model"), names)
+        callback = _callback_url(body)
+        return self._checked(body.get("model"), names, callback)
 
-    def from_form(self, form: Form) -> tuple[str, list[Image]]:
+    def from_form(self, form: Form) -> Wanted:
         models = form.text("model")
-        return self._checked(models[0] if models else None, form.images())
+        return self._checked(
+            models[0] if models else None, form.images(), _last(form.text("callback_url"))
+        )
 
     @staticmethod
-    def _checked(model: object, images: list[Image]) -> tuple[str, list[Image]]:
+    def _checked(model: object, images: list[Image], callback: str | None) -> Wanted:
         checked = _model(model)
         if not images:
             raise EmptyBatch("a batch needs at least one image ('images' in JSON, or 'file' parts)")
-        return checked, images
+        return Wanted(checked, images, callback)
 
     def form_bytes(self, limits: BatchLimits) -> int:
         return limits.max_bytes
@@ -218,6 +253,8 @@ class _Batch(Shape):
         super().check_part(name, form)
         if name == "model" and form.text("model"):
             raise MalformedRequest("send one 'model' per batch")
+        if name == "callback_url" and form.text("callback_url"):
+            raise MalformedRequest("send one 'callback_url' per batch")
 
     def check_images(self, limits: BatchLimits, count: int) -> None:
         if count > limits.max_images:

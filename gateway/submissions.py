@@ -15,11 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from gateway.batch_store import created_at
 from gateway.metrics import GatewayMetrics
 from gateway.shares import Seats
 from gateway.store import JobStore
 from shared import tracing
-from shared.errors import IdempotencyKeyReused, JobConflict, NotReady
+from shared.errors import CallbackRefused, IdempotencyKeyReused, JobConflict, NotReady
 from shared.logs import job_fields
 from shared.messages import (
     BatchRecord,
@@ -69,6 +70,8 @@ class Submission:
     reuse: bool = True
     # The batch it is part of (POST /batches), carried by the job's request and events.
     batch: BatchRef | None = None
+    # Where to POST the job (or its batch) once final: checked (gateway/callbacks.py).
+    callback: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +99,7 @@ class Jobs:
         gateway publishes takes one of ``seats`` (the client's share, ``gateway/shares.py``)
         until it is final.  If one cannot be published, the ones before it that are still
         queued are cancelled again, so a refused request leaves no jobs running."""
+        self._check_batch_callback(submissions, owner)
         accepted: list[Accepted] = []
         try:
             for submission in submissions:
@@ -111,6 +115,27 @@ class Jobs:
             raise
         return accepted
 
+    def _check_batch_callback(self, submissions: Sequence[Submission], owner: str | None) -> None:
+        """A batch's callback travels in the jobs the batch creates and is sent once they are
+        all final.  A job that an Idempotency-Key replays is the earlier request's, callback and
+        all, and says nothing of this batch: so a batch with a callback is either all new jobs
+        or all replayed ones (a retry: the earlier request's callback is the one sent)."""
+        if not submissions or submissions[0].batch is None or submissions[0].callback is None:
+            return
+        replayed = [
+            (index, submission.idempotency_key)
+            for index, submission in enumerate(submissions)
+            if submission.idempotency_key is not None
+            and self._store.by_idempotency_key(submission.idempotency_key, owner) is not None
+        ]
+        if replayed and len(replayed) < len(submissions):
+            index, key = replayed[0]
+            raise CallbackRefused(
+                f"images[{index}] is a job of an earlier request (Idempotency-Key {key!r}), and "
+                "a batch's callback travels with the jobs the batch creates: send the earlier "
+                "batch again as it was, or this one with a new Idempotency-Key"
+            )
+
     async def _accept(
         self, submission: Submission, owner: str | None, seats: Seats | None
     ) -> Accepted:
@@ -122,11 +147,15 @@ class Jobs:
             image_name=submission.image_name,
             image=submission.image,
             batch=submission.batch,
-            queued_at=time.time(),
+            # In whole microseconds, as the request's header carries it (shared/wire.py): every
+            # event of the job, the replica's included, then says the same time, and so does
+            # every gateway's answer for it and for its batch.
+            queued_at=round(time.time() * 1_000_000) / 1_000_000,
             idempotency_key=submission.idempotency_key,
             image_sha256=submission.image_sha256,
             owner=owner,
             requested_by=self._broker.user,
+            callback=submission.callback,
         )
         key = submission.idempotency_key
         if key is not None:
@@ -147,10 +176,12 @@ class Jobs:
                     and key is None
                     and earlier.image == request.image_name
                     and request.batch is None
+                    and request.callback is None
                 ):
                     # Already a reuse of this client's: answer with it again rather than log
                     # one more job, so resubmitting an image in a loop costs no log or store.
-                    # Not for a batch's image: a job of its own names the batch in its events.
+                    # Not for a batch's image: a job of its own names the batch in its events;
+                    # nor with a callback: a job of its own is what calls it back.
                     return Accepted(earlier)
                 return await self._reuse(queued, earlier)
 
@@ -236,5 +267,5 @@ def _batch_record(
         model=submissions[0].model,
         job_ids=tuple(item.job.job_id for item in accepted),
         owner=owner,
-        created_at=time.time(),
+        created_at=created_at(item.job for item in accepted),
     )

@@ -88,6 +88,14 @@ class EmptyBatch(ImgqError):
     code = "empty_batch"
 
 
+class CallbackRefused(ImgqError):
+    """The request's ``callback_url`` is not one the gateway will POST to: not an http(s) URL,
+    an address that is not public (unless the operator allowed its network), a host that does
+    not resolve, or no secret to sign callbacks with."""
+
+    code = "callback_refused"
+
+
 class JobConflict(ImgqError):
     """The request cannot apply to the job in its current state (e.g. cancel a started job)."""
 

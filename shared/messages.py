@@ -34,6 +34,9 @@ _BATCH_REF = re.compile(r"([0-9a-f]{32})/([0-9]{1,6})/([0-9]{1,6})")
 # Names are shown on pages and kept per job: long enough for any real file name or model
 # name, short enough that a producer cannot make every job's record large.
 MAX_NAME_CHARS = 200
+# A callback URL: as long as the URLs browsers and servers commonly accept, so that any real
+# receiver's address fits, while it travels in every event of its job.
+MAX_CALLBACK_CHARS = 2048
 
 
 def new_job_id() -> str:
@@ -101,6 +104,13 @@ def finite(value: int | float, key: str) -> float:
     return number
 
 
+def _str_unbounded(data: dict[str, Any], key: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or not value:
+        raise MessageError(f"{key!r} must be a non-empty string")
+    return value
+
+
 def _opt_name(data: dict[str, Any], key: str) -> str | None:
     """A name (``checked_name``) or null."""
     value = data.get(key)
@@ -111,6 +121,13 @@ def _opt_str(data: dict[str, Any], key: str) -> str | None:
     value = data.get(key)
     if value is not None and not isinstance(value, str):
         raise MessageError(f"{key!r} must be a string or null")
+    return value
+
+
+def _opt_callback(data: dict[str, Any], key: str = "callback") -> str | None:
+    value = _opt_str(data, key)
+    if value is not None and not 0 < len(value) <= MAX_CALLBACK_CHARS:
+        raise MessageError(f"{key!r} must be a URL of 1 to {MAX_CALLBACK_CHARS} characters")
     return value
 
 
@@ -151,6 +168,11 @@ class ClassifyRequest:
     # Hashed once: a submission needs it for idempotency, reuse and its events, and an
     # upload can be 10 MiB.  Pass it when known (gallery images are hashed at start-up).
     image_sha256: str = field(default="", repr=False, compare=False)
+    # The URL the gateways POST the job to once it is final (for a job of a batch: the batch,
+    # once all its jobs are), as the client named it (gateway/callbacks.py checked it).
+    # Carried into every event of the job; like the owner, batch and idempotency key, a
+    # gateway believes it only from a gateway's request (gateway/webhooks.py).
+    callback: str | None = None
 
     def __post_init__(self) -> None:
         if not self.image_sha256:
@@ -224,6 +246,8 @@ class JobEvent:
     # The version of the model that ran the job (``model`` may name no version, or be served
     # in two versions during a rollout): set by the replica that takes it, None before.
     model_version: str | None = None
+    # Broker-only: the request's callback URL (``ClassifyRequest.callback``).
+    callback: str | None = None
 
     @classmethod
     def for_request(cls, request: ClassifyRequest, status: JobStatus) -> JobEvent:
@@ -238,6 +262,7 @@ class JobEvent:
             owner=request.owner,
             batch=request.batch,
             requested_by=request.requested_by or "",
+            callback=request.callback,
         )
 
     def advance(self, status: JobStatus, **changes: Any) -> JobEvent:
@@ -273,6 +298,7 @@ class JobEvent:
                 "owner": self.owner,
                 "batch": None if self.batch is None else str(self.batch),
                 "requested_by": self.requested_by,
+                "callback": self.callback,
             }
         )
 
@@ -317,6 +343,7 @@ class JobEvent:
             batch=BatchRef.parse(data.get("batch")),
             requested_by=_opt_str(data, "requested_by"),
             model_version=_opt_name(data, "model_version"),
+            callback=_opt_callback(data),
         )
 
 
@@ -393,6 +420,76 @@ class BatchRecord:
             job_ids=tuple(job_ids),
             owner=_opt_str(data, "owner"),
             created_at=created_at,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookDelivery:
+    """A callback that failed and waits for its next attempt (``gateway/webhooks.py``): all an
+    attempt needs, so that whichever gateway takes it makes it, and every attempt of one
+    delivery sends the same body under the same ID.  Only gateways publish it."""
+
+    # What the receiver deduplicates on: the same for every attempt, and for every gateway.
+    delivery_id: str
+    url: str
+    # The ``type`` of the body: ``job.succeeded``, ``job.failed``, ``job.cancelled`` or
+    # ``batch.done``.
+    event: str
+    # The JSON document POSTed, exactly as the first attempt sent it.
+    body: bytes
+    # Whose secret signs it: the submitting client's token hash (None on an open gateway).
+    owner: str | None
+    # For log lines: the job, or for a batch the job whose end completed it, and its model.
+    job_id: str
+    model: str
+    batch_id: str | None
+    # The attempt this message is for: 2 for the first retry.
+    attempt: int
+    first_attempt_at: float
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "v": SCHEMA_VERSION,
+                "delivery_id": self.delivery_id,
+                "url": self.url,
+                "event": self.event,
+                "body": self.body.decode(),
+                "owner": self.owner,
+                "job_id": self.job_id,
+                "model": self.model,
+                "batch_id": self.batch_id,
+                "attempt": self.attempt,
+                "first_attempt_at": self.first_attempt_at,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, body: bytes) -> WebhookDelivery:
+        data = _load(body)
+        attempt = data.get("attempt")
+        if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+            raise MessageError("'attempt' must be a positive integer")
+        first = _opt_float(data, "first_attempt_at")
+        if first is None:
+            raise MessageError("'first_attempt_at' must be a number")
+        batch_id = _opt_str(data, "batch_id")
+        if batch_id is not None and not is_job_id(batch_id):
+            raise MessageError("'batch_id' must be 32 lowercase hex characters or null")
+        url = _opt_callback(data, "url")
+        if url is None:
+            raise MessageError("'url' must be a URL")
+        return cls(
+            delivery_id=_str(data, "delivery_id"),
+            url=url,
+            event=_str(data, "event"),
+            body=_str_unbounded(data, "body").encode(),
+            owner=_opt_str(data, "owner"),
+            job_id=_job_id(data),
+            model=_str(data, "model"),
+            batch_id=batch_id,
+            attempt=attempt,
+            first_attempt_at=first,
         )
 
 

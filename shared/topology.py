@@ -24,6 +24,7 @@ from shared.settings import (
     Environ,
     broker_urls,
     env_int,
+    env_list,
     variable,
 )
 
@@ -115,6 +116,31 @@ CRASH_LIMIT: Final = 3
 # to redeclare a queue with another x-delivery-limit: see "Upgrading" in the README.
 DELIVERY_LIMIT: Final = 20
 
+# Callbacks (gateway/webhooks.py).  A job event that should be POSTed somewhere (a final event
+# of a job with a callback) carries WEBHOOK_HEADER; the headers exchange below, bound to the
+# events exchange, sends just those to the due queue.  The replica publishes each event once,
+# as it always has, and the broker makes the copy.  Gateways consume the due queue as
+# competing consumers: the broker gives each message to exactly one of them and, should that
+# gateway die before it acks, to another.
+WEBHOOKS_EXCHANGE: Final = "imgq.webhooks"
+WEBHOOKS_QUEUE: Final = "imgq.webhooks.due"
+WEBHOOK_HEADER: Final = "imgq-webhook"
+WEBHOOK_DUE: Final = "due"
+# A delivery whose attempt failed waits for the next one in a delay queue, published there
+# through this direct exchange: one queue per delay, since a queue's messages expire in order
+# only when they all live as long.  On expiry the broker dead-letters it to WEBHOOKS_EXCHANGE,
+# headers and all, and so back to the due queue.  Nothing holds a message unacked while it
+# waits, so no wait runs into RabbitMQ's consumer_timeout (30 minutes).
+WEBHOOK_RETRY_EXCHANGE: Final = "imgq.webhooks.retry"
+WEBHOOK_DELAY_PREFIX: Final = "imgq.webhooks.delay."
+# A due delivery whose handling keeps ending with its gateway (killed mid-attempt, again and
+# again) is dropped after this many deliveries rather than take every gateway down in turn.
+# Never reached otherwise: a failed attempt is acked and re-published, not requeued.
+WEBHOOK_DELIVERY_LIMIT: Final = 10
+# Deliveries waiting in one delay queue: a retry past it is refused by the broker and the
+# delivery given up, rather than let one unreachable receiver fill the broker's disk.
+WEBHOOK_DELAY_MAX: Final = 100_000
+
 # The tunable arguments below are part of each queue's declaration: every service that
 # declares the topology (and the setup step) must be given the same values.
 _QUEUE_REPLICAS: Final = variable(
@@ -157,6 +183,13 @@ _LOG_SEGMENT_BYTES: Final = variable(
     (GATEWAY, SETUP),
     "event log segment size: retention drops whole segments (same value everywhere)",
     shown="`16777216` (16 MiB)",
+)
+_WEBHOOK_RETRY_DELAYS: Final = variable(
+    "IMGQ_WEBHOOK_RETRY_DELAYS",
+    ("10", "60", "600", "3600"),
+    (GATEWAY, SETUP),
+    "seconds before each retry of a callback that failed, comma-separated: one more attempt "
+    "per delay, then it is given up; each delay is a queue (same value everywhere)",
 )
 _DECLARE_TOPOLOGY: Final = variable(
     "IMGQ_DECLARE_TOPOLOGY",
@@ -248,6 +281,77 @@ class LogRetention:
             "x-stream-max-segment-size-bytes": self.segment_bytes,
             **self.replication.stream(),
         }
+
+
+@dataclass(frozen=True)
+class WebhookRetries:
+    """When a callback that failed is tried again: after each of ``delays`` in turn, then never.
+
+    The default, 10 s, 1 min, 10 min, 1 h, tries five times over about 71 minutes: a receiver
+    that restarts is reached within seconds, one that is down for an hour still gets it.
+    """
+
+    delays: tuple[float, ...] = (10.0, 60.0, 600.0, 3600.0)
+    replication: Replication = Replication()
+
+    @classmethod
+    def from_env(cls, env: Environ) -> WebhookRetries:
+        name = _WEBHOOK_RETRY_DELAYS.name
+        delays = []
+        for item in env_list(env, name, _WEBHOOK_RETRY_DELAYS.default):
+            try:
+                delay = float(item)
+            except ValueError:
+                raise SettingsError(f"{name} must list numbers of seconds, got {item!r}") from None
+            # A queue's TTL is whole milliseconds, and RabbitMQ takes at most 2^32 - 1 of them.
+            if not 0.001 <= delay <= 7 * 24 * 3600:
+                raise SettingsError(f"{name}: each delay is 0.001 s to a week, got {item!r}")
+            delays.append(delay)
+        return cls(tuple(delays), Replication.from_env(env))
+
+    def delay_after(self, attempt: int) -> float | None:
+        """How long to wait after attempt ``attempt`` (1: the first) failed; None: give up."""
+        return self.delays[attempt - 1] if 1 <= attempt <= len(self.delays) else None
+
+    @property
+    def attempts(self) -> int:
+        return len(self.delays) + 1
+
+    def due_arguments(self) -> dict[str, aio_pika.abc.FieldValue]:
+        return {
+            "x-queue-type": "quorum",
+            "x-delivery-limit": WEBHOOK_DELIVERY_LIMIT,
+            **self.replication.quorum(),
+        }
+
+    def delay_arguments(self, delay: float) -> dict[str, aio_pika.abc.FieldValue]:
+        return {
+            # Quorum, like every queue that must survive a node: a waiting retry is a promise.
+            "x-queue-type": "quorum",
+            "x-message-ttl": _milliseconds(delay),
+            "x-dead-letter-exchange": WEBHOOKS_EXCHANGE,
+            # Expiry moves the delivery back to the due queue, confirmed by it, never lost on
+            # the way; at-least-once dead-lettering needs reject-publish overflow.
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+            "x-max-length": WEBHOOK_DELAY_MAX,
+            **self.replication.quorum(),
+        }
+
+
+def _milliseconds(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def webhook_delay_queue(delay: float) -> str:
+    """The queue where a delivery waits ``delay`` seconds: named by its delay, so that a new
+    schedule adds queues instead of clashing with the arguments of an old one."""
+    return f"{WEBHOOK_DELAY_PREFIX}{_milliseconds(delay)}ms"
+
+
+def webhook_binding() -> dict[str, aio_pika.abc.FieldValue]:
+    """The binding that takes, of every job event, those carrying WEBHOOK_HEADER."""
+    return {"x-match": "all", WEBHOOK_HEADER: WEBHOOK_DUE}
 
 
 def model_queue(model: str) -> str:
@@ -356,6 +460,30 @@ async def declare_event_log(
     await log.bind(events, JOB_EVENTS_PATTERN)
     await log.bind(events, MARKER_PATTERN)
     return log
+
+
+async def declare_webhooks(
+    channel: AbstractChannel, events: AbstractExchange, retries: WebhookRetries
+) -> None:
+    """The callbacks' exchanges and queues: the due queue, fed from the events exchange, and
+    a delay queue for each of ``retries``' delays, which hands its deliveries back."""
+    hooks = await channel.declare_exchange(
+        WEBHOOKS_EXCHANGE, aio_pika.ExchangeType.HEADERS, durable=True
+    )
+    await hooks.bind(events, JOB_EVENTS_PATTERN)
+    due = await channel.declare_queue(
+        WEBHOOKS_QUEUE, durable=True, arguments=retries.due_arguments()
+    )
+    await due.bind(hooks, arguments=webhook_binding())
+    retry = await channel.declare_exchange(
+        WEBHOOK_RETRY_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
+    )
+    for delay in dict.fromkeys(retries.delays):
+        waiting = await channel.declare_queue(
+            webhook_delay_queue(delay), durable=True, arguments=retries.delay_arguments(delay)
+        )
+        # Routed by its own name (aio-pika's default key): the name says the delay.
+        await waiting.bind(retry)
 
 
 async def find_topology(channel: AbstractChannel) -> Topology:

@@ -29,6 +29,7 @@ from shared import tracing
 from shared.errors import MessageError
 from shared.messages import (
     JSON,
+    MAX_CALLBACK_CHARS,
     SCHEMA_VERSION,
     BatchRecord,
     BatchRef,
@@ -37,6 +38,7 @@ from shared.messages import (
     JobEvent,
     JobForgotten,
     ReplicaHeartbeat,
+    WebhookDelivery,
     checked_job_id,
     checked_name,
     is_job_id,
@@ -47,8 +49,11 @@ from shared.topology import (
     FORGOTTEN_ROUTING_KEY,
     HEARTBEAT_ROUTING_KEY,
     REQUEST_ROUTING_KEY,
+    WEBHOOK_DUE,
+    WEBHOOK_HEADER,
     job_routing_key,
     marker_routing_key,
+    webhook_delay_queue,
 )
 
 REQUEST_TYPE: Final = "classify.request"
@@ -67,6 +72,7 @@ H_BATCH: Final = "batch"
 H_DEAD_REASON: Final = "dead_reason"
 # Microseconds since 1970 stay below 2**53 until the year 2255: anything larger is no time.
 _MAX_TIME_US: Final = 2**53
+H_CALLBACK: Final = "callback"
 # The content type of a request whose producer did not say what the image is; replicas
 # judge the format from the bytes either way.
 OCTET_STREAM: Final = "application/octet-stream"
@@ -109,6 +115,8 @@ def request_message(
         headers[H_OWNER] = request.owner
     if request.batch is not None:
         headers[H_BATCH] = str(request.batch)
+    if request.callback is not None:
+        headers[H_CALLBACK] = request.callback
     message = aio_pika.Message(
         request.image,
         content_type=content_type,
@@ -136,6 +144,7 @@ class RequestInfo:
     owner: str | None = None
     batch: BatchRef | None = None
     requested_by: str | None = None
+    callback: str | None = None
 
 
 def _header_str(headers: HeadersType, key: str) -> str | None:
@@ -201,7 +210,15 @@ def request_info(message: AbstractIncomingMessage) -> RequestInfo:
         owner=_header_str(headers, H_OWNER) or None,
         batch=BatchRef.parse(_header_str(headers, H_BATCH)),
         requested_by=message.user_id,
+        callback=_callback(headers),
     )
+
+
+def _callback(headers: HeadersType) -> str | None:
+    callback = _header_str(headers, H_CALLBACK) or None
+    if callback is not None and len(callback) > MAX_CALLBACK_CHARS:
+        raise MessageError(f"header {H_CALLBACK!r} has more than {MAX_CALLBACK_CHARS} characters")
+    return callback
 
 
 def parse_request(message: AbstractIncomingMessage) -> ClassifyRequest:
@@ -219,6 +236,7 @@ def parse_request(message: AbstractIncomingMessage) -> ClassifyRequest:
         owner=info.owner,
         batch=info.batch,
         requested_by=info.requested_by,
+        callback=info.callback,
     )
 
 
@@ -280,7 +298,14 @@ def dead_letter_reason(message: AbstractIncomingMessage) -> str | None:
 
 
 def event_message(event: JobEvent, *, user_id: str | None = None) -> Outgoing:
-    """A job event for the events exchange (and so the event log): persistent JSON."""
+    """A job event for the events exchange (and so the event log): persistent JSON.
+
+    The final event of a job with a callback is marked for the webhooks exchange, which gives
+    the gateways a copy to deliver (shared/topology.py): whoever publishes it, replica or
+    gateway, decides nothing more."""
+    headers = _trace_context()
+    if event.callback is not None and event.status.is_final:
+        headers = {**(headers or {}), WEBHOOK_HEADER: WEBHOOK_DUE}
     message = aio_pika.Message(
         event.to_json(),
         content_type=JSON,
@@ -289,9 +314,42 @@ def event_message(event: JobEvent, *, user_id: str | None = None) -> Outgoing:
         timestamp=time.time(),
         type=job_routing_key(event.status.value),
         user_id=user_id,
-        headers=_trace_context(),
+        headers=headers,
     )
     return Outgoing(message, job_routing_key(event.status.value))
+
+
+# -- callbacks -----------------------------------------------------------------------------
+
+WEBHOOK_TYPE: Final = "webhook.delivery"
+
+# What the webhooks' due queue holds: a job's final event (its first attempt), or a delivery
+# back from a delay queue (a later one).
+WebhookDue = JobEvent | WebhookDelivery
+
+
+def webhook_retry_message(
+    delivery: WebhookDelivery, delay: float, *, user_id: str | None = None
+) -> Outgoing:
+    """``delivery``, to wait ``delay`` seconds in its delay queue and then come back due:
+    marked like a final event for the webhooks exchange, which it returns through."""
+    message = aio_pika.Message(
+        delivery.to_json(),
+        content_type=JSON,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=delivery.delivery_id,
+        type=WEBHOOK_TYPE,
+        user_id=user_id,
+        headers={WEBHOOK_HEADER: WEBHOOK_DUE},
+    )
+    return Outgoing(message, webhook_delay_queue(delay))
+
+
+def parse_webhook(message: AbstractIncomingMessage) -> WebhookDue:
+    """A message of the webhooks' due queue."""
+    if message.type == WEBHOOK_TYPE:
+        return WebhookDelivery.from_json(message.body)
+    return JobEvent.from_json(message.body)
 
 
 # Replies go only to a producer's own server-named queue or to RabbitMQ's direct reply-to:

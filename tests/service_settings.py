@@ -20,6 +20,7 @@ SETTINGS_MODULES = (
     "gateway/clients.py",
     "gateway/access_log.py",
     "gateway/batch_store.py",
+    "gateway/webhook_settings.py",
     "classifier_service/settings.py",
     "shared/settings.py",
     "shared/topology.py",

@@ -226,6 +226,7 @@ def test_asyncapi_payloads_match_the_messages_field_for_field() -> None:
         idempotency_key="k-1",
         owner="o",
         batch=BatchRef(new_job_id(), 3, 50),
+        callback="https://example.com/imgq",
     )
     headers = dict(wire.request_message(request).message.headers or {})
     assert _errors("ClassifyRequestHeaders", headers) == []

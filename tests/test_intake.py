@@ -44,12 +44,13 @@ class Broker:
     def __init__(self) -> None:
         self.published: list[ClassifyRequest] = []
         self.batch_records: list[BatchRecord] = []
+        self.events: list[JobEvent] = []
 
     async def submit(self, request: ClassifyRequest, queued: JobEvent, content_type: str) -> None:
         self.published.append(request)
 
     async def publish_event(self, event: JobEvent) -> None:
-        pass
+        self.events.append(event)
 
     async def publish_forgotten(self, job_id: str) -> None:
         pass

@@ -47,9 +47,11 @@ from shared.topology import (
     LogRetention,
     QueueBounds,
     Replication,
+    WebhookRetries,
     declare_event_log,
     declare_model_queue,
     declare_topology,
+    declare_webhooks,
     model_binding,
     model_queue,
 )
@@ -838,7 +840,8 @@ class _RecordingChannel:
 def declared_topology(
     bounds: QueueBounds, retention: LogRetention, models: tuple[str, ...] = ()
 ) -> Declared:
-    """All a deployment declares: the topology, the event log and the queue of each of
+    """All a deployment declares: the topology, the event log, the callbacks' queues (with the
+    default retry schedule, which the manifests do not change) and the queue of each of
     ``models`` (what the setup step, gateways and replicas declare for the models they
     offer and serve)."""
     declared = Declared()
@@ -847,6 +850,8 @@ def declared_topology(
     async def run() -> None:
         topology = await declare_topology(channel, bounds)
         await declare_event_log(channel, topology.events, retention)
+        retries = WebhookRetries(replication=bounds.replication)
+        await declare_webhooks(channel, topology.events, retries)
         for model in models:
             await declare_model_queue(channel, topology.router, bounds, model)
 

@@ -28,9 +28,13 @@ from shared.topology import (
     REQUEST_ROUTING_KEY,
     REQUESTS_EXCHANGE,
     REQUESTS_QUEUE,
+    WEBHOOK_RETRY_EXCHANGE,
+    WEBHOOKS_QUEUE,
     model_queue,
+    webhook_delay_queue,
 )
 from tests import api
+from tests.callback_receiver import CallbackReceiver
 from tests.cluster import MODEL, Cluster
 
 COFFEE = (api.REPO / "images" / "coffee.jpg").read_bytes()
@@ -83,6 +87,7 @@ def test_services_work_as_least_privilege_users(managed_node: tuple[BrokerNode, 
             "IMGQ_GATEWAY_PASSWORD": PASSWORDS[GATEWAY_USER],
             "IMGQ_CLASSIFIER_PASSWORD": PASSWORDS[CLASSIFIER_USER],
             "IMGQ_PRODUCER_PASSWORD": PASSWORDS[PRODUCER_USER],
+            "IMGQ_WEBHOOK_RETRY_DELAYS": "0.5",
         }
     )
     # The gateway trusts each kind of event only from the user that may send it.
@@ -90,10 +95,21 @@ def test_services_work_as_least_privilege_users(managed_node: tuple[BrokerNode, 
         IMGQ_BROKER_URL=_url(node, GATEWAY_USER),
         IMGQ_GATEWAY_USERS=GATEWAY_USER,
         IMGQ_CLASSIFIER_USERS=CLASSIFIER_USER,
+        IMGQ_WEBHOOK_SECRET="w" * 32,
+        IMGQ_WEBHOOK_ALLOW_NETWORKS="127.0.0.0/8",
+        IMGQ_WEBHOOK_RETRY_DELAYS="0.5",
     )
     cluster.wait_replicas(1)
     job = api.submit(url, MODEL, "coffee.jpg")
     assert api.wait_final(url, job["job_id"])["result"][0]["label"] == "espresso"
+    # Callbacks: the gateway reads the due queue and publishes a retry that comes back from
+    # its delay queue as the gateway's (the classifier published the final event).
+    with CallbackReceiver().running() as receiver:
+        callback = receiver.plan("/hook", statuses=[503])
+        body = {"model": MODEL, "image": "cat.jpg", "callback_url": callback}
+        assert api.post_json(url, "/classifications", body).status == 202
+        got = receiver.wait_for(lambda got: any(r.status == 200 for r in got), "/hook")
+        assert [(r.status, r.headers["imgq-attempt"]) for r in got] == [(503, "1"), (200, "2")]
     cancelled = api.submit(url, MODEL, "cat.jpg")
     assert api.request(url, "DELETE", f"/classifications/{cancelled['job_id']}").status in (
         200,
@@ -189,6 +205,24 @@ def test_services_work_as_least_privilege_users(managed_node: tuple[BrokerNode, 
             queue = await channel.get_queue(EVENT_LOG)
             await queue.consume(_ignore, arguments={"x-stream-offset": "first"})
 
+    async def producer_reads_the_callbacks() -> None:
+        connection = await aio_pika.connect(_url(node, PRODUCER_USER))
+        async with connection:
+            channel = await connection.channel()
+            queue = await channel.get_queue(WEBHOOKS_QUEUE)
+            await queue.consume(_ignore)
+
+    def schedules_a_callback(user: str) -> Callable[[], Awaitable[None]]:
+        async def attempt() -> None:
+            connection = await aio_pika.connect(_url(node, user))
+            async with connection:
+                channel = await connection.channel()
+                exchange = await channel.get_exchange(WEBHOOK_RETRY_EXCHANGE)
+                await exchange.publish(aio_pika.Message(b"{}"), webhook_delay_queue(0.5))
+
+        attempt.__name__ = f"{user}_schedules_a_callback"
+        return attempt
+
     async def producer_takes_jobs() -> None:
         connection = await aio_pika.connect(_url(node, PRODUCER_USER))
         async with connection:
@@ -208,6 +242,9 @@ def test_services_work_as_least_privilege_users(managed_node: tuple[BrokerNode, 
         producer_takes_jobs,
         producer_publishes_a_reply,
         producer_binds_its_queue_to_the_events,
+        producer_reads_the_callbacks,
+        schedules_a_callback(PRODUCER_USER),
+        schedules_a_callback(CLASSIFIER_USER),
         *(
             classifier_publishes_through_the_default_exchange(queue)
             for queue in (
@@ -216,6 +253,7 @@ def test_services_work_as_least_privilege_users(managed_node: tuple[BrokerNode, 
                 CANCELLATIONS,
                 EVENT_LOG,
                 DEAD_LETTER_NOTICES,
+                WEBHOOKS_QUEUE,
             )
         ),
     ):

@@ -277,11 +277,11 @@ def test_post_classifications_bodies_and_headers() -> None:
         "$ref": "#/components/schemas/ClassificationRequest"
     }
     urlencoded = content["application/x-www-form-urlencoded"]["schema"]
-    assert set(urlencoded["properties"]) == {"model", "image"}
+    assert set(urlencoded["properties"]) == {"model", "image", "callback_url"}
     assert set(urlencoded["required"]) == {"model", "image"}
-    # Multipart: a model and either a gallery image or an uploaded file.
+    # Multipart: a model and either a gallery image or an uploaded file (and a callback).
     multipart = content["multipart/form-data"]["schema"]
-    assert set(multipart["properties"]) == {"model", "image", "file"}
+    assert set(multipart["properties"]) == {"model", "image", "file", "callback_url"}
     assert multipart["required"] == ["model"]
     assert multipart["oneOf"] == [{"required": ["image"]}, {"required": ["file"]}]
     assert multipart["properties"]["file"]["contentMediaType"] == "application/octet-stream"

@@ -48,6 +48,7 @@ GATEWAY_METRICS = {
     "imgq_queue_depth": "gauge",
     "imgq_http_requests": "counter",
     "imgq_http_request_duration_seconds": "histogram",
+    "imgq_webhook_deliveries": "counter",
     **PROCESS_METRICS,
 }
 REPLICA_METRICS = {
