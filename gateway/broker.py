@@ -79,7 +79,7 @@ class GatewayBroker:
     ) -> None:
         self._settings = settings
         self._follower = follower
-        self._notices = DeadLetters(self, metrics)
+        self._notices = DeadLetters(self, metrics, settings.senders.classifiers)
         # Callbacks: None where this gateway delivers none (tests of other parts).
         self._hooks = None if webhooks is None else WebhookConsumer(webhooks, self, metrics)
         # The due queue's consumer, to cancel on close, and where retries go.

@@ -41,10 +41,14 @@ class EventPublisher(Protocol):
     async def publish_event(self, event: JobEvent) -> None: ...
 
 
-def failed_event(message: AbstractIncomingMessage) -> JobEvent | None:
+def failed_event(
+    message: AbstractIncomingMessage, replicas: frozenset[str] = frozenset()
+) -> JobEvent | None:
     """The "failed" event of the dead-lettered request ``message``, or None when it names no
     job.  A version 2 request's job is read from its properties and headers: the image, which
-    may be anything a producer sent, is never decoded here."""
+    may be anything a producer sent, is never decoded here.  ``replicas``: the classifiers'
+    broker users (IMGQ_CLASSIFIER_USERS), whose word on who sent a request it republished
+    is believed."""
     try:
         info: wire.RequestInfo | None = wire.request_info(message)
     except MessageError:
@@ -67,7 +71,7 @@ def failed_event(message: AbstractIncomingMessage) -> JobEvent | None:
         callback=info.callback if info else None,
         # Whoever published the request, as RabbitMQ checked it: the log believes the fields
         # above only from a gateway's request (gateway/log_follower.py).
-        requested_by=message.user_id or "",
+        requested_by=wire.dead_letter_requested_by(message, replicas),
         finished_at=time.time(),
         error=JobFailure("dead_lettered", f"the job was dead-lettered: {explanation}"),
     )
@@ -84,14 +88,21 @@ def _explanation(message: AbstractIncomingMessage) -> str:
 
 
 class DeadLetters:
-    def __init__(self, publisher: EventPublisher, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self,
+        publisher: EventPublisher,
+        metrics: GatewayMetrics,
+        replicas: frozenset[str] = frozenset(),
+    ) -> None:
         self._publisher = publisher
         self._metrics = metrics
+        # The classifiers' broker users (IMGQ_CLASSIFIER_USERS): see failed_event.
+        self._replicas = replicas
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         """The notices consumer: one notice, settled whatever happens."""
         try:
-            event = failed_event(message)
+            event = failed_event(message, self._replicas)
         except Exception as exc:  # whatever a producer's headers did to the parser
             log.warning("dropping a dead-letter notice that cannot be read: %r", exc)
             await _settle(message.reject(requeue=False), "reject")

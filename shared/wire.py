@@ -70,6 +70,9 @@ H_BATCH: Final = "batch"
 # then acked): why, in words.  A request the broker dead-lettered has its x-death headers
 # instead (x-first-death-reason: delivery_limit, rejected, ...).
 H_DEAD_REASON: Final = "dead_reason"
+# ... and who published the request it dead-letters (the request's own ``user_id``, which the
+# republished message cannot carry: RabbitMQ takes only the replica's own user there).
+H_REQUESTED_BY: Final = "requested_by"
 # Microseconds since 1970 stay below 2**53 until the year 2255: anything larger is no time.
 _MAX_TIME_US: Final = 2**53
 H_CALLBACK: Final = "callback"
@@ -272,6 +275,7 @@ def dead_letter_message(
     properties = {name: getattr(request, name, None) for name in _KEPT_PROPERTIES}
     headers: HeadersType = dict(request.headers or {})
     headers[H_DEAD_REASON] = reason[:MAX_REASON_CHARS]
+    headers[H_REQUESTED_BY] = request.user_id or ""
     message = aio_pika.Message(
         request.body,
         headers=headers,
@@ -280,6 +284,22 @@ def dead_letter_message(
         **properties,
     )
     return Outgoing(message, request.routing_key or "")
+
+
+def dead_letter_requested_by(message: AbstractIncomingMessage, replicas: frozenset[str]) -> str:
+    """Who published a dead-lettered request ("" when it named nobody).  One the broker
+    dead-lettered keeps the request's own ``user_id``.  One a replica republished carries the
+    replica's user, and the request's in a header, believed only from a replica: one of the
+    ``replicas`` users (any sender when that is empty, as with the sender checks off).  Never
+    fails."""
+    headers = message.headers or {}
+    republished = "x-first-death-reason" not in headers and "x-death" not in headers
+    if republished and (not replicas or message.user_id in replicas):
+        try:
+            return _header_str(headers, H_REQUESTED_BY) or ""
+        except MessageError:
+            return ""
+    return message.user_id or ""
 
 
 def dead_letter_reason(message: AbstractIncomingMessage) -> str | None:

@@ -8,7 +8,7 @@ import asyncio
 import aio_pika
 import pytest
 
-from gateway.dead_letters import DeadLetters
+from gateway.dead_letters import DeadLetters, failed_event
 from gateway.heartbeats import Heartbeats
 from gateway.metrics import GatewayMetrics
 from gateway.replicas import ReplicaRegistry
@@ -74,6 +74,28 @@ def test_a_request_a_replica_dead_lettered_itself_says_the_replicas_reason() -> 
     assert event.error is not None
     assert event.error.message == "the job was dead-lettered: it crashed 3 replicas"
     assert channel.settled == [("ack", 1, False)]
+
+
+def test_a_republished_request_names_its_publisher_only_on_a_replicas_word() -> None:
+    job = wire.request_message(request(), user_id="imgq-producer")
+    # What a replica (connected as imgq-classifier) republishes: its own user_id, and the
+    # request's in a header.
+    given = wire.dead_letter_message(
+        delivered(job.message, "classify"), "unreadable", user_id="imgq-classifier"
+    )
+    republished = delivered(given.message, "classify", channel=FakeChannel())
+    replicas = frozenset({"imgq-classifier"})
+    event = failed_event(republished, replicas)
+    assert event is not None
+    assert event.requested_by == "imgq-producer"
+    # The same header from anyone but a replica is not believed.
+    forged = wire.dead_letter_message(
+        delivered(job.message, "classify"), "unreadable", user_id="imgq-producer"
+    )
+    forged.message.headers = {**(forged.message.headers or {}), "requested_by": "imgq-gateway"}
+    event = failed_event(delivered(forged.message, "classify", channel=FakeChannel()), replicas)
+    assert event is not None
+    assert event.requested_by == "imgq-producer"
 
 
 def test_a_notice_of_a_request_without_user_id_says_so() -> None:

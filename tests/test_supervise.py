@@ -89,7 +89,11 @@ def test_a_broker_outage_makes_services_unready_but_restarts_none(
     cluster.wait_replicas(1)
     with _supervised(cluster) as supervisor:
         assert _healthcheck(replica, "--ready") == (0, "")
-        cluster.node.kill()
+        # Stopped as an operator (or a host shutdown) stops it.  A single node SIGKILLed seconds
+        # after its first start can keep its streams down for minutes on RabbitMQ 3.10 (its
+        # stream coordinator does not come back), which is the broker's failure, not the one
+        # this test is about.
+        cluster.node.shut_down()
         down = time.monotonic()
         _until(lambda: _healthcheck(replica, "--ready")[0] == 1, "replica unready")
         _until(lambda: _status(url, "/readyz") == 503, "gateway unready")

@@ -96,7 +96,7 @@ def test_without_the_extra_every_hook_is_a_no_op() -> None:
     off = tracing.TracingSettings.from_env({"OTEL_TRACES_EXPORTER": "otlp"})
     assert off.exporter is tracing.Exporter.OFF
     # ...but asking imgq for traces it cannot produce fails at once.
-    with pytest.raises(SettingsError, match=r"imgq\[otel\]"):
+    with pytest.raises(SettingsError, match=r"imgq-services\[otel\]"):
         tracing.TracingSettings.from_env({"IMGQ_TRACING": "otlp"})
 
     request = _request()
