@@ -1,4 +1,4 @@
-"""A small receiver for imgq's callbacks (webhooks): standard library only.
+"""A small receiver for imgq's callbacks (webhooks): the standard library and ``imgq.webhooks``.
 
     python examples/webhook_receiver.py --port 9000 --token "$IMGQ_TOKEN"
     python examples/webhook_receiver.py --port 9000 --secret "$IMGQ_WEBHOOK_SECRET"
@@ -24,42 +24,19 @@ on an open gateway it is the operator's IMGQ_WEBHOOK_SECRET.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import hmac
 import json
 import sys
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-TOLERANCE_SECONDS = 300
+from imgq.webhooks import secret_for_token, verify
+
 # Delivery IDs remembered: far more than arrive in the hours a delivery may be retried.
 REMEMBERED = 100_000
 MAX_BODY_BYTES = 16 << 20
-
-
-def secret_for_token(token: str) -> str:
-    return hmac.new(token.encode(), b"imgq-webhook-secret", hashlib.sha256).hexdigest()
-
-
-def verify(secret: str, header: str, body: bytes, now: float | None = None) -> bool:
-    """Whether ``header`` (Imgq-Signature) signs ``body`` with ``secret``, recently."""
-    fields: dict[str, list[str]] = {}
-    for part in header.split(","):
-        name, _, value = part.strip().partition("=")
-        fields.setdefault(name, []).append(value)
-    try:
-        timestamp = int(fields["t"][0])
-    except (KeyError, ValueError):
-        return False
-    if abs((time.time() if now is None else now) - timestamp) > TOLERANCE_SECONDS:
-        return False
-    message = f"{timestamp}.".encode() + body
-    expected = hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
-    return any(hmac.compare_digest(expected, given) for given in fields.get("v1", []))
 
 
 class Seen:

@@ -292,6 +292,33 @@ def test_a_batch_of_names_is_json_and_one_with_files_is_a_form(tmp_path: Path) -
     assert b"Content-Type: image/png" in body
 
 
+def test_a_callback_url_goes_in_the_body_as_the_server_reads_it(tmp_path: Path) -> None:
+    url = "https://receiver.example/imgq"
+    _, body = http_wire.submission(MODEL, "cat.jpg", url)
+    assert json.loads(body) == {"model": MODEL, "image": "cat.jpg", "callback_url": url}
+    _, body = http_wire.read_batch(MODEL, ["cat.jpg"], url)
+    assert json.loads(body)["callback_url"] == url
+    photo = tmp_path / "p.png"
+    photo.write_bytes(b"\x89PNG")
+    upload = http_wire.name_or_upload(photo)
+    assert not isinstance(upload, str)
+    _, form = http_wire.submission(MODEL, upload, url)
+    assert b'name="callback_url"' in form
+    assert url.encode() in form
+    # Without one, nothing is said.
+    assert b"callback_url" not in http_wire.submission(MODEL, "cat.jpg")[1]
+
+
+def test_the_webhook_helpers_check_what_the_gateway_signs() -> None:
+    from gateway.webhook_signing import secret_for_token as gateways_secret
+    from gateway.webhook_signing import signature
+
+    assert imgq.webhooks.secret_for_token("alice") == gateways_secret("alice")
+    header = signature("s" * 32, 1_800_000_000, b"{}")
+    assert imgq.webhooks.verify("s" * 32, header, b"{}", now=1_800_000_000)
+    assert not imgq.webhooks.verify("s" * 32, header, b"{ }", now=1_800_000_000)
+
+
 def test_retry_after_reads_seconds_and_dates() -> None:
     assert http_wire.retry_after({"retry-after": "2"}) == 2.0
     assert http_wire.retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0) > 0

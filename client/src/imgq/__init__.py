@@ -8,6 +8,9 @@ final are written once.  Answers are typed values (``Job``, ``Label``, ``Batch``
 ``Classification``); failures are ``ApiError`` (the server refused), ``Unreachable`` (no
 answer; ``TimedOut``: none in time) or ``ImageReadError``, all ``ImgqClientError``.
 
+A submission may name a ``callback_url`` the server POSTs the finished job to;
+``imgq.webhooks`` gives your webhook secret and checks a callback's signature.
+
 ``import imgq`` does not import aiohttp: ``imgq.AsyncClient`` does, when first used.
 """
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from imgq import webhooks
 from imgq.client import Client
 from imgq.config import Retries, Timeouts
 from imgq.errors import ApiError, ImageReadError, ImgqClientError, TimedOut, Unreachable
@@ -59,6 +63,7 @@ __all__ = [
     "TimedOut",
     "Timeouts",
     "Unreachable",
+    "webhooks",
 ]
 
 

@@ -85,8 +85,16 @@ class AsyncClient:
         fresh: bool = False,
         run_id: str | None = None,
         request_timeout: Timeout = None,
+        callback_url: str | None = None,
     ) -> Job:
-        op = self._core.submit(model, image, fresh=fresh, run_id=run_id, timeouts=request_timeout)
+        op = self._core.submit(
+            model,
+            image,
+            fresh=fresh,
+            run_id=run_id,
+            timeouts=request_timeout,
+            callback_url=callback_url,
+        )
         return await self._run(op)
 
     async def submit_batch(
@@ -97,9 +105,15 @@ class AsyncClient:
         fresh: bool = False,
         run_id: str | None = None,
         request_timeout: Timeout = None,
+        callback_url: str | None = None,
     ) -> Batch:
         op = self._core.submit_batch(
-            model, images, fresh=fresh, run_id=run_id, timeouts=request_timeout
+            model,
+            images,
+            fresh=fresh,
+            run_id=run_id,
+            timeouts=request_timeout,
+            callback_url=callback_url,
         )
         return await self._run(op)
 

@@ -98,9 +98,19 @@ class Client:
         fresh: bool = False,
         run_id: str | None = None,
         request_timeout: Timeout = None,
+        callback_url: str | None = None,
     ) -> Job:
-        """One job; ``fresh`` asks for a new run even if the server knows the answer."""
-        op = self._core.submit(model, image, fresh=fresh, run_id=run_id, timeouts=request_timeout)
+        """One job; ``fresh`` asks for a new run even if the server knows the answer, and
+        ``callback_url`` has the server POST the finished job there (``imgq.webhooks`` checks
+        what arrives)."""
+        op = self._core.submit(
+            model,
+            image,
+            fresh=fresh,
+            run_id=run_id,
+            timeouts=request_timeout,
+            callback_url=callback_url,
+        )
         return self._run(op)
 
     def submit_batch(
@@ -111,11 +121,17 @@ class Client:
         fresh: bool = False,
         run_id: str | None = None,
         request_timeout: Timeout = None,
+        callback_url: str | None = None,
     ) -> Batch:
         """One job per image, all in one request (all accepted, or none): at most the
         server's ``limits.batch_max_images`` (``classify_many`` takes any number)."""
         op = self._core.submit_batch(
-            model, images, fresh=fresh, run_id=run_id, timeouts=request_timeout
+            model,
+            images,
+            fresh=fresh,
+            run_id=run_id,
+            timeouts=request_timeout,
+            callback_url=callback_url,
         )
         return self._run(op)
 

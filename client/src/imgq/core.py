@@ -43,21 +43,27 @@ class Encoded:
     key: str
 
 
-def encode_job(model: str, image: ImageInput, run_id: str) -> Encoded:
+def encode_job(
+    model: str, image: ImageInput, run_id: str, callback_url: str | None = None
+) -> Encoded:
     """POST /classifications for one image (reads a path: run it as a ``Call``)."""
-    return encode_read_job(model, http_wire.name_or_upload(image), run_id)
+    return encode_read_job(model, http_wire.name_or_upload(image), run_id, callback_url)
 
 
-def encode_read_job(model: str, image: str | Upload, run_id: str) -> Encoded:
+def encode_read_job(
+    model: str, image: str | Upload, run_id: str, callback_url: str | None = None
+) -> Encoded:
     """POST /classifications for an image already read."""
     key = http_wire.idempotency_key(run_id, model, [http_wire.digest(image)])
-    return Encoded(*http_wire.submission(model, image), key)
+    return Encoded(*http_wire.submission(model, image, callback_url), key)
 
 
-def encode_batch(model: str, images: Sequence[str | Upload], run_id: str) -> Encoded:
+def encode_batch(
+    model: str, images: Sequence[str | Upload], run_id: str, callback_url: str | None = None
+) -> Encoded:
     """POST /batches for images already read."""
     key = http_wire.idempotency_key(run_id, model, [http_wire.digest(i) for i in images])
-    return Encoded(*http_wire.read_batch(model, images), key)
+    return Encoded(*http_wire.read_batch(model, images, callback_url), key)
 
 
 class Core:
@@ -229,9 +235,10 @@ class Core:
         fresh: bool = False,
         run_id: str | None = None,
         timeouts: float | Timeouts | None = None,
+        callback_url: str | None = None,
     ) -> Operation[Job]:
         run = self.new_run_id(run_id)
-        encoded: Encoded = yield Call(lambda: encode_job(model, image, run))
+        encoded: Encoded = yield Call(lambda: encode_job(model, image, run, callback_url))
         return (yield from self.post_job(encoded, fresh=fresh, timeouts=timeouts))
 
     def post_job(
@@ -248,11 +255,13 @@ class Core:
         fresh: bool = False,
         run_id: str | None = None,
         timeouts: float | Timeouts | None = None,
+        callback_url: str | None = None,
     ) -> Operation[Batch]:
         run = self.new_run_id(run_id)
 
         def encode() -> Encoded:
-            return encode_batch(model, [http_wire.name_or_upload(i) for i in images], run)
+            uploads = [http_wire.name_or_upload(i) for i in images]
+            return encode_batch(model, uploads, run, callback_url)
 
         encoded: Encoded = yield Call(encode)
         return (yield from self.post_batch(encoded, fresh=fresh, timeouts=timeouts))

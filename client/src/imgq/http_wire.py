@@ -102,11 +102,15 @@ def new_run_id() -> str:
     return uuid.uuid4().hex
 
 
-def submission(model: str, image: str | Upload) -> tuple[str, bytes]:
-    """POST /classifications: (Content-Type, body) for one image."""
+def submission(
+    model: str, image: str | Upload, callback_url: str | None = None
+) -> tuple[str, bytes]:
+    """POST /classifications: (Content-Type, body) for one image, with the URL the server is
+    to call back when the job is final, if any."""
+    callback = {} if callback_url is None else {"callback_url": callback_url}
     if isinstance(image, str):
-        return json_body({"model": model, "image": image})
-    return encode_multipart([("model", model)], [image])
+        return json_body({"model": model, "image": image, **callback})
+    return encode_multipart([("model", model), *callback.items()], [image])
 
 
 def batch_submission(model: str, images: Sequence[ImageInput]) -> tuple[str, bytes]:
@@ -120,11 +124,14 @@ def name_or_upload(image: ImageInput) -> str | Upload:
     return upload if upload is not None else str(image)
 
 
-def read_batch(model: str, images: Sequence[str | Upload]) -> tuple[str, bytes]:
+def read_batch(
+    model: str, images: Sequence[str | Upload], callback_url: str | None = None
+) -> tuple[str, bytes]:
+    callback = {} if callback_url is None else {"callback_url": callback_url}
     if all(isinstance(image, str) for image in images):
-        return json_body({"model": model, "images": list(images)})
+        return json_body({"model": model, "images": list(images), **callback})
     parts = [image if isinstance(image, Upload) else ("image", image) for image in images]
-    return encode_multipart([("model", model)], parts)
+    return encode_multipart([("model", model), *callback.items()], parts)
 
 
 def json_body(payload: Any) -> tuple[str, bytes]:
