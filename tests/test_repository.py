@@ -251,7 +251,7 @@ def test_heartbeats_announce_versions_and_read_old_ones() -> None:
     beat = ReplicaHeartbeat("r1", ("colours", "colours@2"), 0, False, 5.0, 1.0, {"colours@2": info})
     assert ReplicaHeartbeat.from_json(beat.to_json()) == beat
     old = (
-        b'{"v": 1, "replica": "r0", "models": ["efficientnet_lite0"], "jobs_done": 3,'
+        b'{"v": 2, "replica": "r0", "models": ["efficientnet_lite0"], "jobs_done": 3,'
         b' "interval": 5,'
         b' "at": 1, "model_info": {"resnet18": {"title": "ResNet", "input_size": 224}}}'
     )
