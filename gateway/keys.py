@@ -13,6 +13,7 @@ from gateway.clients import OpenWaits
 from gateway.gallery import Gallery
 from gateway.lifeline import Lifeline
 from gateway.metrics import GatewayMetrics
+from gateway.processes import Worker
 from gateway.replicas import ReplicaRegistry
 from gateway.settings import GatewaySettings
 from gateway.shares import ClientShares
@@ -40,3 +41,6 @@ SHARES = web.AppKey("shares", ClientShares)
 BODIES = web.AppKey("bodies", BodyBytes)
 # Whether a background task died (the process then exits non-zero).
 LIFELINE = web.AppKey("lifeline", Lifeline)
+# Which of several gateway processes on one port this is (gateway/processes.py); None when
+# the gateway is one process.
+WORKER = web.AppKey[Worker | None]("worker")

@@ -30,6 +30,7 @@ from shared.errors import (
     Unauthorized,
     UnknownImage,
     UnknownModel,
+    Unresponsive,
     UnsupportedContentType,
     UnsupportedMediaType,
     UploadsBusy,
@@ -65,6 +66,7 @@ _STATUS: dict[type[ImgqError], int] = {
     UploadsBusy: 503,
     TooManyRequests: 429,
     NotReady: 503,
+    Unresponsive: 503,
 }
 _TITLES = {
     409: "Conflict",

@@ -20,6 +20,8 @@ SETTINGS_MODULES = (
     "gateway/clients.py",
     "gateway/access_log.py",
     "gateway/batch_store.py",
+    "gateway/event_loop.py",
+    "gateway/processes.py",
     "classifier_service/settings.py",
     "shared/settings.py",
     "shared/topology.py",
