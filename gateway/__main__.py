@@ -45,7 +45,7 @@ def serve_worker(
 ) -> int:
     """One of several gateway processes (gateway/processes.py), on the sockets it was given."""
     # Each process' lines say which one wrote them.
-    setup_logging(settings.logs, f"gateway {worker.index}")
+    setup_logging(settings.logs, "gateway", worker.index)
     return serve(settings, worker, sockets)
 
 

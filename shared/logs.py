@@ -76,15 +76,18 @@ def job_fields(job_id: str, model: str) -> dict[str, str]:
 class JsonFormatter(logging.Formatter):
     """One JSON object per record, on one line (a traceback goes in ``exception``)."""
 
-    def __init__(self, service: str) -> None:
+    def __init__(self, service: str, instance: int | None = None) -> None:
         super().__init__()
         self.service = service
+        # Which of several processes of the service wrote it (IMGQ_GATEWAY_PROCESSES).
+        self.instance = instance
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "service": self.service,
+            **({} if self.instance is None else {"instance": self.instance}),
             "logger": record.name,
             "message": record.getMessage(),
         }
@@ -186,13 +189,17 @@ def _chunks(lines: list[str], limit: int) -> Iterator[str]:
         yield "".join(chunk)
 
 
-def setup_logging(settings: LogSettings, service: str) -> None:
-    """Send every logger's records to stderr, in the chosen format, from ``settings.level``."""
+def setup_logging(settings: LogSettings, service: str, instance: int | None = None) -> None:
+    """Send every logger's records to stderr, in the chosen format, from ``settings.level``;
+    ``instance`` is the process' index where a service runs several (its lines say it: the
+    text as ``[gateway 2]``, JSON as an ``instance`` field)."""
     handler = BatchingHandler(sys.stderr)
     if settings.json:
-        handler.setFormatter(JsonFormatter(service))
+        handler.setFormatter(JsonFormatter(service, instance))
     else:
-        handler.setFormatter(TextFormatter(service))
+        handler.setFormatter(
+            TextFormatter(service if instance is None else f"{service} {instance}")
+        )
     # Neither format shows where a call was made from, nor the thread or process: not working
     # them out for every record is what the logging documentation's "Optimization" section
     # advises (the gateway writes an access-log line per request and a line per job).

@@ -319,3 +319,16 @@ def test_the_text_time_is_as_logging_writes_it() -> None:
     record = _record()
     ours = TextFormatter("gateway").formatTime(record)
     assert ours == logging.Formatter().formatTime(record)
+
+
+def test_a_process_among_several_says_which_it_is(
+    root_logger: logging.Logger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = logging.getLogger("imgq.test")
+    setup_logging(LogSettings(level=logging.INFO, json=True), "gateway", 2)
+    log.info("hello")
+    entry = orjson.loads(capsys.readouterr().err)
+    assert (entry["service"], entry["instance"]) == ("gateway", 2)
+    setup_logging(LogSettings(level=logging.INFO, json=False), "gateway", 2)
+    log.info("hello")
+    assert capsys.readouterr().err.rstrip().endswith(" INFO [gateway 2] imgq.test: hello")
