@@ -334,8 +334,8 @@ def test_the_gateway_rows_compare_event_loops_and_processes_and_check_the_defaul
         default: (1500, 0.45),
         GatewayVariant(default.event_loop, 2): (2400, 0.8),
     }
-    for variant, (rate, cpu_ms) in runs.items():
-        result = SubmitResult(accepted=rate * 2, elapsed=2.0)
+    for variant, (per_s, cpu_ms) in runs.items():
+        result = SubmitResult(accepted=per_s * 2, elapsed=2.0)
         m.submits[variant] = GatewaySubmits(
             result, {"gateway": cpu_ms, "broker": 0.5, "load generator": 0.1}, foreign_cores=0.0
         )
@@ -346,7 +346,8 @@ def test_the_gateway_rows_compare_event_loops_and_processes_and_check_the_defaul
     ] * 3
     reference, reference_cpu, ours, ours_cpu, several, several_cpu = rows
     # asyncio's own loop is the reference, with no target of its own.
-    assert reference.target is None and reference_cpu.target is None
+    assert reference.target is None
+    assert reference_cpu.target is None
     assert reference.ratio == "1.00 × asyncio, 1 process"
     assert (ours.result, ours.met) == ("1500/s", False)
     assert ours.ratio == "1.50 × asyncio, 1 process"
