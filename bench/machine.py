@@ -94,6 +94,20 @@ class ForeignLoad:
         return max(0.0, machine - ours) / max(1e-9, time.monotonic() - self._started)
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every live descendant of it (a gateway's supervisor and its processes)."""
+    parents: dict[int, int] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            stat = _stat(name)
+            if stat is not None:
+                parents[int(name)] = stat[0]
+    tree = [pid]
+    for member in tree:
+        tree.extend(child for child, parent in parents.items() if parent == member)
+    return tree
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a live process; 0 if it is gone."""
     stat = _stat(str(pid))

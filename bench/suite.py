@@ -7,7 +7,9 @@
    core, then N replicas: throughput and latency over HTTP and over AMQP, the CPU each part
    spends per job, the `imgq` command on distinct photos, latency at low load, the replicas'
    memory, and the accuracy of every model.
-3. Without replicas: a fresh gateway's submission rate and its long-polls.
+3. Without replicas: a fresh gateway's submission rate and its CPU per submission, on
+   asyncio's own event loop and on uvloop (one process each), then one process per core;
+   and the long-polls the default gateway holds.
 4. The per-client shares: a gateway with its default shares, N replicas, clients told apart
    by the address each names as a trusted proxy's client; one client alone against 16, and a
    polite client beside a bulk one.
@@ -33,7 +35,7 @@ from bench.bare import WorkerSpec
 from bench.fairness import FairnessResult
 from bench.gateway_load import LongPollResult, SubmitResult
 from bench.load import LoadResult
-from bench.machine import CpuMeter, ForeignLoad
+from bench.machine import CpuMeter, ForeignLoad, process_tree
 from bench.photos import image_files, read_labels
 from bench.precision import PrecisionResult
 from classifier_service.health import readiness
@@ -46,6 +48,7 @@ from compose.stack import (
     wait_replicas_online,
 )
 from gateway.clients import ClientLimits
+from gateway.event_loop import uvloop_installed
 
 log = logging.getLogger("imgq.bench")
 
@@ -96,6 +99,49 @@ class Options:
         return env
 
 
+@dataclass(frozen=True)
+class GatewayVariant:
+    """A configuration of the gateway the "gateway alone" phase measures."""
+
+    event_loop: str
+    processes: int = 1
+
+    @property
+    def label(self) -> str:
+        plural = "es" if self.processes > 1 else ""
+        return f"{self.event_loop}, {self.processes} process{plural}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"IMGQ_EVENT_LOOP": self.event_loop, "IMGQ_GATEWAY_PROCESSES": str(self.processes)}
+
+
+def default_gateway() -> GatewayVariant:
+    """What a gateway runs with its settings left alone."""
+    return GatewayVariant("uvloop" if uvloop_installed() else "asyncio")
+
+
+def gateway_variants() -> list[GatewayVariant]:
+    """asyncio's own loop beside uvloop (both one process), then one process per core."""
+    default = default_gateway()
+    variants = [GatewayVariant("asyncio")]
+    if default not in variants:
+        variants.append(default)
+    if cores() > 1:
+        variants.append(GatewayVariant(default.event_loop, cores()))
+    return variants
+
+
+@dataclass
+class GatewaySubmits:
+    result: SubmitResult
+    # CPU milliseconds per accepted submission: the gateway's processes, the broker, the load
+    # generator.
+    cpu_ms: dict[str, float]
+    # Cores other work used while this configuration was measured.
+    foreign_cores: float
+
+
 @dataclass
 class Measurements:
     bare_naive: float | None = None
@@ -120,7 +166,8 @@ class Measurements:
     http_low_load: LoadResult | None = None
     amqp_low_load: LoadResult | None = None
     accuracy: list[Accuracy] = field(default_factory=list)
-    submit: SubmitResult | None = None
+    # The gateway alone, in each of its configurations, in the order they ran.
+    submits: dict[GatewayVariant, GatewaySubmits] = field(default_factory=dict)
     long_polls: LongPollResult | None = None
     gateway_idle_rss_mb: float | None = None
     fairness: FairnessResult | None = None
@@ -341,15 +388,37 @@ def _http_run(options: Options, base_url: str, names: list[str]) -> LoadResult:
 def measure_gateway(options: Options, node: BrokerNode, stack: Stack, m: Measurements) -> None:
     """No replica runs now: jobs queue up, and only the gateway and the broker work."""
     with m.phase(GATEWAY_PHASE):
-        _measure_gateway(options, node, stack, m)
+        for variant in gateway_variants():
+            _measure_gateway(options, node, stack, m, variant)
 
 
-def _measure_gateway(options: Options, node: BrokerNode, stack: Stack, m: Measurements) -> None:
-    gateway, base_url = stack.start_gateway()
+# Submissions before each measured run, not measured: a fresh gateway's first requests meet
+# cold caches.
+GATEWAY_WARM_UP = 200
+
+
+def _measure_gateway(
+    options: Options, node: BrokerNode, stack: Stack, m: Measurements, variant: GatewayVariant
+) -> None:
+    gateway, base_url = stack.start_gateway(env=variant.env)
     wait_http_ok(f"{base_url}/readyz", 60, gateway)
-    m.gateway_idle_rss_mb = gateway_load.rss_mb(gateway.pid)
+    default = variant == default_gateway()
+    if default:
+        m.gateway_idle_rss_mb = gateway_load.rss_mb(gateway.pid)
     try:
-        m.submit = asyncio.run(
+        asyncio.run(
+            gateway_load.submissions(
+                base_url, MODEL, SUBMIT_IMAGE, jobs=GATEWAY_WARM_UP, concurrency=64
+            )
+        )
+        groups = {
+            "gateway": process_tree(gateway.pid),
+            "broker": broker_pids(node),
+            "load generator": [os.getpid()],
+        }
+        load = ForeignLoad()
+        meter = CpuMeter(groups)
+        result = asyncio.run(
             gateway_load.submissions(
                 base_url,
                 MODEL,
@@ -359,11 +428,17 @@ def _measure_gateway(options: Options, node: BrokerNode, stack: Stack, m: Measur
                 max_seconds=options.max_seconds / 2,
             )
         )
-        log.info("gateway alone: %.0f submissions/s accepted", m.submit.rate)
-        if m.submit.job_ids:
+        m.submits[variant] = GatewaySubmits(result, meter.per_job_ms(result.accepted), load.cores())
+        log.info(
+            "gateway alone (%s): %.0f submissions/s accepted, %.2f ms of gateway CPU each",
+            variant.label,
+            result.rate,
+            m.submits[variant].cpu_ms["gateway"],
+        )
+        if default and result.job_ids:
             m.long_polls = asyncio.run(
                 gateway_load.hold_long_polls(
-                    base_url, m.submit.job_ids, count=options.long_polls, gateway_pid=gateway.pid
+                    base_url, result.job_ids, count=options.long_polls, gateway_pid=gateway.pid
                 )
             )
             log.info(

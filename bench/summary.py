@@ -12,10 +12,10 @@ from bench.suite import (
     BARE_PHASE,
     CLUSTER_PHASE,
     FAIRNESS_PHASE,
-    GATEWAY_PHASE,
     MODEL,
     Measurements,
     Options,
+    default_gateway,
     replica_counts,
     service_phase,
 )
@@ -31,6 +31,10 @@ ADDED_LATENCY = Target("<=", 3, " ms")
 PLUMBING = Target("<=", 4, " core-ms")
 REPLICA_RSS = Target("<=", 400, " MB")
 SUBMISSIONS = Target(">=", 2000, "/s")
+# Issue 19: the gateway's CPU per job in the throughput runs.
+GATEWAY_CPU = {"HTTP": Target("<=", 1.0, " core-ms"), "AMQP": Target("<=", 0.5, " core-ms")}
+# What 2,000 submissions a second on one core allow the gateway.
+SUBMISSION_CPU = Target("<=", 0.5, " core-ms")
 LONG_POLLS = Target(">=", 5000)
 GATEWAY_RSS = Target("<", 200, " MB")
 # Issue 16's: a client alone gets the fleet; a polite client is not starved by a bulk one.
@@ -299,6 +303,30 @@ def service_rows(options: Options, m: Measurements) -> list[Row]:
     return rows
 
 
+def gateway_cpu_rows(options: Options, m: Measurements) -> list[Row]:
+    """The gateway's own CPU per job in the throughput runs (issue 19's targets)."""
+    rows = []
+    replicas = options.replicas
+    for path, how in (
+        ("HTTP", "its submit, its long-poll and the job's events applied from the log"),
+        ("AMQP", "the job's events applied from the log (a producer publishes the job)"),
+    ):
+        cpu = m.cpu_per_job.get(f"{path}, {replicas}")
+        if not cpu or "gateway" not in cpu:
+            continue
+        rows.append(
+            Row(
+                f"gateway, CPU per job, {path}",
+                f"{layout(replicas)}: the gateway process' CPU per job: {how}",
+                f"{cpu['gateway']:.2f} core-ms",
+                target=GATEWAY_CPU[path],
+                value=cpu["gateway"],
+                caveat=caveat(m, service_phase(replicas)),
+            )
+        )
+    return rows
+
+
 def cli_rows(options: Options, m: Measurements) -> list[Row]:
     if m.cli is None:
         return []
@@ -321,17 +349,43 @@ def cli_rows(options: Options, m: Measurements) -> list[Row]:
 
 def gateway_rows(options: Options, m: Measurements) -> list[Row]:
     rows = []
-    if m.submit is not None:
-        rejected = f", {m.submit.rejected} answered 503" if m.submit.rejected else ""
+    reference = next(iter(m.submits.values()), None)
+    default = default_gateway()
+    for variant, run in m.submits.items():
+        result = run.result
+        checked = variant == default or variant.processes > 1
+        rejected = f", {result.rejected} answered 503" if result.rejected else ""
+        busy = (
+            f"machine busy: {run.foreign_cores:.1f} cores of other work"
+            if run.foreign_cores > BUSY
+            else ""
+        )
+        ratio = _ratio(result.rate, reference.result.rate if reference else None)
+        reference_label = next(iter(m.submits)).label
         rows.append(
             Row(
                 "gateway alone: submissions accepted",
-                f"no replicas, 64 clients, {m.submit.accepted + m.submit.rejected} POSTs, "
-                "each 202 after the broker's confirm",
-                f"{m.submit.rate:.0f}/s{rejected}",
-                target=SUBMISSIONS,
-                value=m.submit.rate,
-                caveat=caveat(m, GATEWAY_PHASE),
+                f"{variant.label}{' (the default)' if variant == default else ''}, no "
+                f"replicas, 64 connections, {result.accepted + result.rejected} POSTs, each "
+                "202 after the broker's confirm",
+                f"{result.rate:.0f}/s{rejected}",
+                ratio=_fmt(ratio, ".2f", f" × {reference_label}"),
+                target=SUBMISSIONS if checked else None,
+                value=result.rate if checked else None,
+                caveat=busy,
+            )
+        )
+        cpu = run.cpu_ms
+        rows.append(
+            Row(
+                "gateway alone: CPU per submission",
+                f"{variant.label}: CPU of the gateway's processes per accepted submission "
+                f"(the broker's {cpu.get('broker', 0.0):.2f}, the load generator's "
+                f"{cpu.get('load generator', 0.0):.2f})",
+                f"{cpu['gateway']:.2f} core-ms",
+                target=SUBMISSION_CPU if variant == default else None,
+                value=cpu["gateway"] if variant == default else None,
+                caveat=busy,
             )
         )
     polls = m.long_polls
@@ -435,6 +489,7 @@ def rows(options: Options, m: Measurements, reference_sample: bool) -> Sequence[
         *bare_rows(options, m),
         *precision_rows(m),
         *service_rows(options, m),
+        *gateway_cpu_rows(options, m),
         *gateway_rows(options, m),
         *fairness_rows(options, m),
         *accuracy_rows(options, m, reference_sample),
@@ -534,6 +589,7 @@ def notes(options: Options, m: Measurements) -> list[str]:
                 lines.append(f"shares, {label}: {result.failed} failed, e.g. {result.errors[0]}")
         if shares.flood.errors:
             lines.append(f"shares, the bulk client: errors, e.g. {shares.flood.errors[0]}")
-    if m.submit is not None and m.submit.errors:
-        lines.append(f"submissions: errors, e.g. {m.submit.errors[0]}")
+    for variant, run in m.submits.items():
+        if run.result.errors:
+            lines.append(f"submissions, {variant.label}: errors, e.g. {run.result.errors[0]}")
     return lines

@@ -33,6 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replicas", type=int, default=2, help="classifier replicas (default 2)")
     parser.add_argument("--port", type=int, default=8080, help="gateway HTTP port (default 8080)")
     parser.add_argument("--host", default="127.0.0.1", help="gateway bind address")
+    parser.add_argument(
+        "--gateway-processes",
+        type=int,
+        default=None,
+        help="gateway processes on the port (IMGQ_GATEWAY_PROCESSES; default: its setting, 1)",
+    )
     parser.add_argument("--management", action="store_true", help="enable RabbitMQ's management UI")
     parser.add_argument(
         "--broker-nodes",
@@ -43,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.broker_nodes < 1:
         parser.error("--broker-nodes must be at least 1")
+    if args.gateway_processes is not None and args.gateway_processes < 1:
+        parser.error("--gateway-processes must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [launch] %(message)s")
 
     stop = threading.Event()
@@ -76,7 +84,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         for i in range(args.replicas):
             stack.start_replica(f"replica-{i + 1}", threads=threads)
-        gateway, base_url = stack.start_gateway(port=args.port, host=args.host)
+        processes = args.gateway_processes
+        gateway, base_url = stack.start_gateway(
+            port=args.port,
+            host=args.host,
+            env={} if processes is None else {"IMGQ_GATEWAY_PROCESSES": str(processes)},
+        )
         wait_http_ok(f"{base_url}/readyz", 60, gateway)
         wait_replicas_online(base_url, args.replicas, 180)
         if node.management_port:

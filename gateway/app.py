@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from gateway import batches, keys, sse, status, views
+from gateway import batches, keys, siblings, sse, status, views
 from gateway.activity import Activity
 from gateway.auth import token_middleware
 from gateway.batch_store import Batches
@@ -25,6 +25,7 @@ from gateway.log_follower import LogFollower
 from gateway.metrics import GatewayMetrics
 from gateway.observe import observe_middleware
 from gateway.problems import problem_middleware
+from gateway.processes import Worker
 from gateway.replicas import ReplicaRegistry
 from gateway.settings import GatewaySettings
 from gateway.shares import ClientShares, JobShares
@@ -63,7 +64,8 @@ async def _release_long_polls(app: web.Application) -> None:
     app[keys.STORE].release_all()
 
 
-def create_app(settings: GatewaySettings) -> web.Application:
+def create_app(settings: GatewaySettings, worker: Worker | None = None) -> web.Application:
+    """The gateway; ``worker`` says which process it is when several share its port."""
     # Observed outermost (metrics and the server span), so what is recorded is what the client
     # got, problems and refusals included.
     middlewares: list[Middleware] = [observe_middleware, problem_middleware]
@@ -122,7 +124,10 @@ def create_app(settings: GatewaySettings) -> web.Application:
     # Threads start only when the first upload is checked.
     app[keys.IMAGE_CHECKS] = ImageChecks(MAX_CONCURRENT_CHECKS, MAX_WAITING_CHECKS)
     app.cleanup_ctx.append(_poster_ctx)
+    app[keys.WORKER] = worker
     app.cleanup_ctx.append(_broker_ctx)
+    if worker is not None and worker.count > 1:
+        app.cleanup_ctx.append(siblings.serve_own)
     app.on_cleanup.append(_stop_image_checks)
     app.on_shutdown.append(_release_long_polls)
     app.on_response_prepare.append(add_security_headers)

@@ -13,9 +13,6 @@ Imports neither aiohttp nor aio_pika.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 from gateway.clients import Caller
 from shared.errors import TooManyRequests, UploadsBusy, retry_after_header
 
@@ -35,14 +32,9 @@ class BodyBytes:
     def of(self, client: Caller) -> int:
         return self._by_client.get(client.key, 0)
 
-    @contextmanager
-    def lease(self, client: Caller) -> Iterator[Lease]:
-        """What one request holds; all of it is given back on exit."""
-        lease = Lease(self, client.key)
-        try:
-            yield lease
-        finally:
-            self._give_back(client.key, lease.size)
+    def lease(self, client: Caller) -> Lease:
+        """What one request holds, as a context manager: all of it is given back on exit."""
+        return Lease(self, client.key)
 
     def _hold(self, key: str, more: int) -> None:
         mine = self._by_client.get(key, 0)
@@ -79,6 +71,14 @@ class Lease:
     def __init__(self, budget: BodyBytes, key: str) -> None:
         self._budget = budget
         self._key = key
+        self.size = 0
+
+    # A class rather than a generator context manager: one of these is made per submission.
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._budget._give_back(self._key, self.size)
         self.size = 0
 
     def cover(self, size: int) -> None:

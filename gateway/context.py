@@ -15,9 +15,13 @@ from shared.catalog import CATALOG
 
 def client_of(request: web.Request) -> Caller:
     """Who is asking: their token's hash on a gateway with tokens, and their address."""
-    limits = request.app[keys.SETTINGS].client_limits
-    address = limits.client_address(request.remote, request.headers.get("X-Forwarded-For"))
-    return Caller(owner=request.get(OWNER), address=address)
+    settings = request.app[keys.SETTINGS]
+    limits = settings.client_limits
+    # Without trusted proxies the header is never believed, so it is not even looked up; and
+    # without tokens no request has an owner (a missing key costs the request an exception).
+    forwarded = request.headers.get("X-Forwarded-For") if limits.trusted_proxies else None
+    owner = request.get(OWNER) if settings.api_tokens else None
+    return Caller(owner=owner, address=limits.client_address(request.remote, forwarded))
 
 
 @dataclass(frozen=True, slots=True)

@@ -85,6 +85,10 @@ async def take(request: web.Request, shape: Shape) -> Intake:
 
 
 async def _read_in_time(request: web.Request, shape: Shape, lease: Lease) -> Wanted:
+    if request.content.is_eof():
+        # The whole body has arrived already (a small one comes with the headers): reading
+        # it cannot wait, so no timer is armed and cancelled for it.
+        return await _read(request, shape, lease)
     seconds = request.app[keys.SETTINGS].body_timeout
     try:
         async with asyncio.timeout(seconds):

@@ -14,6 +14,7 @@ from gateway.clients import OpenWaits
 from gateway.gallery import Gallery
 from gateway.lifeline import Lifeline
 from gateway.metrics import GatewayMetrics
+from gateway.processes import Worker
 from gateway.replicas import ReplicaRegistry
 from gateway.settings import GatewaySettings
 from gateway.shares import ClientShares
@@ -47,3 +48,6 @@ CALLBACKS = web.AppKey("callbacks", CallbackRules)
 # Makes the callbacks' HTTP requests (gateway/webhook_http.py): a client session, opened at
 # start-up.
 WEBHOOK_POSTER = web.AppKey("webhook_poster", WebhookPoster)
+# Which of several gateway processes on one port this is (gateway/processes.py); None when
+# the gateway is one process.
+WORKER = web.AppKey[Worker | None]("worker")

@@ -36,8 +36,14 @@ class Lifeline:
         log.critical("stopping the gateway: its background task %r ended", name)
         # aiohttp's run_app stops gracefully on SIGTERM, exactly as on an orchestrator's.
         os.kill(os.getpid(), signal.SIGTERM)
-        asyncio.get_running_loop().call_later(_GRACE_SECONDS, os._exit, EXIT_STATUS)
+        asyncio.get_running_loop().call_later(_GRACE_SECONDS, _exit_now)
 
     @property
     def exit_status(self) -> int:
         return 0 if self.lost is None else EXIT_STATUS
+
+
+def _exit_now() -> None:
+    # os._exit skips the interpreter's exit, which would write the log lines still waiting.
+    logging.shutdown()
+    os._exit(EXIT_STATUS)

@@ -44,6 +44,9 @@ WEBHOOK_OUTCOMES: Final = ("succeeded", "retried", "given_up")
 # Jobs accepted here and not yet final.  Bounded: a job whose final event never comes (its
 # log entries expired) must not pin memory forever.
 _MAX_TRACKED: Final = 100_000
+# Label sets of the HTTP metrics whose series are kept at hand.  Routes are few, but the method
+# is the client's: past this many, the cache starts again rather than grow.
+_MAX_HTTP_SERIES: Final = 1000
 
 
 class GatewayMetrics:
@@ -123,6 +126,25 @@ class GatewayMetrics:
         for outcome in WEBHOOK_OUTCOMES:
             self.webhooks.labels(outcome=outcome)
         self._mine: OrderedDict[str, None] = OrderedDict()
+        # The series of each (route, method, status) seen: ``labels()`` checks and joins its
+        # values and takes a lock on every call, a cost paid on every request otherwise.
+        self._http_series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    def http_answered(self, route: str, method: str, status: int, seconds: float) -> None:
+        """One HTTP request answered: counted by route, method and status, timed by route."""
+        key = (route, method, status)
+        series = self._http_series.get(key)
+        if series is None:
+            if len(self._http_series) >= _MAX_HTTP_SERIES:
+                self._http_series.clear()
+            series = (
+                self.http_requests.labels(route=route, method=method, status=str(status)),
+                self.http_duration.labels(route=route),
+            )
+            self._http_series[key] = series
+        counted, timed = series
+        counted.inc()
+        timed.observe(seconds)
 
     def accepted(self, job_id: str) -> None:
         """Call before the job's first event reaches the store."""

@@ -10,6 +10,7 @@ publish of a job joins the request's trace.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Final
 
@@ -22,6 +23,8 @@ from shared import tracing
 # A request no route matched (a 404 or 405): its path is the client's choice, so all of
 # them share one label rather than adding a series per path tried.
 UNMATCHED: Final = "unmatched"
+# While tracing is off: no span to open per request (server_span would make a no-op one).
+_UNTRACED: Final = contextlib.nullcontext(tracing.ServerSpan())
 
 
 def _route(request: web.Request) -> str | None:
@@ -32,13 +35,16 @@ def _route(request: web.Request) -> str | None:
 
 @web.middleware
 async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    metrics = request.app[keys.METRICS]
     route = _route(request)
     started = time.perf_counter()
     status = 500  # what the client gets if an exception escapes every middleware
     error: BaseException | None = None
-    with tracing.server_span(
-        request.method, route or "", request.path, request.scheme, request.headers
+    with (
+        tracing.server_span(
+            request.method, route or "", request.path, request.scheme, request.headers
+        )
+        if tracing.active()
+        else _UNTRACED
     ) as span:
         try:
             response = await handler(request)
@@ -58,9 +64,6 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
             raise
         finally:
             span.answered(None if status == 499 else status, error)
-            label = route or UNMATCHED
-            counted = metrics.http_requests.labels(
-                route=label, method=request.method, status=str(status)
+            request.app[keys.METRICS].http_answered(
+                route or UNMATCHED, request.method, status, time.perf_counter() - started
             )
-            counted.inc()
-            metrics.http_duration.labels(route=label).observe(time.perf_counter() - started)

@@ -31,6 +31,7 @@ from shared.errors import (
     Unauthorized,
     UnknownImage,
     UnknownModel,
+    Unresponsive,
     UnsupportedContentType,
     UnsupportedMediaType,
     UploadsBusy,
@@ -67,6 +68,7 @@ _STATUS: dict[type[ImgqError], int] = {
     UploadsBusy: 503,
     TooManyRequests: 429,
     NotReady: 503,
+    Unresponsive: 503,
 }
 _TITLES = {
     409: "Conflict",

@@ -8,7 +8,9 @@ from pathlib import Path
 from gateway.access_log import access_log_enabled
 from gateway.batch_store import BatchLimits
 from gateway.clients import ClientLimits
+from gateway.event_loop import EventLoop, event_loop_from_env
 from gateway.limits import MAX_REQUEST_BYTES
+from gateway.processes import processes_from_env
 from gateway.senders import Senders
 from gateway.webhook_settings import WebhookSettings
 from shared.catalog import catalog_models
@@ -118,6 +120,10 @@ class GatewaySettings:
     body_timeout: float = _BODY_TIMEOUT.default
     # Callbacks (gateway/webhooks.py): their secret, the networks they may reach, retries.
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    # uvloop where installed (gateway/event_loop.py).
+    event_loop: EventLoop = EventLoop.ASYNCIO
+    # Gateway processes on the one port (gateway/processes.py).
+    processes: int = 1
 
     @classmethod
     def from_env(cls, env: Environ) -> GatewaySettings:
@@ -125,10 +131,11 @@ class GatewaySettings:
         gallery = Path(env_str(env, _GALLERY_DIR.name, _GALLERY_DIR.default))
         if not gallery.is_dir():
             raise SettingsError(f"IMGQ_GALLERY_DIR {str(gallery)!r} is not a directory")
+        port = env_int(env, _HTTP_PORT.name, _HTTP_PORT.default, maximum=65535)
         return cls(
             broker_urls=broker_urls(env),
             host=env_str(env, _HTTP_HOST.name, _HTTP_HOST.default),
-            port=env_int(env, _HTTP_PORT.name, _HTTP_PORT.default),
+            port=port,
             gallery_dir=gallery,
             models=models,
             max_wait=env_float(env, _MAX_WAIT.name, _MAX_WAIT.default),
@@ -150,6 +157,8 @@ class GatewaySettings:
             body_bytes=env_int(env, _BODY_BYTES.name, _BODY_BYTES.default, minimum=1),
             body_timeout=env_float(env, _BODY_TIMEOUT.name, _BODY_TIMEOUT.default, minimum=0.1),
             webhooks=WebhookSettings.from_env(env),
+            event_loop=event_loop_from_env(env),
+            processes=processes_from_env(env, port),
         )._checked()
 
     def _checked(self) -> GatewaySettings:

@@ -27,8 +27,7 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -112,17 +111,14 @@ class JobShares:
             retry_after=RETRY_SECONDS,
         )
 
-    @contextmanager
-    def reserve(self, client: Caller, jobs: int) -> Iterator[Seats]:
-        """``jobs`` seats for the request's jobs, all or none (TooManyRequests); each published
-        job takes one (``Seats.take``), and the seats not taken are given back on exit."""
+    def reserve(self, client: Caller, jobs: int) -> Seats:
+        """``jobs`` seats for the request's jobs, all or none (TooManyRequests), as a context
+        manager: each published job takes one (``Seats.take``), and the seats not taken are
+        given back on exit."""
         self.check(client, jobs)
         seats = Seats(self, client.key, jobs)
         self._add(client.key, jobs)
-        try:
-            yield seats
-        finally:
-            self._add(client.key, -seats.left)
+        return seats
 
     def job_changed(self, previous: JobEvent | None, current: JobEvent) -> None:
         if current.status.is_final:
@@ -158,12 +154,21 @@ class JobShares:
 
 
 class Seats:
-    """Seats held for one request's jobs (``JobShares.reserve``)."""
+    """Seats held for one request's jobs (``JobShares.reserve``), until the ``with`` block
+    that holds them ends."""
 
     def __init__(self, shares: JobShares, key: str, count: int) -> None:
         self._shares = shares
         self._key = key
         self.left = count
+
+    # A class rather than a generator context manager: one of these is made per submission.
+    def __enter__(self) -> Seats:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._shares._add(self._key, -self.left)
+        self.left = 0
 
     def take(self, job_id: str) -> None:
         """The job ``job_id`` is being published: it holds a seat until it is final.  Called
@@ -187,10 +192,9 @@ class ClientShares:
         self.jobs.check(client)
         self._rate.check(client)
 
-    @contextmanager
-    def reserve(self, client: Caller, jobs: int) -> Iterator[Seats]:
-        """Once the request's images are known: all its jobs fit, or none is accepted (429)."""
+    def reserve(self, client: Caller, jobs: int) -> Seats:
+        """Once the request's images are known: all its jobs fit, or none is accepted (429).
+        A context manager, as ``JobShares.reserve``."""
         self.jobs.check(client, jobs)
         self._rate.take(client, count=jobs)
-        with self.jobs.reserve(client, jobs) as seats:
-            yield seats
+        return self.jobs.reserve(client, jobs)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway import keys
+from gateway import keys, siblings
 from gateway.context import offered
 from gateway.views import json_response
 from shared.metrics import CONTENT_TYPE
@@ -45,8 +45,12 @@ async def status(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     broker = request.app[keys.BROKER]
-    body = request.app[keys.METRICS].expose(
-        long_polls=request.app[keys.STORE].waiting,
-        queue_depths=await broker.queue_depths(broker.work_queues(offered(request))),
-    )
+    depths = await broker.queue_depths(broker.work_queues(offered(request)))
+    if request.app[keys.WORKER] is not None:
+        # One of several processes on this port: all of theirs (gateway/siblings.py).
+        body = await siblings.gathered(request.app, depths)
+    else:
+        body = request.app[keys.METRICS].expose(
+            long_polls=request.app[keys.STORE].waiting, queue_depths=depths
+        )
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway import intake, keys
+from gateway import intake, keys, siblings
 from gateway.answers import job_body
 from gateway.context import client_of, offered
 from gateway.limits import MAX_PIXELS, MAX_UPLOAD_BYTES
@@ -24,6 +24,7 @@ from shared.errors import (
     MalformedRequest,
     NotFound,
     NotReady,
+    Unresponsive,
 )
 from shared.messages import is_job_id
 from shared.states import JobStatus
@@ -221,12 +222,22 @@ async def gallery_image(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    if request.app[keys.WORKER] is not None:
+        # One of several processes on this port: alive when they all answer.
+        hung = await siblings.unresponsive(request.app)
+        if hung is not None:
+            raise Unresponsive(hung)
     return json_response({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
     if not request.app[keys.BROKER].ready:
         raise NotReady("not connected to the broker, or still replaying the event log")
+    if request.app[keys.WORKER] is not None:
+        # One of several processes on this port: ready when they all are.
+        reason = await siblings.unready(request.app)
+        if reason is not None:
+            raise NotReady(reason)
     return json_response({"status": "ready"})
 
 

@@ -155,6 +155,12 @@ class NotReady(ImgqError):
     code = "not_ready"
 
 
+class Unresponsive(ImgqError):
+    """A process of a gateway that runs several (IMGQ_GATEWAY_PROCESSES) does not answer."""
+
+    code = "unresponsive"
+
+
 class MessageError(ImgqError):
     """A broker message does not follow the schema in ``shared/messages.py``."""
 

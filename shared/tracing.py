@@ -126,6 +126,11 @@ _tracer: Tracer | None = None
 _propagator: TraceContextTextMapPropagator | None = None
 
 
+def active() -> bool:
+    """Whether tracing is on in this process (between ``started``'s entry and exit)."""
+    return _tracer is not None
+
+
 @contextlib.contextmanager
 def started(settings: TracingSettings, service: str) -> Iterator[None]:
     """Trace while inside; on the way out, export what is left (a service's ``main``)."""

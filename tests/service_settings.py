@@ -21,6 +21,8 @@ SETTINGS_MODULES = (
     "gateway/access_log.py",
     "gateway/batch_store.py",
     "gateway/webhook_settings.py",
+    "gateway/event_loop.py",
+    "gateway/processes.py",
     "classifier_service/settings.py",
     "shared/settings.py",
     "shared/topology.py",

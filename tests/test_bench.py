@@ -310,3 +310,49 @@ def test_the_shares_rows_check_one_client_against_many_and_the_polite_clients_la
     assert beside.value == pytest.approx(70 / 30)
     assert beside.met is False
     assert "100 of its jobs accepted meanwhile, 50 answered 429" in beside.setup
+
+
+def test_the_gateway_rows_compare_event_loops_and_processes_and_check_the_default() -> None:
+    from bench.gateway_load import SubmitResult
+    from bench.suite import GatewaySubmits, GatewayVariant, Measurements, Options, default_gateway
+    from bench.summary import gateway_rows
+
+    options = Options(
+        replicas=2,
+        jobs=4,
+        concurrency=16,
+        images=Path("."),
+        bare_seconds=1,
+        submissions=1,
+        long_polls=1,
+        accuracy_models=(),
+    )
+    m = Measurements()
+    default = default_gateway()
+    runs = {
+        GatewayVariant("asyncio"): (1000, 0.9),
+        default: (1500, 0.45),
+        GatewayVariant(default.event_loop, 2): (2400, 0.8),
+    }
+    for variant, (per_s, cpu_ms) in runs.items():
+        result = SubmitResult(accepted=per_s * 2, elapsed=2.0)
+        m.submits[variant] = GatewaySubmits(
+            result, {"gateway": cpu_ms, "broker": 0.5, "load generator": 0.1}, foreign_cores=0.0
+        )
+    rows = gateway_rows(options, m)
+    assert [row.measurement for row in rows] == [
+        "gateway alone: submissions accepted",
+        "gateway alone: CPU per submission",
+    ] * 3
+    reference, reference_cpu, ours, ours_cpu, several, several_cpu = rows
+    # asyncio's own loop is the reference, with no target of its own.
+    assert reference.target is None
+    assert reference_cpu.target is None
+    assert reference.ratio == "1.00 × asyncio, 1 process"
+    assert (ours.result, ours.met) == ("1500/s", False)
+    assert ours.ratio == "1.50 × asyncio, 1 process"
+    assert "(the default)" in ours.setup
+    assert (ours_cpu.result, ours_cpu.met) == ("0.45 core-ms", True)
+    assert "the broker's 0.50, the load generator's 0.10" in ours_cpu.setup
+    assert (several.result, several.met) == ("2400/s", True)
+    assert several_cpu.target is None

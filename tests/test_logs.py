@@ -19,7 +19,15 @@ from aiohttp.test_utils import TestServer
 
 from gateway.access_log import AccessLogger, access_log_enabled
 from shared.errors import SettingsError
-from shared.logs import JsonFormatter, LogSettings, job_fields, setup_logging
+from shared.logs import (
+    PIPE_BUF,
+    BatchingHandler,
+    JsonFormatter,
+    LogSettings,
+    TextFormatter,
+    job_fields,
+    setup_logging,
+)
 from tests import api
 from tests.cluster import MODEL, Cluster
 
@@ -230,3 +238,97 @@ def test_the_access_log_can_be_turned_off(cluster: Cluster) -> None:
         entry for entry in _json_lines(gateway.log_file) if entry["logger"] == "aiohttp.access"
     ]
     assert lines
+
+
+class _Writes:
+    """A stream that keeps each write apart: what reached the file descriptor, call by call."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def _batching(stream: _Writes) -> logging.Logger:
+    handler = BatchingHandler(stream)  # type: ignore[arg-type]
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log = logging.getLogger(f"imgq.test.batching.{id(stream)}")
+    log.propagate = False
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    return log
+
+
+def test_lines_of_one_loop_iteration_are_written_together() -> None:
+    stream = _Writes()
+    log = _batching(stream)
+
+    async def scenario() -> list[str]:
+        for i in range(3):
+            log.info("line %d", i)
+        written_meanwhile = list(stream.writes)
+        await asyncio.sleep(0)  # the end of this iteration: the lines go out
+        assert stream.writes == ["line 0\nline 1\nline 2\n"]
+        log.info("next")
+        await asyncio.sleep(0)
+        return written_meanwhile
+
+    assert asyncio.run(scenario()) == []
+    assert stream.writes == ["line 0\nline 1\nline 2\n", "next\n"]
+
+
+def test_a_warning_or_a_line_without_a_loop_is_written_at_once_after_what_waits() -> None:
+    stream = _Writes()
+    log = _batching(stream)
+    log.info("no loop here")
+    assert stream.writes == ["no loop here\n"]
+
+    async def scenario() -> None:
+        log.info("waits")
+        log.warning("goes now")
+        assert stream.writes[1:] == ["waits\ngoes now\n"]
+
+    asyncio.run(scenario())
+
+
+def test_a_write_never_splits_a_line_nor_passes_pipe_buf() -> None:
+    stream = _Writes()
+    log = _batching(stream)
+    line = "x" * 999
+
+    async def scenario() -> None:
+        for _ in range(10):
+            log.info(line)
+        log.info("é" * 3000)  # 6000 bytes of UTF-8: written on its own
+        await asyncio.sleep(0)
+
+    asyncio.run(scenario())
+    assert "".join(stream.writes) == f"{line}\n" * 10 + "é" * 3000 + "\n"
+    for write in stream.writes:
+        assert write.endswith("\n")
+        assert len(write.encode()) <= max(PIPE_BUF, 6001)
+    assert len(stream.writes[0].encode()) == 4 * 1000  # as many whole lines as fit in 4096
+
+
+def test_the_text_time_is_as_logging_writes_it() -> None:
+    record = _record()
+    ours = TextFormatter("gateway").formatTime(record)
+    assert ours == logging.Formatter().formatTime(record)
+
+
+def test_a_process_among_several_says_which_it_is(
+    root_logger: logging.Logger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = logging.getLogger("imgq.test")
+    setup_logging(LogSettings(level=logging.INFO, json=True), "gateway", 2)
+    log.info("hello")
+    entry = orjson.loads(capsys.readouterr().err)
+    assert (entry["service"], entry["instance"]) == ("gateway", 2)
+    setup_logging(LogSettings(level=logging.INFO, json=False), "gateway", 2)
+    log.info("hello")
+    assert capsys.readouterr().err.rstrip().endswith(" INFO [gateway 2] imgq.test: hello")
