@@ -39,9 +39,6 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Final
 
-from shared.errors import SettingsError
-from shared.settings import GATEWAY, Environ, env_int, variable
-
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
 
@@ -49,16 +46,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_PROCESSES = variable(
-    "IMGQ_GATEWAY_PROCESSES",
-    1,
-    GATEWAY,
-    "gateway processes on the one port, each a whole gateway (its own broker connection, log "
-    "replay and store), the kernel spreading connections among them (`SO_REUSEPORT`, Linux "
-    "only); past 1, a supervisor process restarts any that dies",
-)
-# More would be a mistake (one process a core is the point), not a deployment.
-MAX_PROCESSES: Final = 64
 # The listen backlog of each socket: aiohttp's own default.
 BACKLOG: Final = 128
 # A process that dies is started again after FIRST_BACKOFF, doubling to MAX_BACKOFF while it
@@ -71,22 +58,6 @@ STABLE_AFTER: Final = 60.0
 # and below the grace periods of compose (15 s) and Kubernetes (20 s, 5 of them preStop).
 STOP_GRACE: Final = 12.0
 _PR_SET_PDEATHSIG: Final = 1
-
-
-def processes_from_env(env: Environ, port: int) -> int:
-    count = env_int(env, _PROCESSES.name, _PROCESSES.default, minimum=1, maximum=MAX_PROCESSES)
-    if count > 1:
-        if not sys.platform.startswith("linux") or not hasattr(socket, "SO_REUSEPORT"):
-            raise SettingsError(
-                f"{_PROCESSES.name}={count} needs Linux (SO_REUSEPORT spreading connections "
-                "among the processes); run one process per machine or container elsewhere"
-            )
-        if port == 0:
-            raise SettingsError(
-                f"{_PROCESSES.name}={count} needs a fixed IMGQ_HTTP_PORT, not 0: the processes "
-                "share one port"
-            )
-    return count
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from gateway.batch_store import BatchLimits
 from gateway.clients import ClientLimits
 from gateway.event_loop import EventLoop, event_loop_from_env
 from gateway.limits import MAX_REQUEST_BYTES
-from gateway.processes import processes_from_env
+from gateway.process_count import processes_from_env
 from gateway.senders import Senders
 from gateway.webhook_settings import WebhookSettings
 from shared.catalog import catalog_models

@@ -18,7 +18,8 @@ import pytest
 
 from compose.broker import free_port
 from compose.stack import ManagedProcess
-from gateway.processes import MAX_PROCESSES, listening_sockets, processes_from_env
+from gateway.process_count import MAX_PROCESSES, processes_from_env
+from gateway.processes import listening_sockets
 from shared.errors import SettingsError
 from tests import api
 from tests.cluster import MODEL, Cluster

@@ -154,7 +154,9 @@ async function refresh() {
   try {
     render(await fetchJson("/status"));
     showError("");
-    setLive("live", "Live");
+    // A request sent before the tab went to the back may answer after: the page stays paused.
+    if (document.visibilityState === "hidden") showPaused();
+    else setLive("live", "Live");
     updatedAt.textContent = `· updated ${clockTime(Date.now() / 1000)}`;
   } catch (err) {
     setLive("error", "Not updating");
@@ -164,9 +166,13 @@ async function refresh() {
   }
 }
 
+function showPaused() {
+  setLive("paused", "Paused while this tab is hidden");
+}
+
 document.addEventListener("visibilitychange", () => {
   if (document.visibilityState === "hidden") {
-    setLive("paused", "Paused while this tab is hidden");
+    showPaused();
   } else {
     refresh();
   }
