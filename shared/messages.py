@@ -2,7 +2,9 @@
 
 Schema version 2: a ``ClassifyRequest`` travels as the raw image bytes in the AMQP body
 with its metadata in message properties and headers (``shared/wire.py`` builds and parses
-every broker message); every other message body is a JSON object with ``"v"``.  Version 1
+every broker message); every other message body is a JSON object with ``"v"``: one
+``JobEvent``, or an ``EventBatch`` of several (how replicas and the gateways' "queued"
+events go out, so that the broker and every gateway handle one message for many events).  Version 1
 requests (the image base64-encoded inside a JSON body) are still accepted for one version,
 so producers written against the v1 documentation keep working.  Parsing is strict and
 raises ``MessageError`` with what was wrong, so a consumer can dead-letter a bad message
@@ -20,6 +22,7 @@ import hashlib
 import math
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -298,23 +301,29 @@ class JobEvent:
             "reused_from": self.reused_from,
         }
 
+    def to_broker_dict(self) -> dict[str, Any]:
+        """Every field, as the broker carries it: the HTTP shape and the broker-only fields."""
+        return {
+            **self.to_dict(),
+            "image_sha256": self.image_sha256,
+            "idempotency_key": self.idempotency_key,
+            "owner": self.owner,
+            "batch": None if self.batch is None else str(self.batch),
+            "requested_by": self.requested_by,
+        }
+
     def to_json(self, version: int = SCHEMA_VERSION) -> bytes:
         """The event as JSON; ``version`` 1 for a v1 producer's reply (the same fields)."""
-        return orjson.dumps(
-            {
-                "v": version,
-                **self.to_dict(),
-                "image_sha256": self.image_sha256,
-                "idempotency_key": self.idempotency_key,
-                "owner": self.owner,
-                "batch": None if self.batch is None else str(self.batch),
-                "requested_by": self.requested_by,
-            }
-        )
+        return orjson.dumps({"v": version, **self.to_broker_dict()})
 
     @classmethod
     def from_json(cls, body: bytes) -> JobEvent:
-        data = _load(body)
+        return cls.from_broker_dict(_load(body))
+
+    @classmethod
+    def from_broker_dict(cls, data: dict[str, Any]) -> JobEvent:
+        """The event a JSON object describes (``to_broker_dict``'s shape); ``MessageError``
+        says what is wrong with it."""
         try:
             status = JobStatus(str(data.get("status")))
         except ValueError:
@@ -353,6 +362,64 @@ class JobEvent:
             batch=BatchRef.parse(data.get("batch")),
             requested_by=_opt_str(data, "requested_by"),
         )
+
+
+# The most events one EventBatch carries: a replica's batch of results and the next batch's
+# "started" (IMGQ_BATCH_SIZE twice), or a gateway's queued events of one moment.  Bounded so
+# that one message from the log is bounded work, and far above what either sends.
+MAX_BATCH_EVENTS = 1000
+# The trace context an event of a batch may carry, per event (W3C names, as in HTTP).
+_TRACE_KEYS = ("traceparent", "tracestate")
+
+
+@dataclass(frozen=True, slots=True)
+class EventBatch:
+    """Several job events, of one or many jobs, in one broker message, in the order they
+    happened: a replica's results of one batch with the "started" of its next, a gateway's
+    "queued" events of the jobs the broker confirmed meanwhile.  Each event is the same full
+    snapshot a message of its own would carry; one message costs the broker and every reader
+    of the log about what one event did, so a batch of them costs a fraction per event.
+
+    ``traces`` gives, per event, the W3C trace context it goes out with (``traceparent``,
+    ``tracestate``; empty for none): a message's own headers can name only one.  ``skipped``
+    says, for a batch read back, why any entry was left out: one bad entry costs only itself.
+    """
+
+    events: tuple[JobEvent, ...]
+    traces: tuple[Mapping[str, str], ...] = ()
+    skipped: tuple[str, ...] = ()
+
+    def to_json(self) -> bytes:
+        traces = self.traces or ({},) * len(self.events)
+        return orjson.dumps(
+            {
+                "v": SCHEMA_VERSION,
+                "events": [
+                    {**event.to_broker_dict(), **trace}
+                    for event, trace in zip(self.events, traces, strict=True)
+                ],
+            }
+        )
+
+    @classmethod
+    def from_json(cls, body: bytes) -> EventBatch:
+        data = _load(body)
+        entries = data.get("events")
+        if not isinstance(entries, list) or not 0 < len(entries) <= MAX_BATCH_EVENTS:
+            raise MessageError(f"'events' must be a list of 1 to {MAX_BATCH_EVENTS} events")
+        events: list[JobEvent] = []
+        traces: list[Mapping[str, str]] = []
+        skipped: list[str] = []
+        for index, entry in enumerate(entries):
+            try:
+                if not isinstance(entry, dict):
+                    raise MessageError("an event must be a JSON object")
+                events.append(JobEvent.from_broker_dict(entry))
+            except MessageError as exc:
+                skipped.append(f"event {index}: {exc.message}")
+                continue
+            traces.append({k: v for k in _TRACE_KEYS if isinstance(v := entry.get(k), str)})
+        return cls(tuple(events), tuple(traces), tuple(skipped))
 
 
 @dataclass(frozen=True, slots=True)
