@@ -12,6 +12,8 @@
    by the address each names as a trusted proxy's client; one client alone against 16, and a
    polite client beside a bulk one.
 5. A three-node cluster with the same replicas: end-to-end HTTP throughput, beside phase 2's.
+6. The event log alone: how many events one gateway applies a second, replaying a log of over
+   100,000 events and following one live (``bench/log_rate.py``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import accuracy, amqp_load, bare, cli_load, fairness, gateway_load, http_load, precision
+from bench import (
+    accuracy,
+    amqp_load,
+    bare,
+    cli_load,
+    fairness,
+    gateway_load,
+    http_load,
+    log_rate,
+    precision,
+)
 from bench.accuracy import Accuracy
 from bench.bare import WorkerSpec
 from bench.fairness import FairnessResult
@@ -37,6 +49,7 @@ from bench.machine import CpuMeter, ForeignLoad
 from bench.photos import image_files, read_labels
 from bench.precision import PrecisionResult
 from classifier_service.health import readiness
+from classifier_service.settings import ClassifierSettings
 from compose.broker import BrokerNode, start_cluster
 from compose.stack import (
     ManagedProcess,
@@ -57,6 +70,7 @@ BARE_PHASE = "bare model"
 GATEWAY_PHASE = "gateway alone"
 FAIRNESS_PHASE = "per-client shares"
 CLUSTER_PHASE = "three-node cluster"
+LOG_PHASE = "event log"
 # Jobs of the polite client in each of its two runs: one at a time, a few seconds each.
 POLITE_JOBS = 60
 # The runtime the frozen-TorchScript reference rows run (IMGQ_RUNTIME=torch).
@@ -81,6 +95,9 @@ class Options:
     max_seconds: float = 40.0
     batch_size: int | None = None  # None: the service's default
     batch_wait_ms: float | None = None
+    # Jobs whose events (three each) make the replayed log, and jobs written while followed.
+    log_jobs: int = 33_334
+    live_log_jobs: int = 20_000
 
     @property
     def threads(self) -> int:
@@ -124,6 +141,8 @@ class Measurements:
     long_polls: LongPollResult | None = None
     gateway_idle_rss_mb: float | None = None
     fairness: FairnessResult | None = None
+    # Events one gateway applies from the log, each way the log was written.
+    log_rates: list[log_rate.LogRate] = field(default_factory=list)
     # Per throughput run: CPU milliseconds per job of each part of the system.
     cpu_per_job: dict[str, dict[str, float]] = field(default_factory=dict)
     # Cores that other work on the machine used during each phase (a lower bound).
@@ -429,6 +448,27 @@ def measure_fairness(options: Options, stack: Stack, m: Measurements) -> None:
             for replica in replicas:
                 replica.terminate()
             gateway.terminate()
+
+
+def measure_log(options: Options, node: BrokerNode, stack: Stack, m: Measurements) -> None:
+    """No replica, no client: a gateway and the event log, written here as fast as the broker
+    takes it."""
+    with m.phase(LOG_PHASE):
+        for rate in log_rate.measure(
+            node,
+            stack,
+            jobs=options.log_jobs,
+            live_jobs=options.live_log_jobs,
+            batch=options.batch_size or ClassifierSettings.from_env({}).batch_size,
+        ):
+            m.log_rates.append(rate)
+            log.info(
+                "event log, %s: %d events replayed at %.0f/s (%.0f per core-second)",
+                rate.framing,
+                rate.events,
+                rate.replay_rate,
+                rate.replay_per_core_second,
+            )
 
 
 def measure_cluster(options: Options, log_dir: Path, m: Measurements) -> None:
