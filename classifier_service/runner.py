@@ -1,12 +1,13 @@
 """One model's batch through the replica, in stages that overlap from one batch to the next.
 
 - ``begin``: the batch's "started" events (and its jobs' spans);
-- ``infer``: the jobs journalled, decoded and classified on the inference thread within the
-  time limit (the event loop keeps serving broker heartbeats meanwhile), the journal cleared,
-  the final events built;
-- ``send``: one message (``job.events``) with a finished batch's final events and the next
-  batch's "started", when one is ready to run (else either alone), then each final event's
-  reply to its producer; and the finished batch's ``settle`` set going in the background:
+- ``start`` and ``infer``: the jobs journalled, decoded and classified on the inference thread
+  within the time limit (the event loop keeps serving broker heartbeats meanwhile), the
+  journal cleared, the final events built;
+- ``send`` (while the inference thread runs the next batch): each final event's reply to its
+  producer, then one message (``job.events``) with a finished batch's final events and the
+  next batch's "started", when one is ready to run (else either alone); and the finished
+  batch's ``settle`` set going in the background:
 - ``settle``: every confirm of the batch (its "started" and its results) awaited at once, then
   the batch acked (one ``multiple`` ack where that covers exactly the batch).
 
@@ -64,6 +65,8 @@ class Running:
     trace: tracing.BatchTrace
     # The confirms of the message(s) its "started" events went out in.
     confirms: list[Confirm] = field(default_factory=list)
+    # When its inference was handed to the inference thread (time.perf_counter()).
+    inference_started: float = 0.0
 
 
 @dataclass(eq=False)
@@ -136,14 +139,28 @@ class BatchRunner:
         ]
         return Running(model, jobs, publisher, started, tracing.BatchTrace(replica, traced))
 
-    async def infer(self, running: Running) -> Finished:
-        """Decode and classify the batch: its final events (sent later, by ``send``)."""
+    def start(self, running: Running) -> asyncio.Future[Sequence[Outcome]]:
+        """Journal the batch and hand it to the inference thread, which starts at once: what
+        the event loop sends meanwhile (``send``) does not hold it up."""
         jobs = running.jobs
         self._journal.hold([job.request.job_id for job in jobs])
         self._crash_if_asked(jobs)
-        inference_started = time.perf_counter()
+        running.inference_started = time.perf_counter()
+        return asyncio.get_running_loop().run_in_executor(
+            self._executor,
+            self._classify,
+            running.model,
+            [job.request.image for job in jobs],
+            self._settings.debug_delay,
+        )
+
+    async def infer(
+        self, running: Running, inference: asyncio.Future[Sequence[Outcome]]
+    ) -> Finished:
+        """Decode and classify the batch (``start``): its final events, to be sent later."""
+        jobs = running.jobs
         try:
-            outcomes = await self._infer(running.model, [job.request.image for job in jobs])
+            outcomes = await self._outcomes(inference, len(jobs))
         except asyncio.CancelledError:
             # The replica is stopping, or dying: it decides what its journal keeps.
             raise
@@ -155,7 +172,8 @@ class BatchRunner:
         started_at = running.started[0].started_at or finished_at
         running.trace.inference(started_at, finished_at, outcomes)
         model_name = jobs[0].request.model  # a batch is one model's jobs
-        self._metrics.batch_done(model_name, len(jobs), time.perf_counter() - inference_started)
+        seconds = time.perf_counter() - running.inference_started
+        self._metrics.batch_done(model_name, len(jobs), seconds)
         finals = [
             event.advance(
                 JobStatus.FAILED,
@@ -185,6 +203,11 @@ class BatchRunner:
         if first is None:
             return
         publisher = first.publisher
+        replies: list[Confirm] = []
+        if finished is not None:
+            # Replies first: a producer waits on its reply, nobody on the log's order.
+            for final, job in zip(finished.finals, finished.running.jobs, strict=True):
+                replies += publisher.reply(final, job.message, job.request)
         events: list[JobEvent] = []
         traces: list[dict[str, str]] = []
         if finished is not None:
@@ -200,9 +223,7 @@ class BatchRunner:
         if running is not None:
             running.confirms.append(confirm)
         if finished is not None:
-            confirms = [*finished.running.confirms, confirm]
-            for final, job in zip(finished.finals, finished.running.jobs, strict=True):
-                confirms += publisher.reply(final, job.message, job.request)
+            confirms = [*finished.running.confirms, confirm, *replies]
             task = asyncio.create_task(self._settle(finished, confirms))
             self._settling.add(task)
             task.add_done_callback(self._settling.discard)
@@ -240,14 +261,14 @@ class BatchRunner:
 
     # -- inference -------------------------------------------------------------------------
 
-    async def _infer(self, model: LoadedModel, images: list[bytes]) -> Sequence[Outcome]:
+    async def _outcomes(
+        self, inference: asyncio.Future[Sequence[Outcome]], jobs: int
+    ) -> Sequence[Outcome]:
         try:
             async with asyncio.timeout(self._settings.job_time_limit):
-                return await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self._classify, model, images, self._settings.debug_delay
-                )
+                return await inference
         except TimeoutError:
-            return [self._abandon_inference(len(images))] * len(images)
+            return [self._abandon_inference(jobs)] * jobs
 
     def _abandon_inference(self, jobs: int) -> JobTimedOut:
         """The inference thread is stuck past the time limit (a picture that takes minutes to

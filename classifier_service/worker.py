@@ -260,9 +260,10 @@ class Replica:
             await self._give_back(jobs, ConnectionError("not connected to the broker"))
             return None
         running = self.runner.begin(self.models[model_name], jobs, publisher)
+        inference = self.runner.start(running)
         self.runner.send(previous, running)
         try:
-            return await self.runner.infer(running)
+            return await self.runner.infer(running, inference)
         except Exception as exc:
             running.trace.end(exc)
             await self._give_back(jobs, exc)
