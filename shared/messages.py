@@ -394,8 +394,10 @@ class EventBatch:
         return orjson.dumps(
             {
                 "v": SCHEMA_VERSION,
+                # Each event exactly as a message of its own would carry it ("v" and all),
+                # and the trace context it goes out with.
                 "events": [
-                    {**event.to_broker_dict(), **trace}
+                    {"v": SCHEMA_VERSION, **event.to_broker_dict(), **trace}
                     for event, trace in zip(self.events, traces, strict=True)
                 ],
             }

@@ -23,7 +23,7 @@ so routing keys are spelled only in ``shared/topology.py`` and used only here.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Final
 
@@ -340,11 +340,6 @@ def events_message(batch: EventBatch, *, user_id: str | None = None) -> Outgoing
     return Outgoing(message, EVENTS_ROUTING_KEY)
 
 
-def traced_batch(events: Sequence[JobEvent], traces: Sequence[Mapping[str, str]]) -> EventBatch:
-    """``events`` as one batch, each with the trace context given for it."""
-    return EventBatch(tuple(events), tuple(traces))
-
-
 # Replies go only to a producer's own server-named queue or to RabbitMQ's direct reply-to:
 # a reply_to naming any other queue (the work queue, the event log stream) would let a
 # producer make a replica write into the service's own queues.
@@ -460,13 +455,15 @@ class LogDelivery:
     def of(cls, message: DeliveredMessage | AbstractIncomingMessage) -> LogDelivery:
         if isinstance(message, DeliveredMessage):
             properties = message.header.properties
-            return cls(
-                message.routing_key or "",
-                message.body,
-                properties.user_id,
-                properties.headers or {},
-            )
-        return cls(message.routing_key or "", message.body, message.user_id, message.headers or {})
+            user_id, headers = properties.user_id, properties.headers
+        else:
+            user_id, headers = message.user_id, message.headers
+        return cls(
+            message.routing_key or "",
+            message.body,
+            user_id if isinstance(user_id, str) else None,
+            headers if isinstance(headers, dict) else {},
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -501,14 +498,6 @@ def parse_log_entries(delivery: LogDelivery) -> LogEntries:
         entry = JobEvent.from_json(delivery.body)
         trace = _carried_trace(delivery.headers)
     return LogEntries(((entry, trace),))
-
-
-def parse_log_entry(message: AbstractIncomingMessage) -> LogEntry:
-    """The one entry of a message of the log that is not a batch of events."""
-    (entry, _), *more = parse_log_entries(LogDelivery.of(message)).entries
-    if more:
-        raise MessageError("a batch of events, not one entry")
-    return entry
 
 
 def is_marker(routing_key: str) -> bool:
