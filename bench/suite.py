@@ -49,7 +49,7 @@ from bench.machine import CpuMeter, ForeignLoad
 from bench.photos import image_files, read_labels
 from bench.precision import PrecisionResult
 from classifier_service.health import readiness
-from classifier_service.settings import ClassifierSettings
+from classifier_service.settings import DEFAULT_BATCH_SIZE
 from compose.broker import BrokerNode, start_cluster
 from compose.stack import (
     ManagedProcess,
@@ -104,6 +104,11 @@ class Options:
         return threads_per_replica(self.replicas)
 
     @property
+    def batch(self) -> int:
+        """The replicas' batch size: the one given, else the service's default."""
+        return self.batch_size or DEFAULT_BATCH_SIZE
+
+    @property
     def replica_env(self) -> dict[str, str]:
         env = {}
         if self.batch_size is not None:
@@ -119,6 +124,8 @@ class Measurements:
     # Throughput of the bare model laid out as the replicas are: {replicas: images/s}, with
     # the runtime the replicas run (bare_runtime) and with frozen TorchScript.
     bare: dict[int, float] = field(default_factory=dict)
+    # ... and its CPU per image (all threads), which other work on the machine does not skew.
+    bare_cpu_ms: dict[int, float] = field(default_factory=dict)
     bare_runtime: str = ""
     bare_torch: dict[int, float] = field(default_factory=dict)
     # Decoding and preprocessing alone, one thread: milliseconds per image.
@@ -168,12 +175,14 @@ def measure_bare(options: Options, log_dir: Path, m: Measurements) -> None:
 
 
 def _measure_bare(options: Options, log_dir: Path, m: Measurements) -> None:
-    batch = options.batch_size or 1
+    batch = options.batch
     for replicas in replica_counts(options):
         threads = threads_per_replica(replicas)
         specs = [WorkerSpec(MODEL, threads=threads, batch=batch)] * replicas
         result = bare.run_together(specs, options.images, log_dir, seconds=options.bare_seconds)
         m.bare[replicas] = result.images_per_s
+        if result.cpu_ms_per_image is not None:
+            m.bare_cpu_ms[replicas] = result.cpu_ms_per_image
         # Its threads are in the layout column already.
         m.bare_runtime = re.sub(r", \d+ threads?$", "", result.runtime) or "auto"
         torch_specs = [WorkerSpec(MODEL, threads=threads, batch=batch, runtime=TORCH)] * replicas
@@ -459,7 +468,7 @@ def measure_log(options: Options, node: BrokerNode, stack: Stack, m: Measurement
             stack,
             jobs=options.log_jobs,
             live_jobs=options.live_log_jobs,
-            batch=options.batch_size or ClassifierSettings.from_env({}).batch_size,
+            batch=options.batch,
         ):
             m.log_rates.append(rate)
             log.info(

@@ -95,7 +95,7 @@ def added_latency_ms(result: LoadResult, bare_ms: dict[str, float]) -> list[floa
 
 
 def bare_rows(options: Options, m: Measurements) -> list[Row]:
-    batch = options.batch_size or 1
+    batch = options.batch
     rows = [
         Row(
             "bare model: naive baseline",
@@ -198,7 +198,10 @@ def precision_rows(m: Measurements) -> list[Row]:
 
 
 def model_core_ms(m: Measurements, replicas: int) -> float | None:
-    """The bare model's CPU per image in this layout: what a job cannot cost less than."""
+    """The bare model's CPU per image in this layout: what a job cannot cost less than.  As its
+    processes measured it, else from its throughput (as if it had had every core to itself)."""
+    if replicas in m.bare_cpu_ms:
+        return m.bare_cpu_ms[replicas]
     images_per_s = m.bare.get(replicas)
     if not images_per_s:
         return None
@@ -569,7 +572,11 @@ def throughput_bars(options: Options, m: Measurements) -> list[tuple[str, float,
 
 
 def notes(options: Options, m: Measurements) -> list[str]:
-    batch = "the service's defaults" if options.batch_size is None else str(options.batch_size)
+    batch = (
+        f"{options.batch} (the service's default)"
+        if options.batch_size is None
+        else str(options.batch)
+    )
     wait = "default" if options.batch_wait_ms is None else f"{options.batch_wait_ms:g} ms"
     lines = [
         f"photos: {options.images} ({len(m.bare_per_image_ms)} files); throughput runs cycle "
@@ -584,14 +591,15 @@ def notes(options: Options, m: Measurements) -> list[str]:
         "top-5) in subprocesses started together, before the broker starts; the per-photo "
         "times just before the low-load runs, with the replicas idle",
         "plumbing per job = CPU per job of the gateway, the broker and the replicas (from "
-        "/proc, over the whole run) minus the bare model's CPU per image in the same layout; "
+        "/proc, over the whole run) minus the bare model's CPU per image in the same layout (its "
+        "processes' own CPU time); "
         "the load generator runs on the same cores and is shown in the split but not counted",
     ]
-    for replicas, images_per_s in m.bare.items():
-        core_ms = 1000 * replicas * threads_per_replica(replicas) / images_per_s
+    for replicas in m.bare:
         lines.append(
-            f"bare model, {layout(replicas, 'process')}: {core_ms:.1f} core-ms per image, the "
-            "figure to hold the CPU per job of the service against"
+            f"bare model, {layout(replicas, 'process')}: {_fmt(model_core_ms(m, replicas), '.1f')} "
+            "core-ms per image (its processes' CPU time), the figure to hold the CPU per job of "
+            "the service against"
         )
     if m.foreign_cores:
         phases = ", ".join(f"{name} {cores:.2f}" for name, cores in m.foreign_cores.items())

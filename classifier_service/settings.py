@@ -7,7 +7,7 @@ import socket
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TypeVar
+from typing import Final, TypeVar
 
 from classifier_service.precision import Precision
 from shared.catalog import TORCHVISION_NAME, catalog_models, split_model_id
@@ -65,9 +65,10 @@ _INFERENCE_THREADS = variable(
 # once for four jobs (a job's plumbing in a replica fell from about 2.2 to 1.0 core-ms), while
 # the model costs the same per image at batch 1, 4 or 8.  Only jobs already waiting are batched
 # (IMGQ_BATCH_WAIT_MS 0), so a job alone never waits for company.
+DEFAULT_BATCH_SIZE: Final = 4
 _BATCH_SIZE = variable(
     "IMGQ_BATCH_SIZE",
-    4,
+    DEFAULT_BATCH_SIZE,
     CLASSIFIER,
     "most jobs for one model run as one forward pass (only jobs already waiting, unless "
     "`IMGQ_BATCH_WAIT_MS`)",
