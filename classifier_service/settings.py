@@ -194,7 +194,10 @@ _RESTART_COUNT = variable(
     "set by the supervisor that restarted the replica (the local launcher); shown on `/status`",
 )
 _DEBUG_DELAY = variable(
-    "IMGQ_DEBUG_DELAY", 0.0, CLASSIFIER, "test hook: seconds added to every inference"
+    "IMGQ_DEBUG_DELAY",
+    0.0,
+    CLASSIFIER,
+    "test hook: seconds added to each job's inference (a batch of n takes n times as long)",
 )
 _DEBUG_CRASH_IMAGE = variable(
     "IMGQ_DEBUG_CRASH_IMAGE",
