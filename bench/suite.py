@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import os
 import re
@@ -38,6 +39,7 @@ from bench import (
     gateway_load,
     http_load,
     log_rate,
+    log_stats,
     precision,
 )
 from bench.accuracy import Accuracy
@@ -150,8 +152,10 @@ class Measurements:
     fairness: FairnessResult | None = None
     # Events one gateway applies from the log, each way the log was written.
     log_rates: list[log_rate.LogRate] = field(default_factory=list)
-    # Per throughput run: CPU milliseconds per job of each part of the system.
+    # Per throughput run: CPU milliseconds per job of each part of the system ...
     cpu_per_job: dict[str, dict[str, float]] = field(default_factory=dict)
+    # ... and what it wrote to the event log (messages and events per job).
+    log_stats: dict[str, log_stats.LogStats] = field(default_factory=dict)
     # Cores that other work on the machine used during each phase (a lower bound).
     foreign_cores: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -297,10 +301,13 @@ def _measure_replicas(
     photos = {p.name: p.read_bytes() for p in files}
     jobs, concurrency, limit = options.jobs, options.concurrency, options.max_seconds
     _warm_up(options, base_url, names)
+    since = datetime.datetime.now(datetime.UTC)
     meter = CpuMeter(groups)
     m.http[count] = _http_run(options, base_url, names)
     m.cpu_per_job[f"HTTP, {count}"] = meter.per_job_ms(m.http[count].jobs)
+    m.log_stats[f"HTTP, {count}"] = asyncio.run(log_stats.read_since(broker_url, since))
     log.info("HTTP, %d replica(s): %.1f jobs/s", count, m.http[count].throughput)
+    since = datetime.datetime.now(datetime.UTC)
     meter = CpuMeter(groups)
     m.amqp[count] = asyncio.run(
         amqp_load.run(
@@ -308,6 +315,7 @@ def _measure_replicas(
         )
     )
     m.cpu_per_job[f"AMQP, {count}"] = meter.per_job_ms(m.amqp[count].jobs)
+    m.log_stats[f"AMQP, {count}"] = asyncio.run(log_stats.read_since(broker_url, since))
     log.info("AMQP, %d replica(s): %.1f jobs/s", count, m.amqp[count].throughput)
     if count != options.replicas:
         return

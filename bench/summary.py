@@ -352,7 +352,8 @@ def cpu_rows(options: Options, m: Measurements) -> list[Row]:
             ),
             Row(
                 f"broker, CPU per job, {path}",
-                f"{layout(replicas)}: the broker's CPU (its Erlang VM) per job",
+                f"{layout(replicas)}: the broker's CPU (its Erlang VM) per job"
+                + _log_written(m, f"{path}, {replicas}"),
                 f"{cpu['broker']:.2f} core-ms",
                 target=BROKER_CPU,
                 value=cpu["broker"],
@@ -360,6 +361,17 @@ def cpu_rows(options: Options, m: Measurements) -> list[Row]:
             ),
         ]
     return rows
+
+
+def _log_written(m: Measurements, key: str) -> str:
+    stats = m.log_stats.get(key)
+    if stats is None or not stats.jobs:
+        return ""
+    request = "its request (in, out, acked)" if key.startswith("HTTP") else "its request and reply"
+    return (
+        f": {request} and {stats.messages_per_job:.2f} messages of the event log, "
+        f"{stats.events_per_message:.1f} events each"
+    )
 
 
 def log_rows(m: Measurements) -> list[Row]:
