@@ -638,6 +638,24 @@ def notes(options: Options, m: Measurements) -> list[str]:
             )
         if result.errors:
             lines.append(f"{label}: {result.failed} failed, e.g. {result.errors[0]}")
+    for path, low in (("HTTP", m.http_low_load), ("AMQP", m.amqp_low_load)):
+        if low is not None and low.stages:
+            to_replica, inference, back = (
+                1000 * percentile([stage[i] for stage in low.stages], 50) for i in range(3)
+            )
+            bare = percentile(list(m.bare_per_image_ms.values()), 50) if m.bare_per_image_ms else 0
+            lines.append(
+                f"low load, {path}, where a job's time goes (p50 of each stage): {to_replica:.1f} "
+                "ms from the submit to a replica starting it (the request in, the broker's "
+                f"durable write of it, its delivery), {inference:.1f} ms of inference (the bare "
+                f"model: {bare:.1f} ms), {back:.1f} ms from the inference's end to the client "
+                "holding the result ("
+                + (
+                    "the results through the event log to the gateway, the long-poll's answer)"
+                    if path == "HTTP"
+                    else "the reply to its queue)"
+                )
+            )
     if m.cli is not None and m.cli.errors:
         lines.append(f"imgq command: {m.cli.failed} failed, e.g. {m.cli.errors[0]}")
     shares = m.fairness

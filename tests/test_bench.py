@@ -395,3 +395,18 @@ def test_the_log_rows_check_the_replay_and_the_live_rate() -> None:
     assert live.met is True
     assert single.target is None
     assert "10,000 events/s" in single.result
+
+
+def test_a_jobs_time_is_split_into_its_stages() -> None:
+    import asyncio
+
+    from bench.load import Done, run_jobs
+
+    async def job(image: str) -> Done:
+        # Submitted at 100.0, started at 100.004, inferred until 100.020, held at 100.023.
+        return Done(0.023, "r1", 100.004, 100.020, submitted=100.0)
+
+    result = asyncio.run(run_jobs(job, ["a.jpg"], jobs=3, concurrency=1))
+    assert len(result.stages) == 3
+    to_replica, inference, back = result.stages[0]
+    assert (to_replica, inference, back) == pytest.approx((0.004, 0.016, 0.003))
