@@ -154,6 +154,8 @@ class Measurements:
     log_rates: list[log_rate.LogRate] = field(default_factory=list)
     # Per throughput run: CPU milliseconds per job of each part of the system ...
     cpu_per_job: dict[str, dict[str, float]] = field(default_factory=dict)
+    # ... of which their main threads' (the replicas' event loops, beside inference) ...
+    loop_per_job: dict[str, dict[str, float]] = field(default_factory=dict)
     # ... and what it wrote to the event log (messages and events per job).
     log_stats: dict[str, log_stats.LogStats] = field(default_factory=dict)
     # Cores that other work on the machine used during each phase (a lower bound).
@@ -302,19 +304,21 @@ def _measure_replicas(
     jobs, concurrency, limit = options.jobs, options.concurrency, options.max_seconds
     _warm_up(options, base_url, names)
     since = datetime.datetime.now(datetime.UTC)
-    meter = CpuMeter(groups)
+    meter = CpuMeter(groups, main_threads=("replicas",))
     m.http[count] = _http_run(options, base_url, names)
     m.cpu_per_job[f"HTTP, {count}"] = meter.per_job_ms(m.http[count].jobs)
+    m.loop_per_job[f"HTTP, {count}"] = meter.main_thread_per_job_ms(m.http[count].jobs)
     m.log_stats[f"HTTP, {count}"] = asyncio.run(log_stats.read_since(broker_url, since))
     log.info("HTTP, %d replica(s): %.1f jobs/s", count, m.http[count].throughput)
     since = datetime.datetime.now(datetime.UTC)
-    meter = CpuMeter(groups)
+    meter = CpuMeter(groups, main_threads=("replicas",))
     m.amqp[count] = asyncio.run(
         amqp_load.run(
             broker_url, MODEL, photos, jobs=jobs, concurrency=concurrency, max_seconds=limit
         )
     )
     m.cpu_per_job[f"AMQP, {count}"] = meter.per_job_ms(m.amqp[count].jobs)
+    m.loop_per_job[f"AMQP, {count}"] = meter.main_thread_per_job_ms(m.amqp[count].jobs)
     m.log_stats[f"AMQP, {count}"] = asyncio.run(log_stats.read_since(broker_url, since))
     log.info("AMQP, %d replica(s): %.1f jobs/s", count, m.amqp[count].throughput)
     if count != options.replicas:

@@ -330,7 +330,7 @@ def cpu_rows(options: Options, m: Measurements) -> list[Row]:
                 f"replicas, CPU per job, {path}",
                 f"{layout(replicas)}: the replicas' CPU (from /proc, over the run) per job, "
                 f"against the bare model's {_fmt(model, '.1f')} core-ms per image in the same "
-                "layout",
+                "layout" + _loop_share(m, f"{path}, {replicas}", cpu["replicas"]),
                 f"{cpu['replicas']:.1f} core-ms",
                 ratio=_fmt(ratio, ".2f", " × bare"),
                 target=REPLICA_CPU,
@@ -361,6 +361,16 @@ def cpu_rows(options: Options, m: Measurements) -> list[Row]:
             ),
         ]
     return rows
+
+
+def _loop_share(m: Measurements, key: str, replicas_ms: float) -> str:
+    loop = m.loop_per_job.get(key, {}).get("replicas")
+    if loop is None:
+        return ""
+    return (
+        f" (their event loops {loop:.1f}: the broker client, events, acks, logs; inference "
+        f"threads {replicas_ms - loop:.1f})"
+    )
 
 
 def _log_written(m: Measurements, key: str) -> str:
