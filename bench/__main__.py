@@ -110,7 +110,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-PHASES = ("bare", "service", "gateway", "shares", "cluster")
+PHASES = ("bare", "service", "gateway", "shares", "log", "cluster")
 
 
 def _phases(text: str) -> tuple[str, ...]:
@@ -135,6 +135,8 @@ def options_from(args: argparse.Namespace) -> suite.Options:
         max_seconds=15.0 if quick else 40.0,
         batch_size=args.batch_size,
         batch_wait_ms=args.batch_wait_ms,
+        log_jobs=10_000 if quick else 33_334,
+        live_log_jobs=5_000 if quick else 20_000,
     )
 
 
@@ -192,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
             suite.measure_gateway(options, node, stack, m)
         if "shares" in args.only:
             suite.measure_fairness(options, stack, m)
+        if "log" in args.only:
+            suite.measure_log(options, node, stack, m)
     finally:
         stack.stop()
         node.stop()

@@ -25,6 +25,7 @@ RETRY_DELAY = 0.05
 
 async def _classify(producer: Producer, model: str, name: str, image: bytes) -> Done:
     """One job end to end: seconds from publishing to receiving its final event."""
+    submitted = time.time()
     started = time.perf_counter()
     for _ in range(MAX_RETRIES):
         try:
@@ -39,7 +40,9 @@ async def _classify(producer: Producer, model: str, name: str, image: bytes) -> 
     seconds = time.perf_counter() - started
     if event.status is not JobStatus.SUCCEEDED:
         raise JobFailed(f"{name}: {event.status} {event.error}")
-    return Done(seconds, event.replica or "?", event.started_at or 0.0, event.finished_at or 0.0)
+    return Done(
+        seconds, event.replica or "?", event.started_at or 0.0, event.finished_at or 0.0, submitted
+    )
 
 
 async def run(

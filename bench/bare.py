@@ -58,6 +58,9 @@ class BareResult:
     images_per_s: float  # summed over the processes
     per_image_ms: dict[str, float]  # median per image, for per-image runs
     runtime: str = ""  # what the (first) worker ran, as it reported it
+    # CPU milliseconds per image, all its threads, averaged over the processes: unlike the
+    # throughput, it holds on a machine that other work shares.  None for per-image runs.
+    cpu_ms_per_image: float | None = None
 
 
 def _command(spec: WorkerSpec, images: Path, seconds: float, per_image: int) -> list[str]:
@@ -133,11 +136,17 @@ def run_together(
     per_image_ms: dict[str, float] = {}
     for result in results:
         per_image_ms.update(result.get("per_image_ms", {}))
+    timed = [r for r in results if r.get("images") and "cpu_seconds" in r]
     return BareResult(
         processes=len(specs),
         images_per_s=sum(r["images"] / r["seconds"] for r in results if "images" in r),
         per_image_ms=per_image_ms,
         runtime=str(results[0].get("runtime", "")) if results else "",
+        cpu_ms_per_image=(
+            1000 * sum(r["cpu_seconds"] for r in timed) / sum(r["images"] for r in timed)
+            if timed
+            else None
+        ),
     )
 
 

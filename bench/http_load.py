@@ -78,10 +78,11 @@ async def run(
     async with client_session(concurrency) as http:
 
         async def one(image: str) -> Done:
+            submitted = time.time()
             job, seconds = await classify(http, base_url, model, image)
             if job["status"] != "succeeded":
                 raise JobFailed(f"{image}: {job['status']} {job.get('error')}")
-            return Done(seconds, job["replica"], job["started_at"], job["finished_at"])
+            return Done(seconds, job["replica"], job["started_at"], job["finished_at"], submitted)
 
         return await run_jobs(
             one, images, jobs=jobs, concurrency=concurrency, max_seconds=max_seconds

@@ -23,6 +23,7 @@ class Done:
     replica: str
     started_at: float  # the replica's clock: when it took the job (or its batch)
     finished_at: float  # ... and when inference ended
+    submitted: float = 0.0  # the client's clock (time.time()) just before the submit
 
 
 @dataclass
@@ -34,6 +35,10 @@ class LoadResult:
     per_image: list[tuple[str, float]] = field(default_factory=list)
     # (replica, started_at, finished_at) of every job, to see how busy the replicas were.
     spans: list[tuple[str, float, float]] = field(default_factory=list)
+    # Where each job's time went, in seconds (one machine, one clock): from the submit to a
+    # replica starting it, its inference, and from the inference's end to the client holding
+    # the result.  Empty where the client did not note when it submitted.
+    stages: list[tuple[float, float, float]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -78,6 +83,14 @@ async def run_jobs(
             result.jobs += 1
             result.per_image.append((image, done.seconds))
             result.spans.append((done.replica, done.started_at, done.finished_at))
+            if done.submitted:
+                result.stages.append(
+                    (
+                        done.started_at - done.submitted,
+                        done.finished_at - done.started_at,
+                        done.submitted + done.seconds - done.finished_at,
+                    )
+                )
 
     started = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(max(1, min(concurrency, jobs)))))

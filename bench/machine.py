@@ -114,19 +114,39 @@ def cpu_seconds(pid: int) -> float:
     return 0.0 if stat is None else stat[1]
 
 
-class CpuMeter:
-    """CPU time that named groups of processes spend between ``__init__`` and ``per_job``."""
+def main_thread_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process' main thread alone (a replica's event loop,
+    beside its inference thread); 0 if it is gone."""
+    stat = _stat(f"{pid}/task/{pid}")
+    return 0.0 if stat is None else stat[1]
 
-    def __init__(self, groups: dict[str, list[int]]) -> None:
+
+class CpuMeter:
+    """CPU time that named groups of processes spend between ``__init__`` and ``per_job``;
+    for the groups in ``main_threads``, their main threads' share too."""
+
+    def __init__(self, groups: dict[str, list[int]], main_threads: tuple[str, ...] = ()) -> None:
         self._groups = groups
+        self._main_threads = main_threads
         self._before = {name: self._total(pids) for name, pids in groups.items()}
+        self._main_before = {name: self._main(groups[name]) for name in main_threads}
 
     @staticmethod
     def _total(pids: list[int]) -> float:
         return sum(cpu_seconds(pid) for pid in pids)
 
+    @staticmethod
+    def _main(pids: list[int]) -> float:
+        return sum(main_thread_cpu_seconds(pid) for pid in pids)
+
     def per_job_ms(self, jobs: int) -> dict[str, float]:
         return {
             name: (self._total(pids) - self._before[name]) * 1000 / max(1, jobs)
             for name, pids in self._groups.items()
+        }
+
+    def main_thread_per_job_ms(self, jobs: int) -> dict[str, float]:
+        return {
+            name: (self._main(self._groups[name]) - self._main_before[name]) * 1000 / max(1, jobs)
+            for name in self._main_threads
         }

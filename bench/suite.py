@@ -14,11 +14,14 @@
    by the address each names as a trusted proxy's client; one client alone against 16, and a
    polite client beside a bulk one.
 5. A three-node cluster with the same replicas: end-to-end HTTP throughput, beside phase 2's.
+6. The event log alone: how many events one gateway applies a second, replaying a log of over
+   100,000 events and following one live (``bench/log_rate.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import os
 import re
@@ -29,7 +32,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import accuracy, amqp_load, bare, cli_load, fairness, gateway_load, http_load, precision
+from bench import (
+    accuracy,
+    amqp_load,
+    bare,
+    cli_load,
+    fairness,
+    gateway_load,
+    http_load,
+    log_rate,
+    log_stats,
+    precision,
+)
 from bench.accuracy import Accuracy
 from bench.bare import WorkerSpec
 from bench.fairness import FairnessResult
@@ -39,6 +53,7 @@ from bench.machine import CpuMeter, ForeignLoad, process_tree
 from bench.photos import image_files, read_labels
 from bench.precision import PrecisionResult
 from classifier_service.health import readiness
+from classifier_service.settings import DEFAULT_BATCH_SIZE
 from compose.broker import BrokerNode, start_cluster
 from compose.stack import (
     ManagedProcess,
@@ -60,6 +75,7 @@ BARE_PHASE = "bare model"
 GATEWAY_PHASE = "gateway alone"
 FAIRNESS_PHASE = "per-client shares"
 CLUSTER_PHASE = "three-node cluster"
+LOG_PHASE = "event log"
 # Jobs of the polite client in each of its two runs: one at a time, a few seconds each.
 POLITE_JOBS = 60
 # The runtime the frozen-TorchScript reference rows run (IMGQ_RUNTIME=torch).
@@ -84,10 +100,18 @@ class Options:
     max_seconds: float = 40.0
     batch_size: int | None = None  # None: the service's default
     batch_wait_ms: float | None = None
+    # Jobs whose events (three each) make the replayed log, and jobs written while followed.
+    log_jobs: int = 33_334
+    live_log_jobs: int = 20_000
 
     @property
     def threads(self) -> int:
         return threads_per_replica(self.replicas)
+
+    @property
+    def batch(self) -> int:
+        """The replicas' batch size: the one given, else the service's default."""
+        return self.batch_size or DEFAULT_BATCH_SIZE
 
     @property
     def replica_env(self) -> dict[str, str]:
@@ -148,6 +172,8 @@ class Measurements:
     # Throughput of the bare model laid out as the replicas are: {replicas: images/s}, with
     # the runtime the replicas run (bare_runtime) and with frozen TorchScript.
     bare: dict[int, float] = field(default_factory=dict)
+    # ... and its CPU per image (all threads), which other work on the machine does not skew.
+    bare_cpu_ms: dict[int, float] = field(default_factory=dict)
     bare_runtime: str = ""
     bare_torch: dict[int, float] = field(default_factory=dict)
     # Decoding and preprocessing alone, one thread: milliseconds per image.
@@ -171,8 +197,14 @@ class Measurements:
     long_polls: LongPollResult | None = None
     gateway_idle_rss_mb: float | None = None
     fairness: FairnessResult | None = None
-    # Per throughput run: CPU milliseconds per job of each part of the system.
+    # Events one gateway applies from the log, each way the log was written.
+    log_rates: list[log_rate.LogRate] = field(default_factory=list)
+    # Per throughput run: CPU milliseconds per job of each part of the system ...
     cpu_per_job: dict[str, dict[str, float]] = field(default_factory=dict)
+    # ... of which their main threads' (the replicas' event loops, beside inference) ...
+    loop_per_job: dict[str, dict[str, float]] = field(default_factory=dict)
+    # ... and what it wrote to the event log (messages and events per job).
+    log_stats: dict[str, log_stats.LogStats] = field(default_factory=dict)
     # Cores that other work on the machine used during each phase (a lower bound).
     foreign_cores: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -196,12 +228,14 @@ def measure_bare(options: Options, log_dir: Path, m: Measurements) -> None:
 
 
 def _measure_bare(options: Options, log_dir: Path, m: Measurements) -> None:
-    batch = options.batch_size or 1
+    batch = options.batch
     for replicas in replica_counts(options):
         threads = threads_per_replica(replicas)
         specs = [WorkerSpec(MODEL, threads=threads, batch=batch)] * replicas
         result = bare.run_together(specs, options.images, log_dir, seconds=options.bare_seconds)
         m.bare[replicas] = result.images_per_s
+        if result.cpu_ms_per_image is not None:
+            m.bare_cpu_ms[replicas] = result.cpu_ms_per_image
         # Its threads are in the layout column already.
         m.bare_runtime = re.sub(r", \d+ threads?$", "", result.runtime) or "auto"
         torch_specs = [WorkerSpec(MODEL, threads=threads, batch=batch, runtime=TORCH)] * replicas
@@ -316,17 +350,23 @@ def _measure_replicas(
     photos = {p.name: p.read_bytes() for p in files}
     jobs, concurrency, limit = options.jobs, options.concurrency, options.max_seconds
     _warm_up(options, base_url, names)
-    meter = CpuMeter(groups)
+    since = datetime.datetime.now(datetime.UTC)
+    meter = CpuMeter(groups, main_threads=("replicas",))
     m.http[count] = _http_run(options, base_url, names)
     m.cpu_per_job[f"HTTP, {count}"] = meter.per_job_ms(m.http[count].jobs)
+    m.loop_per_job[f"HTTP, {count}"] = meter.main_thread_per_job_ms(m.http[count].jobs)
+    m.log_stats[f"HTTP, {count}"] = asyncio.run(log_stats.read_since(broker_url, since))
     log.info("HTTP, %d replica(s): %.1f jobs/s", count, m.http[count].throughput)
-    meter = CpuMeter(groups)
+    since = datetime.datetime.now(datetime.UTC)
+    meter = CpuMeter(groups, main_threads=("replicas",))
     m.amqp[count] = asyncio.run(
         amqp_load.run(
             broker_url, MODEL, photos, jobs=jobs, concurrency=concurrency, max_seconds=limit
         )
     )
     m.cpu_per_job[f"AMQP, {count}"] = meter.per_job_ms(m.amqp[count].jobs)
+    m.loop_per_job[f"AMQP, {count}"] = meter.main_thread_per_job_ms(m.amqp[count].jobs)
+    m.log_stats[f"AMQP, {count}"] = asyncio.run(log_stats.read_since(broker_url, since))
     log.info("AMQP, %d replica(s): %.1f jobs/s", count, m.amqp[count].throughput)
     if count != options.replicas:
         return
@@ -504,6 +544,27 @@ def measure_fairness(options: Options, stack: Stack, m: Measurements) -> None:
             for replica in replicas:
                 replica.terminate()
             gateway.terminate()
+
+
+def measure_log(options: Options, node: BrokerNode, stack: Stack, m: Measurements) -> None:
+    """No replica, no client: a gateway and the event log, written here as fast as the broker
+    takes it."""
+    with m.phase(LOG_PHASE):
+        for rate in log_rate.measure(
+            node,
+            stack,
+            jobs=options.log_jobs,
+            live_jobs=options.live_log_jobs,
+            batch=options.batch,
+        ):
+            m.log_rates.append(rate)
+            log.info(
+                "event log, %s: %d events replayed at %.0f/s (%.0f per core-second)",
+                rate.framing,
+                rate.events,
+                rate.replay_rate,
+                rate.replay_per_core_second,
+            )
 
 
 def measure_cluster(options: Options, log_dir: Path, m: Measurements) -> None:

@@ -80,7 +80,8 @@ def classify_batch(
                 for s, i in zip(row_scores, row_indices, strict=True)
             )
     if delay:
-        time.sleep(delay)
+        # Per job, as a slower model would take: whatever the batch, each job costs ``delay``.
+        time.sleep(delay * len(images))
     return results
 
 

@@ -1,10 +1,12 @@
 """The jobs a replica is running, in a small file that outlives its process.
 
-Written before a batch's inference starts, emptied once the batch is settled.  A replica that
-finds jobs in it when it starts died running them (killed, crashed, or stalled and restarted):
-it reports them (``shared.messages.CrashReport``), and every replica counts those reports
-towards the job's crash limit (``shared/topology.py``, ``CRASH_LIMIT``).  A replica that stops
-on purpose empties it first: a job it was running when told to stop did not crash it.
+Written before a batch's inference starts, emptied once its inference is over (its results and
+acks then go out while the next batch runs: a crash then is no fault of those jobs, which,
+still unacked, simply come back).  A replica that finds jobs in it when it starts died running
+them (killed, crashed, or stalled and restarted): it reports them
+(``shared.messages.CrashReport``), and every replica counts those reports towards the job's
+crash limit (``shared/topology.py``, ``CRASH_LIMIT``).  A replica that stops on purpose empties
+it first: a job it was running when told to stop did not crash it.
 
 The file survives what a supervisor's restart keeps: the launcher's log folder, a container's
 own filesystem under compose's restart policy, an emptyDir in a Kubernetes pod.  Not fsynced:
@@ -66,7 +68,7 @@ class Journal:
         self._write(("\n".join([self.life, *job_ids]) + "\n").encode("ascii"))
 
     def release(self) -> None:
-        """The jobs held are settled (or given back): none is running."""
+        """The jobs held are inferred (or given back): none is running."""
         self._write(b"")
 
     def _write(self, data: bytes) -> None:

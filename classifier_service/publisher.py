@@ -1,9 +1,10 @@
 """Everything a replica publishes, on the one channel (with publisher confirms) of a session.
 
-Job events (and a final event's reply to its producer's ``reply_to`` queue), dead letters,
-crash reports and heartbeats.  Frames go out in call order, so one job's events reach the log
-in the order they were sent; each send returns its confirm (a future) to wait on when the
-caller needs it, so a batch's confirms can be awaited together, or later.
+Job events (batches of them, ``events``, and a final event's reply to its producer's
+``reply_to`` queue), dead letters, crash reports and heartbeats.  Frames go out in call order,
+so one job's events reach the log in the order they were sent; each send returns its confirm
+(a future) to wait on when the caller needs it, so a batch's confirms can be awaited together,
+or later.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Protocol
 from aio_pika.abc import AbstractIncomingMessage, AbstractMessage
 
 from shared import wire
-from shared.messages import ClassifyRequest, CrashReport, JobEvent, ReplicaHeartbeat
+from shared.messages import ClassifyRequest, CrashReport, EventBatch, JobEvent, ReplicaHeartbeat
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +66,17 @@ class Publisher:
 
     def _send(self, exchange: Exchange, out: wire.Outgoing) -> Confirm:
         # mandatory=False: no gateway may be listening right now, which is not an error.
-        return asyncio.ensure_future(
+        confirm = asyncio.ensure_future(
             exchange.publish(out.message, out.routing_key, mandatory=False)
         )
+        # Whoever needs a confirm awaits it; one nobody awaits (its batch was given back
+        # meanwhile) must not be reported as an exception never retrieved.
+        confirm.add_done_callback(_retrieved)
+        return confirm
+
+    def events(self, batch: EventBatch) -> Confirm:
+        """Send several job events as one message to the events exchange; its confirm."""
+        return self._send(self._events, wire.events_message(batch, user_id=self._user))
 
     def event(
         self,
@@ -75,20 +84,28 @@ class Publisher:
         message: AbstractIncomingMessage | None = None,
         request: ClassifyRequest | None = None,
     ) -> list[Confirm]:
-        """Send ``event`` to the events exchange and, for a final event whose producer asked,
-        to its ``reply_to`` queue.  Returns the confirms to wait for."""
+        """Send ``event`` alone to the events exchange and, for a final event whose producer
+        asked, to its ``reply_to`` queue.  Returns the confirms to wait for."""
         sends = [self._send(self._events, wire.event_message(event, user_id=self._user))]
-        if message is not None and request is not None and message.reply_to:
-            if not wire.reply_allowed(message.reply_to):
-                log.warning(
-                    "job %s: not replying to %r (only server-named or direct reply-to queues)",
-                    event.job_id,
-                    message.reply_to,
-                )
-                return sends
-            reply = wire.reply_message(event, message, user_id=self._user)
-            sends.append(self._send(self._replies, reply))
+        if message is not None and request is not None:
+            sends += self.reply(event, message, request)
         return sends
+
+    def reply(
+        self, final: JobEvent, message: AbstractIncomingMessage, request: ClassifyRequest
+    ) -> list[Confirm]:
+        """Send the final event to its producer's ``reply_to`` queue, if it asked for one."""
+        if not message.reply_to:
+            return []
+        if not wire.reply_allowed(message.reply_to):
+            log.warning(
+                "job %s: not replying to %r (only server-named or direct reply-to queues)",
+                final.job_id,
+                message.reply_to,
+            )
+            return []
+        reply = wire.reply_message(final, message, user_id=self._user)
+        return [self._send(self._replies, reply)]
 
     async def dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
         """Put ``message`` in the dead-letter queues with ``reason``; returns once confirmed."""
@@ -121,3 +138,8 @@ class Publisher:
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
+
+
+def _retrieved(confirm: Confirm) -> None:
+    if not confirm.cancelled():
+        confirm.exception()

@@ -39,7 +39,7 @@ from classifier_service.loaded import LoadedModel
 from classifier_service.metrics import ReplicaMetrics
 from classifier_service.notices import Notices
 from classifier_service.publisher import Publisher
-from classifier_service.runner import BatchRunner, Classify
+from classifier_service.runner import BatchRunner, Classify, Finished
 from classifier_service.settings import ClassifierSettings
 from classifier_service.vitals import State, Vitals
 from shared.messages import AnnouncedModel
@@ -103,7 +103,9 @@ class Replica:
             self.metrics,
             lambda: self.publisher,
         )
-        self.runner = BatchRunner(settings, self.metrics, self.acks, self.journal, classify)
+        self.runner = BatchRunner(
+            settings, self.metrics, self.acks, self.journal, classify, moved=self.progress.moved
+        )
         self.vitals = Vitals(
             settings.replica_id,
             settings.heartbeat_interval,
@@ -116,7 +118,8 @@ class Replica:
         )
         self._stopping = asyncio.Event()
         self._died = asyncio.Event()
-        # Set while the batch loop waits on an empty inbox: nothing is in flight.
+        # Set while the batch loop waits on an empty inbox with nothing left to send: what is
+        # in flight then is only batches settling in the background (``runner.settled``).
         self._idle = asyncio.Event()
         self._busy = False
         self._tasks = Supervised(self._on_death)
@@ -187,6 +190,7 @@ class Replica:
                 task.cancel()
             await asyncio.gather(batches, beats, return_exceptions=True)
         # Back to the broker, while the session still holds the channel they came on.
+        await self.runner.stop_settling()
         await self.inbox.give_back()
         stalled = self.progress.stalled_for() is not None
         await tasks.close()
@@ -201,26 +205,38 @@ class Replica:
 
     async def _drain(self) -> None:
         try:
-            await asyncio.wait_for(self._idle.wait(), self.settings.drain_timeout)
+            async with asyncio.timeout(self.settings.drain_timeout):
+                await self._idle.wait()
+                await self.runner.settled()
         except TimeoutError:
             log.warning("drain deadline passed with jobs in flight; the broker will requeue them")
 
     async def _batch_loop(self) -> None:
+        """Take batches and run them one after another, each batch's results going out with
+        the next batch's "started" when the next is already here (``runner.py``)."""
         settings = self.settings
+        finished: Finished | None = None  # the last batch's results, not sent yet
         while True:
             if not len(self.inbox):
+                if finished is not None:
+                    # Nothing to run next: the results go out alone, now.
+                    self.runner.send(finished, None)
+                    finished = None
                 self._idle.set()
-            batch = await self.inbox.batch(settings.batch_size, settings.batch_wait)
+            # With results in hand, only what is already here: they must not wait for more.
+            wait = settings.batch_wait if finished is None else 0.0
+            batch = await self.inbox.batch(settings.batch_size, wait)
             self._idle.clear()
             self._busy = True
             try:
-                await self._process(batch)
+                for jobs in await self._admit(batch):
+                    finished = await self._run(jobs, finished)
             finally:
                 self._busy = False
                 self.progress.moved()
 
-    async def _process(self, batch: Sequence[AbstractIncomingMessage]) -> None:
-        """Admit each delivery, then run each model's jobs: a suspect (one that crashed a
+    async def _admit(self, batch: Sequence[AbstractIncomingMessage]) -> list[list[Admitted]]:
+        """Admit each delivery; what is left to run, by model: a suspect (one that crashed a
         replica before) alone, the rest together."""
         runs: dict[str, list[Admitted]] = {}
         alone: list[Admitted] = []
@@ -232,28 +248,41 @@ class Replica:
                 alone.append(job)
             else:
                 runs.setdefault(job.request.model, []).append(job)
-        for jobs in [*runs.values(), *([job] for job in alone)]:
-            await self._run(jobs)
+        return [*runs.values(), *([job] for job in alone)]
 
-    async def _run(self, jobs: list[Admitted]) -> None:
+    async def _run(self, jobs: list[Admitted], previous: Finished | None) -> Finished | None:
+        """Start ``jobs``, sending ``previous``'s results with their "started", and run them;
+        their results, to be sent with whatever runs next."""
         model_name = jobs[0].request.model
+        publisher = self.publisher
+        if publisher is None:
+            self.runner.send(previous, None)
+            await self._give_back(jobs, ConnectionError("not connected to the broker"))
+            return None
+        running = self.runner.begin(self.models[model_name], jobs, publisher)
+        inference = self.runner.start(running)
+        self.runner.send(previous, running)
         try:
-            publisher = self.publisher
-            if publisher is None:
-                raise ConnectionError("not connected to the broker")
-            await self.runner.run(self.models[model_name], jobs, publisher)
-        except Exception:
-            # A broker failure mid-batch: the confirms or acks did not happen, so the broker
-            # still holds these jobs and will deliver them again.
-            log.exception(
-                "batch of %d %s jobs interrupted",
-                len(jobs),
-                model_name,
-                extra={"model": model_name},
-            )
-            for job in jobs:
-                self.acks.settled(job.message)
-                await nack_quietly(job.message)
+            return await self.runner.infer(running, inference)
+        except Exception as exc:
+            running.trace.end(exc)
+            await self._give_back(jobs, exc)
+            return None
+
+    async def _give_back(self, jobs: list[Admitted], error: BaseException) -> None:
+        # A broker failure mid-batch: the confirms or acks did not happen, so the broker still
+        # holds these jobs and will deliver them again.
+        model_name = jobs[0].request.model
+        log.error(
+            "batch of %d %s jobs interrupted: %r",
+            len(jobs),
+            model_name,
+            error,
+            extra={"model": model_name},
+        )
+        for job in jobs:
+            self.acks.settled(job.message)
+            await nack_quietly(job.message)
 
     def _announced(self) -> dict[str, AnnouncedModel]:
         """Each model version served, by ``name@version`` (``self.models`` also holds each

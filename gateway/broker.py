@@ -7,7 +7,8 @@ consumes and publishes.  What a message means lives elsewhere: the event log is 
 
 - Publishes requests with publisher confirms (a 202 means the broker has the job).
 - Follows the event log (a stream) from the start of its retention window, so a new or
-  restarted gateway rebuilds every result before it reports ready, then follows it live.
+  restarted gateway rebuilds every result before it reports ready, then follows it live
+  (``gateway/log_consumer.py``: aiormq's bare deliveries, acks in bulk).
   A session is ready once it reads back the marker it appended itself; after a lost
   connection the next session resumes the log right after the last entry read: no gap,
   no full replay (aio-pika's robust connection would re-consume from the original offset).
@@ -25,7 +26,6 @@ import socket
 import uuid
 from collections.abc import Iterable, Sequence
 from functools import partial
-from typing import Final
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection
@@ -33,17 +33,18 @@ from aio_pika.exceptions import AMQPError, ChannelNotFoundEntity, DeliveryError
 
 from gateway.dead_letters import DeadLetters
 from gateway.heartbeats import Heartbeats
+from gateway.log_consumer import LOG_PREFETCH, LogConsumer
 from gateway.log_follower import LogFollower
 from gateway.metrics import GatewayMetrics
 from gateway.queued_events import QueuedEvents
 from gateway.replicas import ReplicaRegistry
 from gateway.settings import GatewaySettings
-from gateway.webhook_consumer import PREFETCH, RetryRefused, WebhookConsumer
+from gateway.webhook_consumer import WEBHOOK_PREFETCH, RetryRefused, WebhookConsumer
 from gateway.webhooks import Webhooks
 from shared import wire
 from shared.connect import broker_user, node_address, node_answers, safe_url, watch_channel
 from shared.errors import BrokerUnavailable, QueueFull
-from shared.messages import BatchRecord, ClassifyRequest, JobEvent, WebhookDelivery
+from shared.messages import BatchRecord, ClassifyRequest, EventBatch, JobEvent, WebhookDelivery
 from shared.session import OnDeath, SessionLoop, Supervised
 from shared.topology import (
     DEAD_LETTER_NOTICES,
@@ -62,9 +63,6 @@ from shared.topology import (
 )
 
 log = logging.getLogger(__name__)
-
-# Stream consumers need a prefetch; large enough that a replay is not throttled by acks.
-_LOG_PREFETCH: Final = 2000
 
 
 class GatewayBroker:
@@ -97,7 +95,7 @@ class GatewayBroker:
         # of returned messages by message ID then never confuses a job's request with its
         # events (both carry the job ID).
         self._events: aio_pika.abc.AbstractExchange | None = None
-        self._queued = QueuedEvents(self.publish_event)
+        self._queued = QueuedEvents(self.publish_events)
         self._connected = asyncio.Event()
         # Set as user_id on everything we publish (RabbitMQ checks it), so readers know the
         # sender; whoever reads the log checks it against IMGQ_*_USERS (gateway/senders.py).
@@ -148,6 +146,7 @@ class GatewayBroker:
         # A closed channel or a consumer the broker cancelled (its queue deleted, say) ends
         # the session too: the next one sets everything up again, on whichever node answers.
         watch = partial(watch_channel, lost)
+        log_consumer: LogConsumer | None = None
         try:
             channel = await watch(
                 await connection.channel(publisher_confirms=True, on_return_raises=True)
@@ -170,22 +169,19 @@ class GatewayBroker:
 
             # The log on a channel of its own, so its prefetch does not apply elsewhere.
             log_channel = await watch(await connection.channel(publisher_confirms=False))
-            await log_channel.set_qos(prefetch_count=_LOG_PREFETCH)
-            log_queue = (
+            await log_channel.set_qos(prefetch_count=LOG_PREFETCH)
+            if declare:
                 await declare_event_log(log_channel, topology.events, self._settings.log_retention)
-                if declare
-                else await log_channel.get_queue(EVENT_LOG)
-            )
             marker = uuid.uuid4().hex
             offset = self._follower.begin(marker, self._user)
-            await log_queue.consume(
-                self._follower.on_message, arguments={"x-stream-offset": offset}
+            underlay = await log_channel.get_underlay_channel()
+            log_consumer = LogConsumer(self._follower, underlay)
+            await underlay.basic_consume(
+                EVENT_LOG, log_consumer.on_delivery, arguments={"x-stream-offset": offset}
             )
             # The broker cancels a stream consumer when the stream is deleted: a stream declared
             # again in its place numbers its entries from 0, so read the new one from its start.
-            (await log_channel.get_underlay_channel()).on_consumer_cancel_callbacks.add(
-                self._log_deleted
-            )
+            underlay.on_consumer_cancel_callbacks.add(self._log_deleted)
 
             beats = await channel.declare_queue(exclusive=True, auto_delete=True)
             await beats.bind(topology.events, HEARTBEAT_ROUTING_KEY)
@@ -205,7 +201,7 @@ class GatewayBroker:
                 hooks_channel = await watch(
                     await connection.channel(publisher_confirms=True, on_return_raises=True)
                 )
-                await hooks_channel.set_qos(prefetch_count=PREFETCH)
+                await hooks_channel.set_qos(prefetch_count=WEBHOOK_PREFETCH)
                 self._retries = await hooks_channel.get_exchange(
                     WEBHOOK_RETRY_EXCHANGE, ensure=False
                 )
@@ -225,6 +221,8 @@ class GatewayBroker:
             )
             await lost.wait()
         finally:
+            if log_consumer is not None:
+                log_consumer.close()
             self._connected.clear()
             self._topology = None
             self._events = None
@@ -258,6 +256,11 @@ class GatewayBroker:
 
     async def publish_event(self, event: JobEvent) -> None:
         await self._publish(wire.event_message(event, user_id=self._user))
+
+    async def publish_events(self, events: Sequence[JobEvent]) -> None:
+        """Several events as one message (``job.events``): one message for the broker to
+        take, and for every gateway to read, however many they are."""
+        await self._publish(wire.events_message(EventBatch(tuple(events)), user_id=self._user))
 
     async def publish_forgotten(self, job_id: str) -> None:
         await self._publish(wire.forgotten_message(job_id, user_id=self._user))

@@ -1,7 +1,10 @@
 """The event log, applied: each entry of ``imgq.events.log`` into the job store and batches.
 
-The transport (``gateway/broker.py``) consumes the stream and hands every message to
-``LogFollower.on_message``; nothing here knows of connections or channels.  The follower:
+The transport (``gateway/broker.py``, with ``gateway/log_consumer.py``: bare deliveries, acks in
+bulk) consumes the stream and hands every message to ``LogFollower.take``; nothing here knows of
+connections or channels.  A message holds one entry, or a batch of job events (replicas send a
+batch's results and the next batch's "started" together, gateways their "queued" events),
+each applied in turn.  The follower:
 
 - knows a replay has caught up when it reads back the marker its session appended
   (``begin``), which is what readiness waits for;
@@ -13,20 +16,18 @@ The transport (``gateway/broker.py``) consumes the stream and hands every messag
   and lets no event of another producer's request touch a job a gateway accepted
   (``_admitted``);
 - never stops on an entry: whatever goes wrong with one is logged with the reason, and the
-  entry is acked past like any other.
+  next is taken (the consumer acks past it like any other).
 
-Imports neither aiohttp nor aio_pika's connection machinery: tests drive it with fake messages
-(``tests/fake_log.py``).
+Imports neither aiohttp nor aio_pika: tests drive it with fake messages (``tests/fake_log.py``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Protocol
-
-from aio_pika.abc import AbstractIncomingMessage
 
 from gateway.batch_ends import BatchEnds
 from gateway.senders import Senders
@@ -35,6 +36,12 @@ from shared import tracing, wire
 from shared.errors import MessageError
 from shared.logs import job_fields
 from shared.messages import BatchRecord, JobEvent, JobForgotten
+from shared.topology import (
+    BATCH_ROUTING_KEY,
+    FORGOTTEN_ROUTING_KEY,
+    job_routing_key,
+    marker_routing_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,40 +95,49 @@ class LogFollower:
 
     # -- entries -------------------------------------------------------------------------
 
-    async def on_message(self, message: AbstractIncomingMessage) -> None:
-        """The log consumer: one entry, whatever it holds, then its ack (which the stream
-        needs to send more)."""
-        try:
-            self.take(message)
-        except Exception as exc:  # anything at all: this entry is skipped, the log goes on
-            log.exception(
-                "event log entry %s at offset %s skipped: %r", message.routing_key, self.offset, exc
-            )
-        try:
-            await message.ack()
-        except Exception as exc:  # the channel closed: the session ends and resumes after it
-            log.warning("could not ack event log entry at offset %s: %r", self.offset, exc)
-
-    def take(self, message: AbstractIncomingMessage) -> None:
-        """Read one entry and apply it, or say in the log why not."""
-        raw = (message.headers or {}).get("x-stream-offset")
-        offset = raw if isinstance(raw, int) else None
+    def take(self, delivery: wire.LogDelivery) -> None:
+        """Read one message of the log and apply what it holds, or say in the log why not.
+        Never raises: an entry that cannot be read or applied is skipped, with its reason."""
+        offset = delivery.offset
         if offset is not None and (self.offset is None or offset > self.offset):
             self.offset = offset
         try:
-            entry = wire.parse_log_entry(message)
+            read = wire.parse_log_entries(delivery)
         except MessageError as exc:
-            log.warning("ignoring malformed event %s: %s", message.routing_key, exc)
+            log.warning("ignoring malformed event %s: %s", delivery.routing_key, exc)
             return
-        refusal = self._senders.refuses(entry, message.user_id)
+        except Exception as exc:  # anything at all: this entry is skipped, the log goes on
+            log.exception(
+                "event log entry %s at offset %s skipped: %r", delivery.routing_key, offset, exc
+            )
+            return
+        for why in read.skipped:
+            log.warning("ignoring malformed event in %s: %s", delivery.routing_key, why)
+        for entry, trace in read.entries:
+            try:
+                self._apply(entry, trace, delivery.user_id, offset)
+            except Exception as exc:  # this entry is skipped, the next is taken
+                log.exception(
+                    "event log entry %s at offset %s skipped: %r", delivery.routing_key, offset, exc
+                )
+
+    def _apply(
+        self,
+        entry: wire.LogEntry,
+        trace: Mapping[str, str],
+        sender: str | None,
+        offset: int | None,
+    ) -> None:
+        """One entry of a message at ``offset`` (the entries of one message share it)."""
+        refusal = self._senders.refuses(entry, sender)
         if refusal is not None:
-            log.warning("ignoring event %s: %s", message.routing_key, refusal)
+            log.warning("ignoring event %s: %s", _kind(entry), refusal)
         elif isinstance(entry, JobEvent):
             event = self._admitted(entry)
             if event is not None:
                 if event.batch is not None and event.status.is_final and offset is not None:
                     self.batch_ends.record(event.batch, event.job_id, offset)
-                with tracing.applying(event, wire.trace_headers(message), live=self._replayed):
+                with tracing.applying(event, trace, live=self._replayed):
                     self._store.apply(event)
         elif isinstance(entry, wire.Marker):
             self._marker_read(entry.value)
@@ -171,3 +187,14 @@ class LogFollower:
             self._replayed = True
             self.replay_seconds = time.monotonic() - self._started
             log.info("event log replayed: %d jobs in %.2f s", len(self._store), self.replay_seconds)
+
+
+def _kind(entry: wire.LogEntry) -> str:
+    """What the entry is, as the routing key of a message of its own would say."""
+    if isinstance(entry, JobEvent):
+        return job_routing_key(entry.status.value)
+    if isinstance(entry, JobForgotten):
+        return FORGOTTEN_ROUTING_KEY
+    if isinstance(entry, BatchRecord):
+        return BATCH_ROUTING_KEY
+    return marker_routing_key(entry.value)

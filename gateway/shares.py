@@ -35,8 +35,8 @@ from gateway.clients import Caller, RateLimiter
 from shared.errors import TooManyRequests
 from shared.messages import JobEvent
 
-# Jobs in flight per replica online, shared among the clients submitting.  A replica takes one
-# job at a time (prefetch = its batch), so with one a replica the clients' jobs run side by side
+# Jobs in flight per replica online, shared among the clients submitting.  A replica runs the
+# jobs in hand a batch at a time, so with one a replica the clients' jobs run side by side
 # rather than wait in the queue behind each other's.  Two a replica would keep every replica
 # busy through the round trips, but measured (python -m bench --only shares, 2 replicas) a
 # polite client beside a bulk one then waited 2.8-3.3 x its unloaded p50, against 1.6-1.7 x

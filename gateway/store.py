@@ -39,6 +39,20 @@ def _disagreement(current: JobEvent, event: JobEvent) -> str | None:
     return None
 
 
+def _lacks(event: JobEvent, current: JobEvent) -> bool:
+    """Would taking what ``event`` leaves out from ``current`` change it?  Usually not (an event
+    is a full snapshot), and then it is kept as it is: the log's hot path makes no copy."""
+    return (
+        (not event.queued_at and current.queued_at != event.queued_at)
+        or (not event.idempotency_key and current.idempotency_key != event.idempotency_key)
+        or (not event.image_sha256 and current.image_sha256 != event.image_sha256)
+        or (not event.batch and current.batch != event.batch)
+        or (not event.owner and current.owner != event.owner)
+        or (not event.requested_by and current.requested_by != event.requested_by)
+        or (not event.model_version and current.model_version != event.model_version)
+    )
+
+
 class JobObserver(Protocol):
     """Told of every change the store records (status page, metrics).  Called synchronously
     on the event loop for each event, replays included, so it must be cheap."""
@@ -111,16 +125,17 @@ class JobStore:
             # Except a dead letter that could not be read, which knows only the job ID, and an
             # event whose owner, batch and key were dropped as a producer's word
             # (gateway/log_follower.py): what the job's earlier events established stays.
-            event = event.advance(
-                event.status,
-                queued_at=event.queued_at or current.queued_at,
-                idempotency_key=event.idempotency_key or current.idempotency_key,
-                image_sha256=event.image_sha256 or current.image_sha256,
-                batch=event.batch or current.batch,
-                owner=event.owner or current.owner,
-                requested_by=event.requested_by or current.requested_by,
-                model_version=event.model_version or current.model_version,
-            )
+            if _lacks(event, current):
+                event = event.advance(
+                    event.status,
+                    queued_at=event.queued_at or current.queued_at,
+                    idempotency_key=event.idempotency_key or current.idempotency_key,
+                    image_sha256=event.image_sha256 or current.image_sha256,
+                    batch=event.batch or current.batch,
+                    owner=event.owner or current.owner,
+                    requested_by=event.requested_by or current.requested_by,
+                    model_version=event.model_version or current.model_version,
+                )
         self._jobs[event.job_id] = event
         if event.status.is_final:
             self._finished[event.job_id] = None

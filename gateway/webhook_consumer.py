@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 # Deliveries a gateway makes at once: each holds its message unacked for one attempt (at most
 # webhook_http.ATTEMPT_SECONDS), so a few slow receivers do not stall the rest.
-PREFETCH: Final = 32
+WEBHOOK_PREFETCH: Final = 32
 # How long a stopping gateway lets the attempts in flight finish; those that take longer are
 # cut, and their messages go to another gateway.  Inside the gateway's grace period
 # (k8s: 20 s, after its 5 s preStop and 5 s HTTP shutdown).

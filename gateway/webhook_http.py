@@ -40,7 +40,7 @@ CONNECT_SECONDS: Final = 5.0
 # Enough of a refusal's body to say in the log what the receiver objected to.
 PEEK_BYTES: Final = 512
 # Connections at once, all receivers together: more than the attempts a gateway makes at once
-# (gateway/webhook_consumer.py's PREFETCH), so no attempt waits for a connection.
+# (gateway/webhook_consumer.py's WEBHOOK_PREFETCH), so no attempt waits for a connection.
 MAX_CONNECTIONS: Final = 64
 USER_AGENT: Final = "imgq-webhooks/1"
 # The receiver asks never to be called again at this URL: no more attempts.

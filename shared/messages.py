@@ -2,9 +2,11 @@
 
 Schema version 2: a ``ClassifyRequest`` travels as the raw image bytes in the AMQP body
 with its metadata in message properties and headers (``shared/wire.py`` builds and parses
-every broker message); every other message body is a JSON object with ``"v"``.  Parsing is
-strict and raises ``MessageError`` with what was wrong, so a consumer can dead-letter a bad
-message instead of crashing on it.
+every broker message); every other message body is a JSON object with ``"v"``: one
+``JobEvent``, or an ``EventBatch`` of several (how replicas and the gateways' "queued"
+events go out, so that the broker and every gateway handle one message for many events).
+Parsing is strict and raises ``MessageError`` with what was wrong, so a consumer can
+dead-letter a bad message instead of crashing on it.
 
 A ``JobEvent`` is a full snapshot of the job at the moment it changed state, not
 a delta: whoever sees only the last event of a job (a gateway that started late)
@@ -17,6 +19,7 @@ import hashlib
 import math
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -268,43 +271,50 @@ class JobEvent:
     def advance(self, status: JobStatus, **changes: Any) -> JobEvent:
         return replace(self, status=status, **changes)
 
+    def to_broker_dict(self) -> dict[str, Any]:
+        """The event on the broker (the event log, ``job.*`` and a producer's reply), "v" and
+        all, as a JSON object.  The HTTP API's view of a job is the gateway's own
+        (``gateway/answers.py``)."""
+        return {
+            "v": SCHEMA_VERSION,
+            "job_id": self.job_id,
+            "status": self.status.value,
+            "model": self.model,
+            "model_version": self.model_version,
+            "image": self.image,
+            "result": None
+            if self.result is None
+            else [
+                {"label": x.label, "class_index": x.class_index, "score": x.score}
+                for x in self.result
+            ],
+            "error": None
+            if self.error is None
+            else {"code": self.error.code, "message": self.error.message},
+            "queued_at": self.queued_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "replica": self.replica,
+            "reused_from": self.reused_from,
+            "image_sha256": self.image_sha256,
+            "idempotency_key": self.idempotency_key,
+            "owner": self.owner,
+            "batch": None if self.batch is None else str(self.batch),
+            "requested_by": self.requested_by,
+            "callback": self.callback,
+        }
+
     def to_json(self) -> bytes:
-        """The event on the broker (the event log, ``job.*`` and a producer's reply).  The HTTP
-        API's view of a job is the gateway's own (``gateway/answers.py``)."""
-        return orjson.dumps(
-            {
-                "v": SCHEMA_VERSION,
-                "job_id": self.job_id,
-                "status": self.status.value,
-                "model": self.model,
-                "model_version": self.model_version,
-                "image": self.image,
-                "result": None
-                if self.result is None
-                else [
-                    {"label": x.label, "class_index": x.class_index, "score": x.score}
-                    for x in self.result
-                ],
-                "error": None
-                if self.error is None
-                else {"code": self.error.code, "message": self.error.message},
-                "queued_at": self.queued_at,
-                "started_at": self.started_at,
-                "finished_at": self.finished_at,
-                "replica": self.replica,
-                "reused_from": self.reused_from,
-                "image_sha256": self.image_sha256,
-                "idempotency_key": self.idempotency_key,
-                "owner": self.owner,
-                "batch": None if self.batch is None else str(self.batch),
-                "requested_by": self.requested_by,
-                "callback": self.callback,
-            }
-        )
+        return orjson.dumps(self.to_broker_dict())
 
     @classmethod
     def from_json(cls, body: bytes) -> JobEvent:
-        data = _load(body)
+        return cls.from_broker_dict(_load(body))
+
+    @classmethod
+    def from_broker_dict(cls, data: dict[str, Any]) -> JobEvent:
+        """The event a JSON object describes (``to_broker_dict``'s shape); ``MessageError``
+        says what is wrong with it."""
         try:
             status = JobStatus(str(data.get("status")))
         except ValueError:
@@ -345,6 +355,66 @@ class JobEvent:
             model_version=_opt_name(data, "model_version"),
             callback=_opt_callback(data),
         )
+
+
+# The most events one EventBatch carries: a replica's batch of results and the next batch's
+# "started" (IMGQ_BATCH_SIZE twice), or a gateway's queued events of one moment.  Bounded so
+# that one message from the log is bounded work, and far above what either sends.
+MAX_BATCH_EVENTS = 1000
+# The trace context an event of a batch may carry, per event (W3C names, as in HTTP).
+_TRACE_KEYS = ("traceparent", "tracestate")
+
+
+@dataclass(frozen=True, slots=True)
+class EventBatch:
+    """Several job events, of one or many jobs, in one broker message, in the order they
+    happened: a replica's results of one batch with the "started" of its next, a gateway's
+    "queued" events of the jobs the broker confirmed meanwhile.  Each event is the same full
+    snapshot a message of its own would carry; one message costs the broker and every reader
+    of the log about what one event did, so a batch of them costs a fraction per event.
+
+    ``traces`` gives, per event, the W3C trace context it goes out with (``traceparent``,
+    ``tracestate``; empty for none): a message's own headers can name only one.  ``skipped``
+    says, for a batch read back, why any entry was left out: one bad entry costs only itself.
+    """
+
+    events: tuple[JobEvent, ...]
+    traces: tuple[Mapping[str, str], ...] = ()
+    skipped: tuple[str, ...] = ()
+
+    def to_json(self) -> bytes:
+        traces = self.traces or ({},) * len(self.events)
+        return orjson.dumps(
+            {
+                "v": SCHEMA_VERSION,
+                # Each event exactly as a message of its own would carry it ("v" and all),
+                # and the trace context it goes out with.
+                "events": [
+                    {**event.to_broker_dict(), **trace}
+                    for event, trace in zip(self.events, traces, strict=True)
+                ],
+            }
+        )
+
+    @classmethod
+    def from_json(cls, body: bytes) -> EventBatch:
+        data = _load(body)
+        entries = data.get("events")
+        if not isinstance(entries, list) or not 0 < len(entries) <= MAX_BATCH_EVENTS:
+            raise MessageError(f"'events' must be a list of 1 to {MAX_BATCH_EVENTS} events")
+        events: list[JobEvent] = []
+        traces: list[Mapping[str, str]] = []
+        skipped: list[str] = []
+        for index, entry in enumerate(entries):
+            try:
+                if not isinstance(entry, dict):
+                    raise MessageError("an event must be a JSON object")
+                events.append(JobEvent.from_broker_dict(entry))
+            except MessageError as exc:
+                skipped.append(f"event {index}: {exc.message}")
+                continue
+            traces.append({k: v for k in _TRACE_KEYS if isinstance(v := entry.get(k), str)})
+        return cls(tuple(events), tuple(traces), tuple(skipped))
 
 
 @dataclass(frozen=True, slots=True)

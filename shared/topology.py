@@ -73,6 +73,10 @@ HEARTBEAT_ROUTING_KEY: Final = "replica.heartbeat"
 JOB_EVENTS_PATTERN: Final = "job.*"
 CANCELLED_ROUTING_KEY: Final = "job.cancelled"
 FORGOTTEN_ROUTING_KEY: Final = "job.forgotten"
+# Several job events in one message (shared/messages.py, EventBatch): what replicas publish,
+# and the gateways' "queued" events.  Under ``job.`` so that the event log's binding takes it
+# in; not a status, so a queue bound to one status (the cancellations stream) never gets it.
+EVENTS_ROUTING_KEY: Final = "job.events"
 # A batch's members, when their own events cannot say (shared/messages.py, BatchRecord): not a
 # job status, but under ``job.`` so that the event log's binding takes it in.
 BATCH_ROUTING_KEY: Final = "job.batch"

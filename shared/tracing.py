@@ -293,7 +293,8 @@ def applying(
 
 class BatchTrace:
     """The spans of one batch's jobs in a replica; with tracing off, it holds none and every
-    method does nothing.  A context manager: leaving it ends the jobs' spans."""
+    method does nothing.  ``end`` (or leaving it, as a context manager) ends the jobs' spans:
+    a replica does so once the batch is acked, in the background, while the next one runs."""
 
     def __init__(
         self, replica: str, jobs: Sequence[tuple[ClassifyRequest, Mapping[str, str]]]
@@ -380,11 +381,16 @@ class BatchTrace:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if not self._process:
+        self.end(error)
+
+    def end(self, error: BaseException | None = None) -> None:
+        """End the jobs' spans (once their batch is acked, or given back with ``error``)."""
+        spans, self._process, self._published = (*self._published, *self._process), [], []
+        if not spans:
             return
         from opentelemetry.trace import StatusCode
 
-        for span in (*self._published, *self._process):
+        for span in spans:
             if error is not None:
                 span.record_exception(error)
                 span.set_status(StatusCode.ERROR, repr(error))

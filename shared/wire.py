@@ -7,6 +7,9 @@ few headers.  No base64, no JSON around megabytes of pixels: a producer writes t
 bytes, the broker stores them once, and a replica hands them straight to the decoder.
 
 Events, heartbeats and the other small messages stay JSON bodies (``shared/messages.py``).
+Replicas send a job's events in ``job.events`` messages, several events (of a batch, and of the
+next batch) to one message; a gateway sends its "queued" events likewise, and its other events
+one to a message under ``job.<status>``.  Readers of the log take both (``parse_log_entries``).
 
 Requests and job events also carry the W3C trace context of the span that sent them
 (``traceparent``/``tracestate`` headers) while tracing is on (``shared/tracing.py``); a
@@ -19,11 +22,13 @@ so routing keys are spelled only in ``shared/topology.py`` and used only here.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, HeadersType
+from aiormq.abc import DeliveredMessage
 
 from shared import tracing
 from shared.errors import MessageError
@@ -35,6 +40,7 @@ from shared.messages import (
     BatchRef,
     ClassifyRequest,
     CrashReport,
+    EventBatch,
     JobEvent,
     JobForgotten,
     ReplicaHeartbeat,
@@ -46,6 +52,7 @@ from shared.messages import (
 from shared.topology import (
     BATCH_ROUTING_KEY,
     CRASHED_ROUTING_KEY,
+    EVENTS_ROUTING_KEY,
     FORGOTTEN_ROUTING_KEY,
     HEARTBEAT_ROUTING_KEY,
     REQUEST_ROUTING_KEY,
@@ -170,7 +177,12 @@ def _trace_context() -> HeadersType | None:
 def trace_headers(message: AbstractIncomingMessage) -> dict[str, str]:
     """The trace context a message carries, for ``shared.tracing``; empty if none.  Never
     fails: a malformed context only costs the trace its parent, never the job."""
-    headers = message.headers or {}
+    return _carried_trace(message.headers)
+
+
+def _carried_trace(headers: HeadersType | None) -> dict[str, str]:
+    if not headers:
+        return {}
     carried: dict[str, str] = {}
     # The W3C names (traceparent, tracestate), in AMQP headers as in HTTP's.
     for key in tracing.CONTEXT_HEADERS:
@@ -339,6 +351,20 @@ def event_message(event: JobEvent, *, user_id: str | None = None) -> Outgoing:
     return Outgoing(message, job_routing_key(event.status.value))
 
 
+def events_message(batch: EventBatch, *, user_id: str | None = None) -> Outgoing:
+    """Several job events in one message for the events exchange (and so the event log):
+    persistent JSON, each event with its own trace context in the body (``EventBatch``)."""
+    message = aio_pika.Message(
+        batch.to_json(),
+        content_type=JSON,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        timestamp=time.time(),
+        type=EVENTS_ROUTING_KEY,
+        user_id=user_id,
+    )
+    return Outgoing(message, EVENTS_ROUTING_KEY)
+
+
 # -- callbacks -----------------------------------------------------------------------------
 
 WEBHOOK_TYPE: Final = "webhook.delivery"
@@ -466,16 +492,70 @@ class Marker:
 LogEntry = Marker | JobForgotten | BatchRecord | JobEvent
 
 
-def parse_log_entry(message: AbstractIncomingMessage) -> LogEntry:
-    """One entry of the event log: a marker, a forgotten job, a batch record or a job event."""
-    routing_key = message.routing_key or ""
+@dataclass(frozen=True, slots=True)
+class LogDelivery:
+    """What a reader of the event log needs of one delivered message, whichever client
+    library delivered it: aio-pika's ``IncomingMessage`` or aiormq's bare ``DeliveredMessage``
+    (the gateway's log consumer takes the latter: it is most of a log entry's cost)."""
+
+    routing_key: str
+    body: bytes
+    user_id: str | None
+    headers: HeadersType
+
+    @property
+    def offset(self) -> int | None:
+        """Its offset in the stream (``x-stream-offset``), if it says."""
+        offset = self.headers.get("x-stream-offset")
+        return offset if isinstance(offset, int) and not isinstance(offset, bool) else None
+
+    @classmethod
+    def of(cls, message: DeliveredMessage | AbstractIncomingMessage) -> LogDelivery:
+        if isinstance(message, DeliveredMessage):
+            properties = message.header.properties
+            user_id, headers = properties.user_id, properties.headers
+        else:
+            user_id, headers = message.user_id, message.headers
+        return cls(
+            message.routing_key or "",
+            message.body,
+            user_id if isinstance(user_id, str) else None,
+            headers if isinstance(headers, dict) else {},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntries:
+    """What one message of the log holds: its entries in order, each with the trace context
+    it carries (empty: none), and why any event of a batch was left out."""
+
+    entries: tuple[tuple[LogEntry, Mapping[str, str]], ...]
+    skipped: tuple[str, ...] = ()
+
+
+_NO_TRACE: Mapping[str, str] = {}
+
+
+def parse_log_entries(delivery: LogDelivery) -> LogEntries:
+    """The entries of one message of the event log: a marker, a forgotten job, a batch record,
+    a job event, or a batch of job events.  ``MessageError`` when the message as a whole is
+    unreadable; an unreadable event inside a batch is only skipped (``LogEntries.skipped``)."""
+    routing_key = delivery.routing_key
+    if routing_key == EVENTS_ROUTING_KEY:
+        batch = EventBatch.from_json(delivery.body)
+        return LogEntries(tuple(zip(batch.events, batch.traces, strict=True)), batch.skipped)
+    entry: LogEntry
+    trace = _NO_TRACE
     if is_marker(routing_key):
-        return Marker(message.body.decode(errors="replace"))
-    if routing_key == FORGOTTEN_ROUTING_KEY:
-        return JobForgotten.from_json(message.body)
-    if routing_key == BATCH_ROUTING_KEY:
-        return BatchRecord.from_json(message.body)
-    return JobEvent.from_json(message.body)
+        entry = Marker(delivery.body.decode(errors="replace"))
+    elif routing_key == FORGOTTEN_ROUTING_KEY:
+        entry = JobForgotten.from_json(delivery.body)
+    elif routing_key == BATCH_ROUTING_KEY:
+        entry = BatchRecord.from_json(delivery.body)
+    else:
+        entry = JobEvent.from_json(delivery.body)
+        trace = _carried_trace(delivery.headers)
+    return LogEntries(((entry, trace),))
 
 
 def is_marker(routing_key: str) -> bool:

@@ -17,13 +17,12 @@ import aio_pika
 
 from compose.broker import BrokerNode
 from compose.stack import ManagedProcess, Stack, wait_http_ok, wait_replicas_online
+from shared import wire
 from shared.messages import JobEvent
 from shared.topology import (
-    BATCH_ROUTING_KEY,
     DEAD_LETTER_QUEUE,
     EVENT_LOG,
     EVENTS_EXCHANGE,
-    FORGOTTEN_ROUTING_KEY,
     REQUESTS_QUEUE,
     model_queue,
 )
@@ -103,8 +102,9 @@ async def _read_log(url: str) -> list[JobEvent]:
             key = message.routing_key or ""
             if key.startswith("marker.") and message.body.decode() == marker:
                 done.set()
-            elif key.startswith("job.") and key not in (FORGOTTEN_ROUTING_KEY, BATCH_ROUTING_KEY):
-                events.append(JobEvent.from_json(message.body))
+            elif key.startswith("job."):
+                read = wire.parse_log_entries(wire.LogDelivery.of(message))
+                events.extend(entry for entry, _ in read.entries if isinstance(entry, JobEvent))
             await message.ack()
 
         await queue.consume(on_message, arguments={"x-stream-offset": "first"})

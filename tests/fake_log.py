@@ -1,7 +1,7 @@
-"""Fake deliveries for the gateway's consumers (the log follower, dead-letter notices,
-heartbeats): real ``aio_pika.IncomingMessage`` objects whose properties went through pamqp's
-frame encoding, on a channel that records how each was settled.  For pure unit tests;
-guarantees are tested on the real broker."""
+"""Fake deliveries for the gateway's consumers (the log, dead-letter notices, heartbeats): real
+aiormq deliveries (the log's; ``aio_pika.IncomingMessage`` objects around them for the others)
+whose properties went through pamqp's frame encoding, on a channel that records how each was
+settled.  For pure unit tests; guarantees are tested on the real broker."""
 
 from __future__ import annotations
 
@@ -13,19 +13,21 @@ from typing import Any
 
 import aio_pika
 from aio_pika import IncomingMessage
+from aiormq.abc import DeliveredMessage
 
 from shared import wire
-from shared.messages import ClassifyRequest, JobEvent, new_job_id
+from shared.messages import ClassifyRequest, EventBatch, JobEvent, new_job_id
 from shared.states import JobStatus
-from tests.wire_helpers import delivered
+from tests.wire_helpers import bare_delivery, delivered
 
 MODEL = "efficientnet_lite0"
 
 
 @dataclass
 class FakeChannel:
-    """What a consumer's message settles on: records ("ack" | "reject" | "nack", tag, requeue);
-    ``closed`` makes every settlement fail as on a channel that just closed."""
+    """What a consumer's message settles on: records ("ack", tag, multiple) or ("reject" |
+    "nack", tag, requeue); ``closed`` makes every settlement fail as on a channel that just
+    closed."""
 
     closed: bool = False
     settled: list[tuple[str, int, bool]] = field(default_factory=list)
@@ -38,7 +40,7 @@ class FakeChannel:
         self.settled.append((what, tag, requeue))
 
     async def basic_ack(self, delivery_tag: int, multiple: bool = False, wait: bool = True) -> None:
-        self._record("ack", delivery_tag, False)
+        self._record("ack", delivery_tag, multiple)
 
     async def basic_reject(self, delivery_tag: int, requeue: bool = False) -> None:
         self._record("reject", delivery_tag, requeue)
@@ -58,7 +60,7 @@ class FakeLog:
 
     def entry(
         self, out: wire.Outgoing | tuple[bytes, str], user_id: str | None = None
-    ) -> IncomingMessage:
+    ) -> DeliveredMessage:
         """``out`` as built by shared.wire, or (body, routing key) for anything at all."""
         if isinstance(out, wire.Outgoing):
             message, routing_key = out.message, out.routing_key
@@ -68,10 +70,14 @@ class FakeLog:
         message.headers = {**(message.headers or {}), "x-stream-offset": offset}
         if user_id is not None:
             message.user_id = user_id
-        return delivered(message, routing_key, delivery_tag=offset + 1, channel=self.channel)
+        return bare_delivery(message, routing_key, offset + 1, self.channel)
 
-    def event(self, event: JobEvent, user_id: str | None = None) -> IncomingMessage:
+    def event(self, event: JobEvent, user_id: str | None = None) -> DeliveredMessage:
         return self.entry(wire.event_message(event), user_id)
+
+    def events(self, *events: JobEvent, user_id: str | None = None) -> DeliveredMessage:
+        """Several events in one message, as replicas and gateways batch them."""
+        return self.entry(wire.events_message(EventBatch(events)), user_id)
 
 
 def request(**fields: Any) -> ClassifyRequest:

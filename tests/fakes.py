@@ -59,8 +59,11 @@ class Published:
     routing_key: str
     message: aio_pika.abc.AbstractMessage
 
-    def event(self) -> JobEvent:
-        return JobEvent.from_json(self.message.body)
+    def events(self) -> list[JobEvent]:
+        """The job events it carries: one, or a batch (``job.events``)."""
+        delivery = wire.LogDelivery(self.routing_key, self.message.body, None, {})
+        entries = wire.parse_log_entries(delivery).entries
+        return [entry for entry, _ in entries if isinstance(entry, JobEvent)]
 
 
 class FakeExchange:
@@ -186,10 +189,19 @@ class FakeBroker:
 
     def events_of(self, job_id: str) -> list[JobEvent]:
         return [
-            p.event()
+            event
             for p in self.published
             if p.exchange == "imgq.events" and p.routing_key.startswith("job.")
-            if p.message.message_id == job_id
+            for event in p.events()
+            if event.job_id == job_id
+        ]
+
+    def event_messages(self) -> list[list[JobEvent]]:
+        """Each message of job events published, as the events it carries."""
+        return [
+            p.events()
+            for p in self.published
+            if p.exchange == "imgq.events" and p.routing_key.startswith("job.")
         ]
 
     def dead_lettered(self) -> list[Published]:

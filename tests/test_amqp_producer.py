@@ -24,6 +24,7 @@ from shared.messages import (
     BatchRef,
     ClassifyRequest,
     CrashReport,
+    EventBatch,
     JobEvent,
     ReplicaHeartbeat,
     new_job_id,
@@ -32,6 +33,7 @@ from shared.states import JobStatus
 from shared.topology import (
     DEAD_LETTER_QUEUE,
     EVENTS_EXCHANGE,
+    EVENTS_ROUTING_KEY,
     HEARTBEAT_ROUTING_KEY,
     MODEL_ROUTER,
     REQUEST_ROUTING_KEY,
@@ -195,9 +197,10 @@ def test_asyncapi_names_the_real_topology() -> None:
     assert model_channel["bindings"]["amqp"]["queue"]["name"] == model_queue("{model}")
     shared = channels["unroutedRequests"]
     assert shared["address"] == shared["bindings"]["amqp"]["queue"]["name"] == REQUESTS_QUEUE
-    for name in ("jobEvents", "jobForgotten", "heartbeats"):
+    for name in ("jobEvents", "jobEventBatches", "jobForgotten", "heartbeats"):
         exchange = channels[name]["bindings"]["amqp"]["exchange"]
         assert (exchange["name"], exchange["type"]) == (EVENTS_EXCHANGE, "topic")
+    assert channels["jobEventBatches"]["address"] == EVENTS_ROUTING_KEY
     assert channels["heartbeats"]["address"] == HEARTBEAT_ROUTING_KEY
     assert channels["deadLetters"]["address"] == DEAD_LETTER_QUEUE
     statuses = [s.value for s in JobStatus]
@@ -238,6 +241,16 @@ def test_asyncapi_payloads_match_the_messages_field_for_field() -> None:
     ran = event.advance(JobStatus.SUCCEEDED, model_version="1")
     assert _errors("JobEvent", ran.to_json()) == []
     assert _properties("JobEvent") == set(orjson.loads(event.to_json()))
+
+    traced = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    started = event.advance(JobStatus.STARTED, started_at=time.time(), replica="replica-1")
+    batch = wire.events_message(EventBatch((event, started), (traced, {}))).message.body
+    assert _errors("JobEventBatch", batch) == []
+    assert _properties("JobEventBatch") == set(orjson.loads(batch))
+    for entry in orjson.loads(batch)["events"]:
+        assert set(entry) - {"traceparent"} == _properties("JobEvent")
+    assert _errors("JobEventBatch", {"v": 2, "events": []})
+    assert _errors("JobEventBatch", {"v": 2, "events": [{**orjson.loads(event.to_json()), "v": 9}]})
 
     forgotten = wire.forgotten_message(request.job_id).message.body
     assert _errors("JobForgotten", forgotten) == []

@@ -1,5 +1,5 @@
-"""gateway/log_follower.py: the event log applied to the store, with fake deliveries (no broker,
-no sleeps)."""
+"""gateway/log_follower.py and gateway/log_consumer.py: the event log applied to the store and
+acked in bulk, with fake deliveries (no broker, no sleeps)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ import time
 
 import orjson
 import pytest
+from aiormq.abc import DeliveredMessage
 
+from gateway import log_consumer
 from gateway.batch_store import Batches
+from gateway.log_consumer import LogConsumer
 from gateway.log_follower import LogFollower
 from gateway.senders import Senders
 from gateway.store import JobStore
@@ -23,7 +26,8 @@ ENFORCED = Senders(gateways=frozenset({"gw"}), classifiers=frozenset({"cl"}))
 
 
 class Gateway:
-    """A follower with its store and batches, in a session connected as broker user "gw"."""
+    """A follower with its store and batches, in a session connected as broker user "gw",
+    reading through the log consumer."""
 
     def __init__(self, senders: Senders = ENFORCED, channel: FakeChannel | None = None) -> None:
         self.store = JobStore(ttl=60, max_jobs=1000)
@@ -33,10 +37,15 @@ class Gateway:
         self.marker = new_job_id()
         self.start_offset = self.follower.begin(self.marker, "gw")
 
-    def read(self, *messages: object) -> None:
+    def read(self, *messages: DeliveredMessage) -> None:
+        """Each message through a log consumer, then its acks sent."""
+
         async def consume() -> None:
+            consumer = LogConsumer(self.follower, self.log.channel)  # type: ignore[arg-type]
             for message in messages:
-                await self.follower.on_message(message)  # type: ignore[arg-type]
+                await consumer.on_delivery(message)
+            consumer.flush()
+            await consumer.acked()
 
         asyncio.run(consume())
 
@@ -68,7 +77,7 @@ def test_a_replay_is_ready_at_its_own_marker_and_a_session_resumes_after_the_las
     assert gateway.follower.begin("third", "gw") == "first"
 
 
-def test_every_entry_is_acked_and_a_bad_one_is_skipped_with_its_reason(
+def test_every_entry_is_acked_at_once_and_a_bad_one_is_skipped_with_its_reason(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     gateway = Gateway()
@@ -97,7 +106,8 @@ def test_every_entry_is_acked_and_a_bad_one_is_skipped_with_its_reason(
     assert gateway.store.get(before.job_id).status is JobStatus.QUEUED
     assert gateway.store.get(after.job_id).status is JobStatus.QUEUED
     assert gateway.follower.caught_up
-    assert gateway.log.channel.settled == [("ack", i + 1, False) for i in range(len(entries))]
+    # One ack for all of them: a stream's acks are only the consumer's credit.
+    assert gateway.log.channel.settled == [("ack", len(entries), True)]
     assert gateway.follower.offset == len(entries) - 1
     skipped = [
         r for r in caplog.records if "ignoring malformed" in r.message or "skipped" in r.message
@@ -125,7 +135,7 @@ def test_an_entry_the_store_cannot_take_is_skipped_and_the_log_goes_on(
         gateway.read(gateway.log.event(boom, "gw"), gateway.log.event(fine, "gw"))
     assert gateway.store.get(fine.job_id).status is JobStatus.QUEUED
     assert any("skipped: RuntimeError('an observer failed')" in r.message for r in caplog.records)
-    assert [what for what, _, _ in gateway.log.channel.settled] == ["ack", "ack"]
+    assert gateway.log.channel.settled == [("ack", 2, True)]
 
 
 def test_an_ack_on_a_closed_channel_does_not_stop_the_follower() -> None:
@@ -265,3 +275,76 @@ def test_a_forgotten_job_is_gone() -> None:
     )
     with pytest.raises(Exception, match="deleted"):
         gateway.store.get(job.job_id)
+
+
+# -- batches of events -------------------------------------------------------------------------
+
+
+def test_a_batch_of_events_is_applied_in_order_each_checked_on_its_own(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gateway = Gateway()
+    first, second = queued(), queued()
+    gateway.read(gateway.log.events(first, second, user_id="gw"))
+    assert gateway.store.get(second.job_id).status is JobStatus.QUEUED
+    done = first.advance(JobStatus.SUCCEEDED, finished_at=time.time(), replica="r")
+    started = second.advance(JobStatus.STARTED, started_at=time.time(), replica="r")
+    # A replica's message: one job's result, the next job's "started", and an event no replica
+    # may send (a "queued"), which alone is refused.
+    with caplog.at_level(logging.WARNING):
+        gateway.read(gateway.log.events(done, started, queued(), user_id="cl"))
+    assert gateway.store.get(first.job_id).status is JobStatus.SUCCEEDED
+    assert gateway.store.get(second.job_id).status is JobStatus.STARTED
+    assert len(gateway.store) == 2
+    assert sum("who may not send it" in r.message for r in caplog.records) == 1
+
+
+def test_a_bad_event_in_a_batch_costs_only_itself(caplog: pytest.LogCaptureFixture) -> None:
+    gateway = Gateway()
+    good, other = queued(), queued()
+    body = orjson.dumps(
+        {
+            "v": 2,
+            "events": [
+                orjson.loads(good.to_json()),
+                {"status": "queued"},
+                "not an event",
+                orjson.loads(other.to_json()),
+            ],
+        }
+    )
+    with caplog.at_level(logging.WARNING):
+        gateway.read(gateway.log.entry((body, "job.events"), "gw"), gateway.marker_entry())
+    assert gateway.store.get(good.job_id).status is JobStatus.QUEUED
+    assert gateway.store.get(other.job_id).status is JobStatus.QUEUED
+    assert gateway.follower.caught_up
+    assert sum("ignoring malformed event" in r.message for r in caplog.records) == 2
+
+
+# -- acks in bulk --------------------------------------------------------------------------------
+
+
+def test_acks_go_out_every_so_many_deliveries_and_soon_after_the_last() -> None:
+    gateway = Gateway()
+    count = log_consumer.ACK_EVERY + 3
+    messages = [gateway.log.event(queued(), "gw") for _ in range(count)]
+    acked = asyncio.Event()
+
+    class Channel(FakeChannel):
+        def _record(self, what: str, tag: int, requeue: bool) -> None:
+            super()._record(what, tag, requeue)
+            if tag == count:
+                acked.set()
+
+    channel = Channel()
+
+    async def consume() -> None:
+        consumer = LogConsumer(gateway.follower, channel)  # type: ignore[arg-type]
+        for message in messages:
+            await consumer.on_delivery(message)
+        # The last three wait for the timer (ACK_DELAY), not for more deliveries.
+        await asyncio.wait_for(acked.wait(), 30)
+
+    asyncio.run(consume())
+    assert channel.settled == [("ack", log_consumer.ACK_EVERY, True), ("ack", count, True)]
+    assert len(gateway.store) == count

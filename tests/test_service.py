@@ -75,13 +75,12 @@ def test_fifty_jobs_two_replicas_in_order(service: Service) -> None:
     replicas = {job["replica"] for job in done}
     assert replicas == {"replica-1", "replica-2"}, "both replicas should have done work"
 
-    # FIFO: each replica starts its jobs in acceptance order, and with one job in hand per
-    # replica no job can start before the job two places ahead of it in the queue.
+    # FIFO: each replica starts its jobs in acceptance order.  (A replica holds two batches,
+    # the next one waiting while this one runs, so a job waiting in one replica's hand may be
+    # overtaken by what the other runs meanwhile: no bound on that holds whatever the timing.)
     for replica in replicas:
         starts = [job["started_at"] for job in done if job["replica"] == replica]
         assert starts == sorted(starts), f"{replica} started jobs out of order"
-    starts = [job["started_at"] for job in done]
-    assert all(starts[i] <= starts[i + 2] for i in range(len(starts) - 2))
 
 
 def test_long_poll_returns_promptly_on_completion(service: Service) -> None:

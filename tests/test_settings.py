@@ -16,7 +16,9 @@ def test_defaults() -> None:
     assert gateway.gallery_dir.name == "images"
     classifier = ClassifierSettings.from_env({})
     assert classifier.inference_threads == 1
-    assert classifier.prefetch == classifier.batch_size == 1
+    assert classifier.batch_size == 4
+    # Two batches in hand: the next one is there when this one's inference ends.
+    assert classifier.prefetch == 8
     assert classifier.models == ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 
 
@@ -26,7 +28,7 @@ def test_values_are_parsed() -> None:
     assert settings.port == 9000
     assert settings.models == ("efficientnet_lite2", "efficientnet_lite0")
     classifier = ClassifierSettings.from_env({"IMGQ_BATCH_SIZE": "4", "IMGQ_BATCH_WAIT_MS": "5"})
-    assert classifier.prefetch == 4
+    assert classifier.prefetch == 8
     assert classifier.batch_wait == pytest.approx(0.005)
 
 

@@ -109,7 +109,7 @@ class Gateway:
 
     async def read(self, *entries: Any) -> None:
         for entry in entries:
-            await self.follower.on_message(entry)
+            self.follower.take(wire.LogDelivery.of(entry))
 
     def handle(self, due: wire.WebhookDue, sender: str | None) -> Outcome:
         return run(self.webhooks.handle(due, sender, "gw"))
@@ -371,7 +371,7 @@ def test_the_log_keeps_each_batch_jobs_first_end() -> None:
     end = log.event(done, "cl")
     run(gateway.read(*entries, end, log.event(done, "cl")))
     ends = gateway.follower.batch_ends
-    assert run(ends.wait(done.job_id, 0)) == end.headers["x-stream-offset"]
+    assert run(ends.wait(done.job_id, 0)) == wire.LogDelivery.of(end).offset
     assert len(ends) == 1  # the repeat changed nothing
     # A single job's end is not kept: no batch waits for it.
     single = final(queued(callback=URL))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 from classifier_service.acks import AckBook
 from shared import wire
 from shared.errors import MessageError
-from shared.messages import ClassifyRequest, JobEvent, JobForgotten, new_job_id
+from shared.messages import ClassifyRequest, EventBatch, JobEvent, JobForgotten, new_job_id
 from shared.states import JobStatus
 from shared.topology import FORGOTTEN_ROUTING_KEY, REQUEST_ROUTING_KEY
 from tests.wire_helpers import RecordingChannel, delivered, v1_body
@@ -162,18 +163,34 @@ def test_a_reason_on_a_request_the_broker_dead_lettered_is_not_a_replicas() -> N
     assert wire.dead_letter_reason(delivered(_with_headers())) is None
 
 
+def _entries(out: wire.Outgoing) -> list[tuple[wire.LogEntry, Mapping[str, str]]]:
+    delivery = wire.LogDelivery.of(delivered(out.message, out.routing_key))
+    return list(wire.parse_log_entries(delivery).entries)
+
+
 def test_log_entries_are_told_apart_by_routing_key() -> None:
-    marker = wire.marker_message("abc")
-    assert wire.parse_log_entry(delivered(marker.message, marker.routing_key)) == wire.Marker("abc")
+    assert _entries(wire.marker_message("abc")) == [(wire.Marker("abc"), {})]
     forgotten = wire.forgotten_message(new_job_id())
     assert forgotten.routing_key == FORGOTTEN_ROUTING_KEY
-    assert isinstance(
-        wire.parse_log_entry(delivered(forgotten.message, forgotten.routing_key)), JobForgotten
-    )
+    ((entry, _),) = _entries(forgotten)
+    assert isinstance(entry, JobForgotten)
     event = JobEvent.for_request(_request(), JobStatus.QUEUED)
     out = wire.event_message(event)
     assert out.routing_key == "job.queued"
-    assert wire.parse_log_entry(delivered(out.message, out.routing_key)) == event
+    assert _entries(out) == [(event, {})]
+
+
+def test_a_batch_of_events_is_one_message_each_event_with_its_own_trace() -> None:
+    first = JobEvent.for_request(_request(), JobStatus.QUEUED)
+    second = first.advance(JobStatus.STARTED, started_at=2.0, replica="r")
+    trace = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    out = wire.events_message(EventBatch((first, second), ({}, trace)), user_id="gw")
+    assert out.routing_key == "job.events"
+    assert out.message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+    assert out.message.user_id == "gw"
+    assert _entries(out) == [(first, {}), (second, trace)]
+    # Each entry is the event as a message of its own would carry it.
+    assert orjson.loads(out.message.body)["events"][0] == orjson.loads(first.to_json())
 
 
 # -- batched acks ----------------------------------------------------------------------------

@@ -260,12 +260,43 @@ def test_what_pamqp_can_carry_parses_or_is_a_message_error(
 @example(orjson.dumps({**_event(), "result": [{"label": 1, "class_index": "1" * 5000}]}), "job.x")
 @example(orjson.dumps({**_event(), "status": ["queued"]}), "job.queued")
 def test_log_entries_parse_or_are_a_message_error(body: bytes, routing_key: str) -> None:
-    message = _message(Incoming({}, body, routing_key=routing_key))
+    delivery = wire.LogDelivery.of(_message(Incoming({}, body, routing_key=routing_key)))
     try:
-        entry = wire.parse_log_entry(message)
+        read = wire.parse_log_entries(delivery)
     except MessageError:
         return
+    ((entry, _),) = read.entries
     assert isinstance(entry, wire.Marker | JobForgotten | JobEvent)
+
+
+@SETTINGS
+@given(
+    st.lists(mutated_json(_event()), max_size=4),
+    st.sampled_from([2, 1, 99, "2", None, [2]]),
+    st.sampled_from([None, {}, [], "x", {"x-stream-offset": "7"}]),
+)
+@example([orjson.dumps({**_event(), "traceparent": 7})], 2, {})
+def test_a_batch_of_events_parses_entry_by_entry_or_is_a_message_error(
+    entries: list[bytes], version: Any, headers: Any
+) -> None:
+    """A bad entry costs only itself: the others are read, and it is said why it was not."""
+    events: list[Any] = []
+    for raw in entries:
+        try:
+            events.append(orjson.loads(raw))
+        except orjson.JSONDecodeError:
+            events.append(raw.decode(errors="replace"))
+    body = orjson.dumps({"v": version, "events": events})
+    delivery = wire.LogDelivery.of(_message(Incoming(headers, body, routing_key="job.events")))
+    assert delivery.offset is None
+    try:
+        read = wire.parse_log_entries(delivery)
+    except MessageError:
+        return
+    assert len(read.entries) + len(read.skipped) == len(events)
+    for entry, trace in read.entries:
+        assert isinstance(entry, JobEvent)
+        assert all(isinstance(value, str) for value in trace.values())
 
 
 @SETTINGS

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,7 +30,13 @@ from shared.catalog import ModelSpec
 from shared.errors import ImageDecodeError, ImgqError
 from shared.messages import ClassifyRequest, CrashReport, Label, new_job_id
 from shared.states import JobStatus
-from shared.topology import CRASH_LIMIT, CRASHED_ROUTING_KEY
+from shared.topology import (
+    CRASH_LIMIT,
+    CRASHED_ROUTING_KEY,
+    EVENTS_EXCHANGE,
+    WEBHOOK_DUE,
+    WEBHOOK_HEADER,
+)
 from tests.fakes import FakeBroker, FakeSessions
 
 MODEL = "tiny"
@@ -142,6 +149,117 @@ def test_a_job_is_acked_only_once_its_results_are_confirmed(tmp_path: Path) -> N
     _run(scenario)
 
 
+def test_a_batchs_results_go_out_with_the_next_batchs_started_in_one_message(
+    tmp_path: Path,
+) -> None:
+    inference = Inference()
+    inference.hold = threading.Event()
+
+    async def scenario() -> None:
+        async with _replica(tmp_path, inference, IMGQ_BATCH_SIZE="1") as (_, broker, sessions):
+            first, second = _job(b"first"), _job(b"second")
+            await sessions.deliver(broker.request(first))
+            await broker.until(lambda: len(inference.batches) == 1)
+            await sessions.deliver(broker.request(second))  # waits while the first runs
+            inference.hold.set()
+            await broker.join()
+            messages = [
+                [(e.job_id, e.status) for e in events] for events in broker.event_messages()
+            ]
+            assert messages == [
+                [(first.job_id, JobStatus.STARTED)],
+                [(first.job_id, JobStatus.SUCCEEDED), (second.job_id, JobStatus.STARTED)],
+                [(second.job_id, JobStatus.SUCCEEDED)],
+            ]
+            assert broker.settled == {1: ("ack", False), 2: ("ack", False)}
+
+    _run(scenario)
+
+
+def test_a_final_event_with_a_callback_goes_alone_marked_for_the_webhooks(
+    tmp_path: Path,
+) -> None:
+    """The webhooks exchange routes on a message's headers: a final event whose job has a
+    callback cannot share its message, or no gateway would be told to post it."""
+    inference = Inference()
+    inference.hold = threading.Event()
+
+    async def scenario() -> None:
+        async with _replica(tmp_path, inference, IMGQ_BATCH_SIZE="1") as (_, broker, sessions):
+            hooked = replace(_job(b"hooked"), callback="https://hooks.example/imgq")
+            plain = _job(b"plain")
+            await sessions.deliver(broker.request(hooked))
+            await broker.until(lambda: len(inference.batches) == 1)
+            await sessions.deliver(broker.request(plain))
+            inference.hold.set()
+            await broker.join()
+            messages = [
+                [(e.job_id, e.status) for e in events] for events in broker.event_messages()
+            ]
+            assert messages == [
+                [(hooked.job_id, JobStatus.STARTED)],
+                [(hooked.job_id, JobStatus.SUCCEEDED)],
+                [(plain.job_id, JobStatus.STARTED)],
+                [(plain.job_id, JobStatus.SUCCEEDED)],
+            ]
+            [alone] = [
+                p
+                for p in broker.published
+                if p.exchange == EVENTS_EXCHANGE and p.routing_key == "job.succeeded"
+            ]
+            assert alone.events()[0].job_id == hooked.job_id
+            assert (alone.message.headers or {})[WEBHOOK_HEADER] == WEBHOOK_DUE
+            assert broker.settled == {1: ("ack", False), 2: ("ack", False)}
+
+    _run(scenario)
+
+
+def test_the_next_batch_runs_while_the_last_one_waits_for_its_confirms(tmp_path: Path) -> None:
+    inference = Inference()
+
+    async def scenario() -> None:
+        async with _replica(tmp_path, inference, IMGQ_BATCH_SIZE="1") as (_, broker, sessions):
+            broker.holding_confirms = True
+            jobs = [_job(b"%d" % i) for i in range(3)]
+            for job in jobs:
+                await sessions.deliver(broker.request(job))
+            # Every job inferred and its result sent while not one confirm has come back.
+            await broker.until(lambda: JobStatus.SUCCEEDED in _statuses(broker, jobs[-1]))
+            assert len(inference.batches) == 3
+            assert broker.settled == {}, "acked before the broker confirmed the results"
+            broker.release_confirms()
+            await broker.join()
+            assert broker.settled == {t: ("ack", False) for t in (1, 2, 3)}
+
+    _run(scenario)
+
+
+def test_a_drain_waits_for_the_confirms_of_what_was_run(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        broker = FakeBroker()
+        sessions: list[FakeSessions] = []
+        replica = Replica(
+            _settings(tmp_path),
+            {MODEL: _model()},
+            classify=Inference(),
+            sessions=lambda r: sessions.append(FakeSessions(r, broker)) or sessions[0],
+        )
+        running = asyncio.create_task(replica.run())
+        await sessions[0].ready.wait()
+        broker.holding_confirms = True
+        job = _job()
+        await sessions[0].deliver(broker.request(job))
+        await broker.until(lambda: JobStatus.SUCCEEDED in _statuses(broker, job))
+        replica.stop()
+        await sessions[0].stopped.wait()
+        assert not running.done()
+        broker.release_confirms()
+        assert await running == 0
+        assert broker.settled == {1: ("ack", False)}
+
+    asyncio.run(scenario())
+
+
 def test_a_confirm_that_never_comes_ends_the_session_and_gives_the_job_back(
     tmp_path: Path,
 ) -> None:
@@ -251,7 +369,9 @@ def test_bad_messages_are_dead_lettered_with_their_reason_and_the_consumer_goes_
                 assert reason in letter.message.headers["dead_reason"]
             for job in good:
                 assert _statuses(broker, job) == [JobStatus.STARTED, JobStatus.SUCCEEDED]
-            assert set(broker.settled.values()) == {("ack", False)}
+            # Every delivery acked (the good ones maybe a batch at a time), none rejected.
+            assert len(broker.settled) == 2 * len(bad)
+            assert set(broker.settled.values()) <= {("ack", False), ("ack", True)}
             dead_lettered = replica.metrics.registry.get_sample_value(
                 "imgq_replica_dead_lettered_total"
             )

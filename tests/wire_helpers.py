@@ -39,13 +39,23 @@ def delivered(
     delivery_tag: int = 1,
     channel: Any = None,
 ) -> IncomingMessage:
+    return IncomingMessage(bare_delivery(message, routing_key, delivery_tag, channel))
+
+
+def bare_delivery(
+    message: aio_pika.Message,
+    routing_key: str = "classify",
+    delivery_tag: int = 1,
+    channel: Any = None,
+) -> DeliveredMessage:
+    """What aiormq hands a consumer that takes its deliveries bare (the gateway's log)."""
     header = ContentHeader(body_size=len(message.body), properties=message.properties)
     _, _, decoded = pamqp.frame.unmarshal(pamqp.frame.marshal(header, 1))
     assert isinstance(decoded, ContentHeader)
     deliver = commands.Basic.Deliver(
         consumer_tag="test", delivery_tag=delivery_tag, routing_key=routing_key, exchange="x"
     )
-    return IncomingMessage(DeliveredMessage(deliver, decoded, message.body, channel))
+    return DeliveredMessage(deliver, decoded, message.body, channel)
 
 
 def v1_body(request: ClassifyRequest) -> dict[str, Any]:
