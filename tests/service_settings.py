@@ -22,7 +22,7 @@ SETTINGS_MODULES = (
     "gateway/batch_store.py",
     "gateway/webhook_settings.py",
     "gateway/event_loop.py",
-    "gateway/processes.py",
+    "gateway/process_count.py",
     "classifier_service/settings.py",
     "shared/settings.py",
     "shared/topology.py",
