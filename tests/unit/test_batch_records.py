@@ -108,10 +108,10 @@ def test_an_image_answered_from_an_earlier_result_is_a_job_of_the_batch() -> Non
 
 
 def test_the_asyncapi_document_describes_a_batch_record() -> None:
-    from tests.test_amqp_producer import _errors, _properties
+    from tests.asyncapi_schemas import schema_errors, schema_properties
 
     record = BatchRecord(new_job_id(), MODEL, (new_job_id(), new_job_id()), None, time.time())
     body = record.to_json()
-    assert _errors("BatchRecord", body) == []
-    assert _properties("BatchRecord") == set(orjson.loads(body))
+    assert schema_errors("BatchRecord", body) == []
+    assert schema_properties("BatchRecord") == set(orjson.loads(body))
     assert BatchRecord.from_json(body) == record

@@ -2,14 +2,12 @@
 
 The fallback is tested by forcing "no bfloat16 instructions", so it runs on every machine;
 the bf16 path itself only where this CPU has them and OpenVINO is installed (it is skipped,
-saying so, elsewhere).
-"""
+saying so, elsewhere).  Lite0 in bf16 on the ImageNet sample: tests/service/test_precision.py."""
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,20 +15,14 @@ import pytest
 from torch import nn
 
 from classifier_service import onnx_models, precision
-from classifier_service.installed import installed
 from classifier_service.precision import Precision
-from classifier_service.preprocess import preprocess
 from classifier_service.repository import BrokenModelFolder, read_folder, scan
-from classifier_service.settings import ClassifierSettings, Device
-from shared.catalog import CATALOG
+from classifier_service.settings import ClassifierSettings
 from shared.errors import SettingsError
-from tests import exported, tiny_models
+from tests import tiny_models
+from tests.bf16 import needs_bf16
 
 LABELS = ["red", "green", "blue"]
-BF16_HERE = precision.native_bf16() is not None and installed("openvino")
-needs_bf16 = pytest.mark.skipif(
-    not BF16_HERE, reason="this CPU has no bfloat16 instructions, or OpenVINO is not installed"
-)
 
 
 @pytest.fixture(scope="module")
@@ -149,35 +141,3 @@ def test_with_bf16_instructions_a_model_that_asks_runs_in_bf16(
     assert np.abs(reduced - exact).max() <= 0.05 * np.abs(exact).max()
     # Each batch size, as the replica warms them up.
     assert one.forward(np.concatenate([_colours()] * 3)).shape == (9, 3)
-
-
-# Lite0 in bf16 against fp32 on the ImageNet sample: the same top-1 on 97 of the 100 photos on
-# an AMD EPYC with AVX-512 BF16, 198 of 200 photos on another AVX-512 BF16 machine.  The photos
-# it changes are those whose two best classes are nearly tied.
-MIN_TOP1_AGREEMENT = 0.95
-
-
-@needs_bf16
-def test_lite0_in_bf16_agrees_with_fp32_on_the_sample(
-    tmp_path_factory: pytest.TempPathFactory,
-    imagenet_sample: Path,
-    figure: Callable[[str], None],
-) -> None:
-    from classifier_service import onnx_runtime, openvino_runtime
-
-    spec = CATALOG["efficientnet_lite0"]
-    model_file = exported.export(tmp_path_factory, [spec.name])[spec.name].model_file
-    photos = sorted(p for p in imagenet_sample.iterdir() if p.suffix == ".JPEG")
-    batch = np.stack([preprocess(p.read_bytes(), spec) for p in photos])
-    reduced, _ = openvino_runtime.load_file(model_file, 1)
-    session, _ = onnx_runtime.load_file(model_file, 1, Device.CPU)
-    exact = onnx_runtime.OnnxForward(session)
-    got = np.concatenate([reduced(batch[i : i + 10]) for i in range(0, len(batch), 10)])
-    expected = np.concatenate([exact(batch[i : i + 10]) for i in range(0, len(batch), 10)])
-    same = int((got.argmax(axis=1) == expected.argmax(axis=1)).sum())
-    difference = float(np.abs(got - expected).max())
-    figure(
-        f"efficientnet_lite0 bf16 (OpenVINO) vs fp32: same top-1 on {same}/{len(photos)} "
-        f"photos, max logit difference {difference:.2f}"
-    )
-    assert same >= MIN_TOP1_AGREEMENT * len(photos)

@@ -1,54 +1,26 @@
 """Uploads: POST /classifications with a file, its limits, and the checks that keep bad bytes out.
 
-The service tests run on the session's real broker, gateway and replicas; the checks of
-gateway/uploads.py on their own are pure unit tests.
-"""
+On the session's real broker, gateway and replicas (the checks of gateway/uploads.py on their
+own, as pure unit tests: tests/unit/test_uploads.py)."""
 
 from __future__ import annotations
 
 import io
-import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import pytest
 from PIL import Image
 
 from gateway.limits import MAX_PIXELS, MAX_UPLOAD_BYTES
-from gateway.uploads import check_image, display_name
-from shared.errors import ImageTooLarge, ImageUnreadable, UnsupportedMediaType
 from shared.images import MAX_DECODED_TEXT, MAX_JPEG_SCANS
 from tests import api, multipart
 from tests.conftest import Service
-from tests.odd_images import mpo, scan_bomb
+from tests.odd_images import scan_bomb
 from tests.openapi_contract import assert_response_matches
+from tests.upload_images import COFFEE, deep_png, encode, huge_png, phone_jpeg
 
 MODEL = "efficientnet_lite0"
-COFFEE = (api.REPO / "images" / "coffee.jpg").read_bytes()
-
-
-def _encode(fmt: str, image: Image.Image | None = None, **options: Any) -> bytes:
-    out = io.BytesIO()
-    (image or Image.open(io.BytesIO(COFFEE)).convert("RGB")).save(out, fmt, **options)
-    return out.getvalue()
-
-
-def _phone_jpeg() -> bytes:
-    """The coffee as a phone writes it: a JPEG with an MPF block and a second frame (MPO)."""
-    coffee = Image.open(io.BytesIO(COFFEE)).convert("RGB")
-    return mpo(coffee, coffee.resize((300, 200)))
-
-
-def _huge_png() -> bytes:
-    """9000 x 9000 (81 megapixels) of one colour: a few KiB that would decode to 81 MB."""
-    return _encode("PNG", Image.new("1", (9000, 9000)), optimize=True)
-
-
-def _deep_png() -> bytes:
-    """4500 x 4500 of 16-bit grey: 20 megapixels (half the limit) in a few KiB, that would take
-    270 MiB to decode and make RGB."""
-    return _encode("PNG", Image.fromarray(np.zeros((4500, 4500), dtype=np.uint16)))
 
 
 def _problem(reply: api.Reply, status: int, code: str) -> dict[str, Any]:
@@ -66,19 +38,16 @@ def _still_works(base_url: str) -> None:
     assert api.wait_final(base_url, job["job_id"])["result"][0]["label"] == "espresso"
 
 
-# -- through the running service ---------------------------------------------------------------
-
-
 @pytest.mark.broker
 @pytest.mark.parametrize(
     ("filename", "make", "claimed"),
     [
         ("coffee.jpg", lambda: COFFEE, "image/jpeg"),
-        ("coffee.png", lambda: _encode("PNG"), "image/png"),
-        ("coffee.webp", lambda: _encode("WEBP", quality=90), "image/webp"),
-        ("IMG_0001.JPG", _phone_jpeg, "image/jpeg"),
+        ("coffee.png", lambda: encode("PNG"), "image/png"),
+        ("coffee.webp", lambda: encode("WEBP", quality=90), "image/webp"),
+        ("IMG_0001.JPG", phone_jpeg, "image/jpeg"),
         # The client's claims do not matter, only the bytes.
-        ("photo", lambda: _encode("PNG"), "application/octet-stream"),
+        ("photo", lambda: encode("PNG"), "application/octet-stream"),
     ],
 )
 def test_uploads_are_classified(
@@ -99,7 +68,7 @@ def test_uploads_are_classified(
 
 @pytest.mark.broker
 def test_uploads_share_reuse_and_idempotency_with_gallery_jobs(service: Service) -> None:
-    png = _encode("PNG", Image.open(io.BytesIO(COFFEE)).convert("RGB").rotate(1))
+    png = encode("PNG", Image.open(io.BytesIO(COFFEE)).convert("RGB").rotate(1))
     first = multipart.accepted(multipart.upload(service.base_url, MODEL, "a.png", png))
     first = api.wait_final(service.base_url, first["job_id"])
     assert first["status"] == "succeeded"
@@ -201,10 +170,10 @@ def test_too_many_bytes_is_413_with_the_limit(service: Service) -> None:
 @pytest.mark.parametrize(
     ("filename", "make"),
     [
-        ("cat.gif", lambda: _encode("GIF")),
+        ("cat.gif", lambda: encode("GIF")),
         ("notes.jpg", lambda: b"just some text, renamed to look like a photo\n" * 20),
         ("empty.jpg", lambda: b""),
-        ("coffee.bmp", lambda: _encode("BMP")),
+        ("coffee.bmp", lambda: encode("BMP")),
     ],
 )
 def test_other_formats_are_415(service: Service, filename: str, make: Callable[[], bytes]) -> None:
@@ -217,7 +186,7 @@ def test_other_formats_are_415(service: Service, filename: str, make: Callable[[
 
 @pytest.mark.broker
 def test_decompression_bomb_is_413_image_too_large(service: Service) -> None:
-    bomb = _huge_png()
+    bomb = huge_png()
     assert len(bomb) < 100_000
     body = _problem(
         multipart.upload(service.base_url, MODEL, "bomb.png", bomb), 413, "image_too_large"
@@ -229,7 +198,7 @@ def test_decompression_bomb_is_413_image_too_large(service: Service) -> None:
 
 @pytest.mark.broker
 def test_a_picture_too_large_to_decode_is_413_with_the_limit(service: Service) -> None:
-    reply = multipart.upload(service.base_url, MODEL, "deep.png", _deep_png())
+    reply = multipart.upload(service.base_url, MODEL, "deep.png", deep_png())
     body = _problem(reply, 413, "image_too_large")
     assert "4500x4500, mode I;16" in body["detail"]
     assert f"the limit is {MAX_DECODED_TEXT}" in body["detail"]
@@ -241,9 +210,9 @@ def test_a_picture_too_large_to_decode_is_413_with_the_limit(service: Service) -
     ("filename", "make"),
     [
         ("cut.jpg", lambda: COFFEE[: len(COFFEE) // 2]),
-        ("cut.png", lambda: _encode("PNG")[:5000]),
-        ("cut.webp", lambda: _encode("WEBP")[:3000]),
-        ("header-only.png", lambda: _encode("PNG")[:12]),
+        ("cut.png", lambda: encode("PNG")[:5000]),
+        ("cut.webp", lambda: encode("WEBP")[:3000]),
+        ("header-only.png", lambda: encode("PNG")[:12]),
     ],
 )
 def test_truncated_images_are_422(
@@ -293,73 +262,3 @@ def test_unknown_model_with_an_upload_is_422(service: Service) -> None:
     reply = multipart.upload(service.base_url, "resnet9000", "c.jpg", COFFEE)
     body = _problem(reply, 422, "unknown_model")
     assert MODEL in body["allowed"]
-
-
-# -- the checks on their own ---------------------------------------------------------------------
-
-
-def test_check_image_names_the_media_type() -> None:
-    assert check_image(COFFEE) == "image/jpeg"
-    assert check_image(_encode("PNG")) == "image/png"
-    assert check_image(_encode("WEBP")) == "image/webp"
-    # A phone's MPO is a JPEG to every viewer.
-    assert check_image(_phone_jpeg()) == "image/jpeg"
-
-
-def test_check_image_counts_a_jpegs_scans_before_decoding_it() -> None:
-    bomb = scan_bomb(500)
-    started = time.perf_counter()
-    with pytest.raises(ImageUnreadable, match=r"500 scans; the limit is 100 \("):
-        check_image(bomb)
-    # Decoding it, even at 1/8 scale, takes about half a second here.
-    assert time.perf_counter() - started < 0.25
-    assert check_image(scan_bomb(MAX_JPEG_SCANS, size=(64, 64))) == "image/jpeg"
-
-
-def test_check_image_refusals() -> None:
-    with pytest.raises(UnsupportedMediaType, match="JPEG, PNG, WebP"):
-        check_image(_encode("GIF"))
-    with pytest.raises(UnsupportedMediaType):
-        check_image(b"%PDF-1.7 not an image")
-    with pytest.raises(ImageTooLarge, match="9000x9000"):
-        check_image(_huge_png())
-    with pytest.raises(
-        ImageTooLarge, match=f"would take 270 MiB .* the limit is {MAX_DECODED_TEXT}"
-    ):
-        check_image(_deep_png())
-    with pytest.raises(ImageUnreadable):
-        check_image(COFFEE[:2000])
-    with pytest.raises(ImageUnreadable):
-        check_image(_encode("PNG")[:16])
-    with pytest.raises(ImageUnreadable, match="starts like a WebP"):
-        check_image(_encode("WEBP")[:12])
-    corrupt = bytearray(_encode("PNG"))
-    corrupt[len(corrupt) // 2] ^= 0xFF  # a CRC no longer matches
-    with pytest.raises(ImageUnreadable):
-        check_image(bytes(corrupt))
-
-
-@pytest.mark.parametrize(
-    ("raw", "shown"),
-    [
-        ("cat.jpg", "cat.jpg"),
-        ("../../etc/passwd", "passwd"),
-        ("C:\\photos\\cat.jpg", "cat.jpg"),
-        ("tab\there\nand\x00nul.png", "tabhereandnul.png"),
-        ("evil\u202egpj.exe", "evilgpj.exe"),
-        ("  spaced.jpg  ", "spaced.jpg"),
-        ("", "image"),
-        (None, "image"),
-        ("..", "image"),
-        ("dir/", "image"),
-        ("café ☕.webp", "café ☕.webp"),
-    ],
-)
-def test_display_name(raw: str | None, shown: str) -> None:
-    assert display_name(raw) == shown
-
-
-def test_display_name_is_capped_keeping_the_extension() -> None:
-    name = display_name("a" * 500 + ".jpeg")
-    assert len(name) == 100
-    assert name.endswith("….jpeg")

@@ -23,9 +23,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Service
-from tests.openapi_contract import load_spec
+from tests.openapi_contract import SCHEMATHESIS_CONFIG, load_spec
 
-CONFIG = Path(__file__).resolve().parent.parent / "schemathesis.toml"
 # Enough to find every disagreement the first run found (32 at 30 examples), in about 20 s a
 # run; the coverage phase adds its own boundary cases regardless.
 MAX_EXAMPLES = 30
@@ -134,7 +133,7 @@ def test_the_document_tells_the_truth_about_an_open_gateway(
     service: Service, tmp_path: Path
 ) -> None:
     t0 = time.monotonic()
-    returncode, output = _schemathesis(service.base_url, CONFIG, tmp_path)
+    returncode, output = _schemathesis(service.base_url, SCHEMATHESIS_CONFIG, tmp_path)
     _assert_no_disagreement(output, returncode)
     print(f"schemathesis on the open gateway: {time.monotonic() - t0:.1f} s")
 
@@ -148,26 +147,10 @@ def test_the_document_tells_the_truth_about_a_gateway_with_tokens(
     # carries it, and the auth checks probe each operation without it and with a wrong one.
     config = tmp_path / "schemathesis.toml"
     config.write_text(
-        CONFIG.read_text() + f'\n[auth.openapi.bearerAuth]\nbearer = "{TOKEN}"\n',
+        SCHEMATHESIS_CONFIG.read_text() + f'\n[auth.openapi.bearerAuth]\nbearer = "{TOKEN}"\n',
         encoding="utf-8",
     )
     t0 = time.monotonic()
     returncode, output = _schemathesis(guarded, config, tmp_path)
     _assert_no_disagreement(output, returncode)
     print(f"schemathesis on the gateway with tokens: {time.monotonic() - t0:.1f} s")
-
-
-def test_the_config_turns_no_check_off_for_the_whole_api() -> None:
-    """The settings file may say what the schema cannot, operation by operation; it must not
-    silence a check everywhere."""
-    from schemathesis.checks import CHECKS, load_all_checks
-    from schemathesis.config import SchemathesisConfig
-
-    load_all_checks()
-    project = SchemathesisConfig.from_path(str(CONFIG)).projects.default
-    checks = project.checks_config_for()
-    off = sorted(
-        name for name in CHECKS.get_all_names() if not checks.get_by_name(name=name).enabled
-    )
-    assert off == []
-    assert project.operations.operations, "expected the per-operation entries"

@@ -1,20 +1,15 @@
-"""The gateway's liveness and readiness: a broker outage makes it unready, never dead; a
-background task that dies ends the process, non-zero, so that its supervisor starts another."""
+"""The gateway's readiness: a broker outage makes it unready, never dead (a background task that
+dies ends the process: tests/unit/test_gateway_health.py)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 
 import pytest
 
-from compose.broker import free_port
 from tests import api
 from tests.cluster import MODEL, Cluster
-from tests.conftest import REPO
 
 
 def _wait_for(url: str, path: str, status: int, timeout: float) -> api.Reply:
@@ -61,38 +56,3 @@ def test_a_broker_outage_makes_the_gateway_unready_and_never_restarts_it(
         f"broker node stopped: /readyz 503 (not_ready) {noticed:.1f} s later, /healthz 200 "
         f"throughout; ready again {ready_again:.1f} s after the node came back, same process"
     )
-
-
-_DYING_SESSION = """
-import sys
-import shared.session
-
-async def dies(self):
-    raise RuntimeError("the session loop broke")
-
-shared.session.SessionLoop.run = dies
-from gateway.__main__ import main
-main([])
-"""
-
-
-def test_a_gateway_whose_session_loop_dies_exits_non_zero_saying_why() -> None:
-    env = {
-        **os.environ,
-        "IMGQ_HTTP_PORT": str(free_port()),
-        # Nothing needs to answer: the session loop dies before it connects.
-        "IMGQ_BROKER_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/",
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", _DYING_SESSION],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 70, done.stderr
-    assert "background task 'broker-session' died: RuntimeError('the session loop broke')" in (
-        done.stderr
-    )
-    assert "stopping the gateway" in done.stderr

@@ -2,36 +2,19 @@
 
 from __future__ import annotations
 
-import io
-import random
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from PIL import Image
 
 from imgq.http_wire import Upload, encode_multipart
-from shared.errors import MessageError
-from shared.messages import BatchRef
 from tests import api
 from tests.conftest import Service
+from tests.noise_images import small_jpegs
 from tests.openapi_contract import assert_response_matches
 
 MODEL = "efficientnet_lite0"
-
-
-def small_jpegs(count: int, seed: int) -> list[bytes]:
-    """Distinct little photos (noise), so no job is answered from an earlier result."""
-    rng = random.Random(seed)
-    images = []
-    for _ in range(count):
-        image = Image.new("RGB", (48, 40), tuple(rng.randrange(256) for _ in range(3)))
-        image.putpixel((rng.randrange(48), rng.randrange(40)), (1, 2, 3))
-        out = io.BytesIO()
-        image.save(out, "JPEG", quality=90)
-        images.append(out.getvalue())
-    return images
 
 
 def post_files(
@@ -185,17 +168,6 @@ def test_any_gateway_answers_for_a_batch_from_the_event_log(service: Service) ->
     assert batch["model"] == MODEL
     # The accepting gateway and the other one say the same.
     assert wait_batch(service.base_url, accepted["batch_id"])["jobs"] == batch["jobs"]
-
-
-def test_a_batch_reference_is_checked_where_it_is_read() -> None:
-    batch_id = "0123456789abcdef" * 2
-    ref = BatchRef.parse(f"{batch_id}/2/5")
-    assert ref == BatchRef(batch_id, 2, 5)
-    assert BatchRef.parse(str(ref)) == ref
-    assert BatchRef.parse(None) is None
-    for bad in (f"{batch_id}/5/5", f"{batch_id}/x/5", "nope/0/1", f"{batch_id}/0", 7):
-        with pytest.raises(MessageError):
-            BatchRef.parse(bad)
 
 
 @pytest.mark.broker

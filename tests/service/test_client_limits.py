@@ -1,8 +1,8 @@
 """No client can harm another: per-client shares, and with tokens, each client's jobs are its own.
 
 Runs extra gateways on the suite's broker and replicas, with the shares turned on (the rest
-of the suite turns them off: all its clients are 127.0.0.1) or with two API tokens.
-"""
+of the suite turns them off: all its clients are 127.0.0.1) or with two API tokens (the
+limits on their own: tests/unit/test_client_limits.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ from typing import Any
 
 import pytest
 
-from gateway.clients import Caller, OpenWaits, RateLimiter
-from shared.errors import SettingsError, TooManyRequests
 from tests import api
 from tests.cluster import Cluster
 from tests.conftest import Service
@@ -30,35 +28,6 @@ def _post(url: str, image: str, token: str | None = None, **headers: str) -> api
 
 def _get(url: str, path: str, token: str) -> api.Reply:
     return api.request(url, "GET", path, headers={"Authorization": f"Bearer {token}"})
-
-
-# -- the shares, as units --------------------------------------------------------------------
-
-
-def test_the_bucket_refills_at_the_rate_and_says_when_to_retry() -> None:
-    limiter = RateLimiter(rate=2.0, burst=3)
-    alice, bob = Caller("a", "1.1.1.1"), Caller("b", "1.1.1.1")
-    for _ in range(3):
-        limiter.take(alice, now=100.0)
-    with pytest.raises(TooManyRequests) as refused:
-        limiter.take(alice, now=100.0)
-    assert refused.value.retry_after == pytest.approx(0.5)
-    limiter.take(bob, now=100.0)  # another client's share is untouched
-    limiter.take(alice, now=100.5)  # half a second later: one more token
-
-
-def test_open_waits_are_counted_per_client_and_released() -> None:
-    waits = OpenWaits(per_client=2)
-    alice = Caller(None, "10.0.0.1")
-    with waits.hold(alice), waits.hold(alice):
-        with pytest.raises(TooManyRequests), waits.hold(alice):
-            pass
-        with waits.hold(Caller(None, "10.0.0.2")):
-            pass
-    assert waits.count(alice) == 0
-
-
-# -- on a running gateway --------------------------------------------------------------------
 
 
 @pytest.mark.broker
@@ -107,9 +76,6 @@ def test_an_event_stream_ends_after_its_maximum_life(cluster: Cluster) -> None:
     assert reply.body.count(b"event: job") == 1  # the job never moved: no replica here
     # The server ended it at its lifetime, not at a keep-alive (15 s) or the client's timeout.
     assert 1.5 < lasted < 12, lasted
-
-
-# -- with tokens, each client's jobs are its own ---------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -163,16 +129,3 @@ def test_resubmitting_an_image_does_not_log_a_job_each_time(two_clients: str) ->
     assert {a["reused_from"] for a in answers} == {original["job_id"]}
     # The first resubmission made one reused job; the next four are answered with it.
     assert len({a["job_id"] for a in answers}) == 1
-
-
-def test_only_a_trusted_proxy_names_the_client() -> None:
-    from gateway.clients import ClientLimits
-
-    limits = ClientLimits.from_env({"IMGQ_TRUSTED_PROXIES": "10.0.0.0/8, 127.0.0.1"})
-    assert limits.client_address("10.1.2.3", "203.0.113.9") == "203.0.113.9"
-    assert limits.client_address("10.1.2.3", "1.1.1.1, 203.0.113.9") == "203.0.113.9"
-    assert limits.client_address("198.51.100.7", "203.0.113.9") == "198.51.100.7"
-    assert limits.client_address("10.1.2.3", None) == "10.1.2.3"
-    assert ClientLimits().client_address("10.1.2.3", "203.0.113.9") == "10.1.2.3"
-    with pytest.raises(SettingsError):
-        ClientLimits.from_env({"IMGQ_TRUSTED_PROXIES": "not-an-address"})

@@ -1,8 +1,8 @@
 """GET /status and GET /metrics on the gateway, and each replica's own /metrics.
 
 The gateway on the session's service; the replica's listener on a cluster of its own
-(a fresh broker node), where a redelivery and a dead letter can be made on purpose.
-"""
+(a fresh broker node), where a redelivery and a dead letter can be made on purpose (what the
+gateway's figures are made from, in-process: tests/unit/test_status_metrics.py)."""
 
 from __future__ import annotations
 
@@ -16,14 +16,9 @@ import aio_pika
 import pytest
 
 from compose.broker import free_port
-from gateway.activity import Activity
 from gateway.broker import queue_depths
-from gateway.metrics import GatewayMetrics
-from gateway.store import JobStore
 from shared.catalog import CATALOG
-from shared.messages import ClassifyRequest, JobEvent, new_job_id
 from shared.metrics import CONTENT_TYPE
-from shared.states import JobStatus
 from shared.topology import REQUEST_ROUTING_KEY, REQUESTS_EXCHANGE, REQUESTS_QUEUE, model_queue
 from tests import api, multipart
 from tests.cluster import MODEL, WORK_QUEUE, Cluster
@@ -67,9 +62,6 @@ def _metrics(url: str) -> Exposition:
         assert response.status == 200
         assert response.headers["Content-Type"] == CONTENT_TYPE
         return parse(response.read().decode())
-
-
-# -- /status -----------------------------------------------------------------------------------
 
 
 @pytest.mark.broker
@@ -120,9 +112,6 @@ def test_status_shows_replicas_queue_and_recent_jobs_without_ids(service: Servic
     assert not _HEX32.search(reply.body), reply.body
     for secret in (b"secret-name", b"camera.jpg", b"upload:"):
         assert secret not in reply.body
-
-
-# -- the gateway's /metrics ----------------------------------------------------------------------
 
 
 @pytest.mark.broker
@@ -220,9 +209,6 @@ def test_queue_depths_survive_a_missing_queue(cluster: Cluster) -> None:
     }
 
 
-# -- the replica's /metrics ----------------------------------------------------------------------
-
-
 async def _redeliver_next_request(url: str) -> None:
     """Take the job at the head of the work queue and hand it back: it is now redelivered."""
     connection = await aio_pika.connect(url)
@@ -274,73 +260,3 @@ def test_replica_serves_its_own_metrics(cluster: Cluster) -> None:
     while _metrics(url).value("imgq_gateway_dead_lettered_total") < 1:
         assert time.monotonic() < deadline, "the gateway did not count the dead letter"
         time.sleep(0.2)
-
-
-# -- the pieces on their own ---------------------------------------------------------------------
-
-
-def _event(model: str = "efficientnet_lite0") -> JobEvent:
-    request = ClassifyRequest(new_job_id(), model, "cat.jpg", b"x", time.time())
-    return JobEvent.for_request(request, JobStatus.QUEUED)
-
-
-def test_activity_keeps_the_newest_twenty_in_place() -> None:
-    activity = Activity()
-    jobs = [_event() for _ in range(25)]
-    for job in jobs:
-        activity.job_changed(None, job)
-    # A late change to an old job neither brings it back nor moves a listed one up.
-    activity.job_changed(jobs[0], jobs[0].advance(JobStatus.STARTED))
-    activity.job_changed(jobs[10], jobs[10].advance(JobStatus.STARTED))
-    recent = activity.recent()
-    assert len(recent) == 20
-    assert [r["queued_at"] for r in recent] == [j.queued_at for j in reversed(jobs[5:])]
-    assert recent[-6]["status"] == "started"
-    assert all(
-        set(r) == {"model", "status", "queued_at", "started_at", "finished_at"} for r in recent
-    )
-    activity.job_removed(jobs[-1].job_id)
-    assert len(activity.recent()) == 19
-
-
-def test_activity_jobs_per_second_counts_the_last_minute() -> None:
-    activity = Activity()
-    now = time.time()
-    for finished in (now - 120, now - 30, now - 1, now):
-        job = _event()
-        activity.job_changed(None, job)
-        activity.job_changed(job, job.advance(JobStatus.SUCCEEDED, finished_at=finished))
-    assert activity.jobs_per_second() == pytest.approx(3 / 60)
-
-
-def test_gateway_metrics_count_only_this_gateways_jobs() -> None:
-    metrics = GatewayMetrics()
-    mine, theirs = _event(), _event()
-    metrics.accepted(mine.job_id)
-    for job in (mine, theirs):
-        metrics.job_changed(None, job)
-        started = job.advance(JobStatus.STARTED, started_at=job.queued_at + 1)  # type: ignore[operator]
-        metrics.job_changed(job, started)
-        metrics.job_changed(
-            started,
-            started.advance(JobStatus.FAILED, finished_at=job.queued_at + 3),  # type: ignore[operator]
-        )
-    text = parse(metrics.expose(long_polls=2, queue_depths={}).decode())
-    assert text.value("imgq_gateway_jobs_total", model="efficientnet_lite0", status="failed") == 1
-    assert text.value("imgq_queue_wait_seconds_sum") == pytest.approx(1)
-    assert text.value("imgq_end_to_end_seconds_sum") == pytest.approx(3)
-    assert text.value("imgq_long_polls_waiting") == 2
-
-
-def test_the_store_tells_its_observers_of_changes_and_removals() -> None:
-    activity = Activity()
-    store = JobStore(ttl=60, max_jobs=10, observers=(activity,))
-    kept, deleted, discarded = _event(), _event(), _event()
-    for job in (kept, deleted, discarded):
-        store.apply(job)
-    store.apply(kept.advance(JobStatus.SUCCEEDED, finished_at=time.time()))
-    store.apply(kept.advance(JobStatus.STARTED))  # late: changes nothing, tells no one
-    store.forget(deleted.job_id)
-    store.discard(discarded.job_id)
-    assert [r["status"] for r in activity.recent()] == ["succeeded"]
-    assert activity.jobs_per_second() == pytest.approx(1 / 60)
