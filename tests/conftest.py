@@ -135,7 +135,7 @@ def cluster(log_dir: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
 # running in this thread, and the tests that call asyncio.run() would then fail.
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    from tests.browser import launch_browser, require_chromium
+    from tests.chromium import launch_browser, require_chromium
 
     require_chromium()
     with launch_browser() as launched:
@@ -145,7 +145,7 @@ def browser() -> Iterator[Any]:
 @pytest.fixture
 def page(browser: Any, service: Service) -> Iterator[Any]:
     """A page on the session's gateway, in a fresh browser context (empty localStorage)."""
-    from tests.browser import new_page
+    from tests.chromium import new_page
 
     with new_page(browser, service.base_url) as opened:
         yield opened

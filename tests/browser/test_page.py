@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, Request, Route, expect
 
-from tests.browser import (
+from tests.chromium import (
     JOB_ID,
     PHONE,
     RESULT_TIMEOUT_MS,

@@ -7,7 +7,7 @@ import re
 import pytest
 from playwright.sync_api import Page, Request, expect
 
-from tests.browser import (
+from tests.chromium import (
     RESULT_TIMEOUT_MS,
     artifacts_dir,
     open_page,

@@ -8,7 +8,7 @@ import re
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser import (
+from tests.chromium import (
     RESULT_TIMEOUT_MS,
     artifacts_dir,
     is_post_to_classifications,

@@ -9,7 +9,7 @@ import pytest
 from playwright.sync_api import Page, Request, expect
 
 from tests import api
-from tests.browser import artifacts_dir, require_chromium
+from tests.chromium import artifacts_dir, require_chromium
 
 pytestmark = [pytest.mark.browser, pytest.mark.broker]
 require_chromium()

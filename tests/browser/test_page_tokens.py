@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, Request, expect
 
-from tests.browser import (
+from tests.chromium import (
     RESULT_TIMEOUT_MS,
     artifacts_dir,
     new_page,

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Page, Response, expect
 
-from tests.browser import (
+from tests.chromium import (
     JOB_ID,
     REPO_ROOT,
     RESULT_TIMEOUT_MS,

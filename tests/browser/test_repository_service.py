@@ -150,7 +150,7 @@ def test_a_model_of_our_own_classifies_through_http_and_amqp(
     # The page's picker offers the model by name (its default version), then each version.
     # The browser is launched only now, not as a fixture: Playwright's sync API holds an event
     # loop on this thread while it is open, and the AMQP checks above run one of their own.
-    from tests.browser import launch_browser, new_page, open_page, require_chromium
+    from tests.chromium import launch_browser, new_page, open_page, require_chromium
 
     require_chromium()
     with launch_browser() as browser, new_page(browser, url) as page:

@@ -22,8 +22,8 @@ import yaml
 from compose.permissions import CLASSIFIER_USER, GATEWAY_USER
 from gateway.senders import Senders
 from shared.topology import QueueBounds
-from tests.service_settings import unknown_variables
-from tests.test_deploy_files import (
+from tests.conftest import REPO
+from tests.deploy.test_deploy_files import (
     DOCKER_DEFAULT_GRACE_SECONDS,
     OPTIONAL_SECRETS,
     PASSWORD_VARIABLES,
@@ -40,8 +40,8 @@ from tests.test_deploy_files import (
     rabbitmq_settings,
     walk_strings,
 )
+from tests.service_settings import unknown_variables
 
-REPO = Path(__file__).resolve().parents[1]
 CLUSTER_FILE = REPO / "compose" / "compose.cluster.yaml"
 SINGLE_FILE = REPO / "compose" / "compose.yaml"
 CLUSTER_CONF = REPO / "compose" / "rabbitmq-cluster.conf"

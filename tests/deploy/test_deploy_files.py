@@ -34,8 +34,8 @@ from gateway.sse import KEEPALIVE_SECONDS
 from shared.errors import NotReady, PayloadTooLarge
 from shared.messages import JobEvent, new_job_id
 from shared.states import JobStatus
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "compose" / "compose.yaml"
 NGINX_CONF = REPO / "compose" / "nginx.conf"
 RABBITMQ_CONF = REPO / "compose" / "rabbitmq.conf"

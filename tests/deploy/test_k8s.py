@@ -55,8 +55,8 @@ from shared.topology import (
     model_binding,
     model_queue,
 )
-from tests.service_settings import unknown_variables
-from tests.test_deploy_files import (
+from tests.conftest import REPO
+from tests.deploy.test_deploy_files import (
     dockerfile_healthcheck,
     instructions_named,
     module_source,
@@ -64,8 +64,8 @@ from tests.test_deploy_files import (
     python_module,
     rabbitmq_settings,
 )
+from tests.service_settings import unknown_variables
 
-REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "k8s"
 OVERLAYS = {
     "base": K8S / "base",

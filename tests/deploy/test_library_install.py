@@ -13,7 +13,8 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
+
 CLIENT = REPO / "client"
 # The services' top-level packages (the root pyproject.toml's distribution).
 SERVICES = ("gateway", "shared", "compose", "bench", "classifier_service")

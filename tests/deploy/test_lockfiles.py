@@ -12,7 +12,6 @@ import re
 import shlex
 import tomllib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,9 +19,9 @@ from packaging.requirements import Requirement
 from packaging.utils import NormalizedName, canonicalize_name
 from packaging.version import Version
 
-from tests.test_deploy_files import parse_dockerfile
+from tests.conftest import REPO
+from tests.deploy.test_deploy_files import parse_dockerfile
 
-REPO = Path(__file__).resolve().parents[1]
 LOCK_SCRIPT = REPO / "requirements" / "lock"
 # Lock file -> the extras of pyproject.toml it must cover besides the base dependencies.
 LOCKS: dict[str, tuple[str, ...]] = {

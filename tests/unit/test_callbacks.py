@@ -24,8 +24,8 @@ from gateway.webhook_settings import WebhookSettings
 from imgq.http_wire import Upload, encode_multipart
 from shared.errors import CallbackRefused, SettingsError
 from shared.messages import MAX_CALLBACK_CHARS
-from tests.test_intake import ALICE, MODEL, Broker, finish, run
-from tests.test_intake import _jpeg as jpeg
+from tests.unit.test_intake import ALICE, MODEL, Broker, finish, run
+from tests.unit.test_intake import _jpeg as jpeg
 
 PUBLIC = "https://93.184.216.34/hooks/imgq"
 LOOPBACK_ALLOWED = AddressPolicy(parse_networks("test", ("127.0.0.0/8",)))
