@@ -1,4 +1,5 @@
-"""Session fixtures: a private RabbitMQ node and the service around it, as real processes."""
+"""Session fixtures: a private RabbitMQ node and the service around it, as real processes; and
+each test marked with its layer, the folder it sits in."""
 
 from __future__ import annotations
 
@@ -24,6 +25,21 @@ os.environ.setdefault("IMGQ_CLIENT_WAITS", "100000")
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_DIR = REPO.parent / "shared" / "imagenet-sample"
 REPLICAS = 2
+
+# -- the layers ------------------------------------------------------------------------------
+
+TESTS = REPO / "tests"
+# The layers, each a folder of tests/ and a marker of the same name (pyproject.toml says what
+# each needs), so that `-m unit` runs one alone, or `-m "not browser"` leaves one out.
+LAYERS = ("unit", "service", "browser", "deploy")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        folder = item.path.relative_to(TESTS).parts[0] if item.path.is_relative_to(TESTS) else ""
+        if folder in LAYERS:
+            item.add_marker(folder)
 
 
 @dataclass

@@ -20,8 +20,6 @@ document.addEventListener("securitypolicyviolation", (event) => {
 """
 
 
-@pytest.mark.browser
-@pytest.mark.broker
 @pytest.mark.timeout(120)
 def test_the_page_works_under_its_policy(page: Any) -> None:
     from playwright.sync_api import expect

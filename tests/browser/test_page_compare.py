@@ -14,7 +14,6 @@ from tests.chromium import (
     require_chromium,
 )
 
-pytestmark = [pytest.mark.browser, pytest.mark.broker]
 require_chromium()
 
 SECONDS = r"\d+\.\d+ s"

@@ -11,7 +11,6 @@ from playwright.sync_api import Page, Request, expect
 from tests import api
 from tests.chromium import artifacts_dir, require_chromium
 
-pytestmark = [pytest.mark.browser, pytest.mark.broker]
 require_chromium()
 
 STATUS_PAGE = "/static/status.html"

@@ -16,7 +16,6 @@ from tests.chromium import (
     require_chromium,
 )
 
-pytestmark = [pytest.mark.browser, pytest.mark.broker]
 require_chromium()
 
 TOKEN = "page-test-token"

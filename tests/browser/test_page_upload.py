@@ -20,7 +20,6 @@ from tests.chromium import (
     require_chromium,
 )
 
-pytestmark = [pytest.mark.browser, pytest.mark.broker]
 require_chromium()
 
 # A File in a DataTransfer, as the browser hands a dropped file to the page.

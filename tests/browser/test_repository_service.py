@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from playwright.sync_api import expect
 
 from classifier_service import precision
@@ -59,8 +58,6 @@ def _serving(url: str, model: str) -> int:
     return 0
 
 
-@pytest.mark.broker
-@pytest.mark.browser
 def test_a_model_of_our_own_classifies_through_http_and_amqp(
     cluster: Cluster, tmp_path: Path, figure: Callable[[str], None]
 ) -> None:

@@ -6,12 +6,8 @@ import csv
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
-
 from tests import api
 from tests.conftest import Service
-
-pytestmark = pytest.mark.broker
 
 # The reference pipeline reaches 0.89 top-1 on this sample (its README); wrong preprocessing
 # (e.g. torchvision's mean/std) drops it to 0.78, so this bound tells the two apart.

@@ -13,7 +13,6 @@ from typing import Any
 
 import aio_pika
 import orjson
-import pytest
 
 from shared.messages import (
     JobEvent,
@@ -58,7 +57,6 @@ def _http_job(base_url: str, job_id: str, timeout: float = 30.0) -> dict[str, An
     raise AssertionError(f"job {job_id} not final over HTTP after {timeout} s")
 
 
-@pytest.mark.broker
 def test_classify_gets_the_reply_and_http_shows_the_same_job(service: Service) -> None:
     events = asyncio.run(
         producer.classify(service.broker_url, MODEL, [("coffee.jpg", COFFEE)], timeout=120)
@@ -87,7 +85,6 @@ def test_classify_gets_the_reply_and_http_shows_the_same_job(service: Service) -
     assert job["model_version"] == "1"
 
 
-@pytest.mark.broker
 def test_replies_carry_the_correlation_id_and_match_their_jobs(service: Service) -> None:
     images = ["coffee.jpg", "cat.jpg", "rocket.jpg"]
 
@@ -113,7 +110,6 @@ def test_replies_carry_the_correlation_id_and_match_their_jobs(service: Service)
     assert by_image["coffee.jpg"].result[0].label == "espresso"
 
 
-@pytest.mark.broker
 def test_an_unknown_model_gets_a_failed_reply(service: Service) -> None:
     [event] = asyncio.run(
         producer.classify(service.broker_url, "resnet9000", [("coffee.jpg", COFFEE)], timeout=60)
@@ -124,7 +120,6 @@ def test_an_unknown_model_gets_a_failed_reply(service: Service) -> None:
     assert _http_job(service.base_url, event.job_id)["error"]["code"] == "unknown_model"
 
 
-@pytest.mark.broker
 def test_asyncapi_accepts_a_real_request_and_a_real_reply(service: Service) -> None:
     async def scenario() -> tuple[bytes, Any]:
         # A queue of our own on the requests exchange gets a copy of what the example publishes.

@@ -6,8 +6,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import pytest
-
 from imgq.http_wire import Upload, encode_multipart
 from tests import api
 from tests.conftest import Service
@@ -48,7 +46,6 @@ def wait_batch(base_url: str, batch_id: str, timeout: float = 120.0) -> dict[str
     raise AssertionError(f"batch {batch_id} not done after {timeout} s")
 
 
-@pytest.mark.broker
 def test_a_batch_of_50_uploads_in_one_request_gets_50_results(
     service: Service, figure: Callable[[str], None]
 ) -> None:
@@ -79,7 +76,6 @@ def test_a_batch_of_50_uploads_in_one_request_gets_50_results(
     )
 
 
-@pytest.mark.broker
 def test_a_json_batch_of_gallery_names_and_a_mixed_form(service: Service) -> None:
     reply = api.post_json(
         service.base_url,
@@ -106,7 +102,6 @@ def _problem(reply: api.Reply, status: int, code: str) -> dict[str, Any]:
     return problem
 
 
-@pytest.mark.broker
 def test_limits_and_bad_images_refuse_the_whole_batch(service: Service) -> None:
     url = service.base_url
     empty = api.post_json(url, "/batches", {"model": MODEL, "images": []})
@@ -129,7 +124,6 @@ def test_limits_and_bad_images_refuse_the_whole_batch(service: Service) -> None:
     _problem(plain, 415, "unsupported_content_type")
 
 
-@pytest.mark.broker
 def test_an_unknown_batch_is_a_404_problem(service: Service) -> None:
     _problem(api.get(service.base_url, "/batches/" + "0" * 32), 404, "batch_not_found")
     _problem(api.get(service.base_url, "/batches/not-an-id"), 404, "batch_not_found")
@@ -139,7 +133,6 @@ def test_an_unknown_batch_is_a_404_problem(service: Service) -> None:
     )
 
 
-@pytest.mark.broker
 def test_a_batch_belongs_to_its_token(service: Service) -> None:
     url = service.extra_gateway(IMGQ_API_TOKENS="alice-token,bob-token")
     alice = {"Authorization": "Bearer alice-token"}
@@ -152,7 +145,6 @@ def test_a_batch_belongs_to_its_token(service: Service) -> None:
     _problem(api.get(url, path), 401, "unauthorized")
 
 
-@pytest.mark.broker
 def test_any_gateway_answers_for_a_batch_from_the_event_log(service: Service) -> None:
     """Behind a load balancer the GET may reach another gateway than the POST: each job
     carries its place in the batch, so that gateway rebuilds the batch from the log."""
@@ -170,7 +162,6 @@ def test_any_gateway_answers_for_a_batch_from_the_event_log(service: Service) ->
     assert wait_batch(service.base_url, accepted["batch_id"])["jobs"] == batch["jobs"]
 
 
-@pytest.mark.broker
 def test_any_gateway_answers_for_a_batch_of_replayed_keys_and_reused_results(
     service: Service,
 ) -> None:

@@ -62,7 +62,6 @@ async def _upload(url: str, head: bytes, body: bytes, chunked: bool) -> int:
     return int(status_line.split()[1])
 
 
-@pytest.mark.broker
 @pytest.mark.timeout(600)
 def test_fifty_huge_uploads_from_one_client_leave_the_gateway_bounded(
     service: Service, figure: Callable[[str], None]

@@ -33,7 +33,6 @@ MODELS = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 CAT_LABELS = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat", "lynx"}
 
 
-@pytest.mark.broker
 def test_classify_wait_json_gives_the_labels(
     service: Service, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -63,7 +62,6 @@ def test_classify_wait_json_gives_the_labels(
     assert re.match(r"2 images: 2 succeeded, 0 failed in [\d.]+ s \([\d.]+ jobs/s\)$", lines[-1])
 
 
-@pytest.mark.broker
 def test_classify_wait_prints_a_table(service: Service, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(
         capsys, "--url", service.base_url, "classify", "coffee.jpg", "cat.jpg", "-m", MODEL, "-w"
@@ -85,7 +83,6 @@ def test_classify_wait_prints_a_table(service: Service, capsys: pytest.CaptureFi
     assert [row.split()[-1] for row in rows[1:3]] == ["espresso", "cup"]
 
 
-@pytest.mark.broker
 def test_classify_without_wait_prints_job_ids_at_once(
     service: Service, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -103,7 +100,6 @@ def test_classify_without_wait_prints_job_ids_at_once(
     assert (job["job_id"], job["status"]) == (job_id, "succeeded")
 
 
-@pytest.mark.broker
 def test_models_lists_the_three_models(
     service: Service, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -119,7 +115,6 @@ def test_models_lists_the_three_models(
     assert [m["name"] for m in json.loads(out)] == MODELS
 
 
-@pytest.mark.broker
 def test_status_says_ready_and_counts_replicas(
     service: Service, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -135,7 +130,6 @@ def test_status_says_ready_and_counts_replicas(
     assert {m["name"]: m["replicas"] >= 1 for m in status["models"]} == dict.fromkeys(MODELS, True)
 
 
-@pytest.mark.broker
 def test_unknown_image_exits_1_with_the_servers_detail(
     service: Service, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -160,7 +154,6 @@ def test_unknown_image_exits_1_with_the_servers_detail(
     assert err.startswith("error: unknown model 'resnet9000'")
 
 
-@pytest.mark.broker
 def test_a_local_file_is_uploaded_or_refused_clearly(
     service: Service, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -176,7 +169,6 @@ def test_a_local_file_is_uploaded_or_refused_clearly(
         assert err.startswith(f"error: {path}: this server does not accept uploads yet"), err
 
 
-@pytest.mark.broker
 def test_several_files_go_up_in_one_batch(
     service: Service, capsys: pytest.CaptureFixture[str], tmp_path: Any
 ) -> None:
@@ -210,7 +202,6 @@ def test_several_files_go_up_in_one_batch(
     assert "error: unknown image 'nosuch.jpg'" in err, err
 
 
-@pytest.mark.broker
 def test_cancel_forgets_a_finished_job(
     service: Service, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -225,7 +216,6 @@ def test_cancel_forgets_a_finished_job(
     assert "gone" in err
 
 
-@pytest.mark.broker
 def test_batch_follows_a_batch_created_earlier(
     service: Service, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -269,7 +259,6 @@ def _posts(url: str) -> float:
     )
 
 
-@pytest.mark.broker
 @pytest.mark.timeout(600)
 def test_a_thousand_images_through_replica_kills_and_a_gateway_restart(
     cluster: Cluster,

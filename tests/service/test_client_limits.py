@@ -30,7 +30,6 @@ def _get(url: str, path: str, token: str) -> api.Reply:
     return api.request(url, "GET", path, headers={"Authorization": f"Bearer {token}"})
 
 
-@pytest.mark.broker
 def test_a_client_over_its_rate_gets_429_with_retry_after(service: Service) -> None:
     url = service.extra_gateway(IMGQ_CLIENT_RATE="1", IMGQ_CLIENT_BURST="3")
     replies = [_post(url, "cat.jpg") for _ in range(5)]
@@ -43,7 +42,6 @@ def test_a_client_over_its_rate_gets_429_with_retry_after(service: Service) -> N
     assert int(refused.headers["retry-after"]) >= 1
 
 
-@pytest.mark.broker
 def test_a_client_holding_too_many_long_polls_gets_429(cluster: Cluster) -> None:
     # No replica on this fresh node: the job stays queued, so its long-polls are held.
     _, url = cluster.start_gateway(IMGQ_CLIENT_WAITS="2", IMGQ_CLIENT_RATE="0")
@@ -65,7 +63,6 @@ def test_a_client_holding_too_many_long_polls_gets_429(cluster: Cluster) -> None
     assert api.get(url, f"/classifications/{job['job_id']}").status == 200
 
 
-@pytest.mark.broker
 def test_an_event_stream_ends_after_its_maximum_life(cluster: Cluster) -> None:
     _, url = cluster.start_gateway(IMGQ_STREAM_SECONDS="2", IMGQ_CLIENT_RATE="0")
     job = _post(url, "cat.jpg").json()
@@ -83,7 +80,6 @@ def two_clients(service: Service) -> str:
     return service.extra_gateway(IMGQ_API_TOKENS="token-alice,token-bob", IMGQ_CLIENT_RATE="0")
 
 
-@pytest.mark.broker
 def test_another_clients_job_is_not_found(two_clients: str) -> None:
     url = two_clients
     job = _post(url, "cat.jpg", "token-alice", **{"Cache-Control": "no-cache"}).json()
@@ -98,7 +94,6 @@ def test_another_clients_job_is_not_found(two_clients: str) -> None:
     assert _get(url, f"{path}?wait=30", "token-alice").json()["status"] == "succeeded"
 
 
-@pytest.mark.broker
 def test_idempotency_keys_and_reuse_are_per_client(two_clients: str) -> None:
     url = two_clients
     key = f"order-{time.time_ns()}"
@@ -117,7 +112,6 @@ def test_idempotency_keys_and_reuse_are_per_client(two_clients: str) -> None:
     assert first["job_id"] not in json.dumps(reused)
 
 
-@pytest.mark.broker
 def test_resubmitting_an_image_does_not_log_a_job_each_time(two_clients: str) -> None:
     url = two_clients
     original = _post(url, "rocket.jpg", "token-alice", **{"Cache-Control": "no-cache"}).json()

@@ -39,7 +39,7 @@ from tests.cluster import (
     read_log,
 )
 
-pytestmark = [pytest.mark.broker, pytest.mark.timeout(600)]
+pytestmark = pytest.mark.timeout(600)
 
 Figure = Callable[[str], None]
 JOBS = 1000

@@ -17,8 +17,6 @@ from tests import api
 from tests.conftest import Service
 from tests.openapi_contract import assert_response_matches
 
-pytestmark = pytest.mark.broker
-
 GOOD = {"model": "efficientnet_lite0", "image": "coffee.jpg"}
 
 

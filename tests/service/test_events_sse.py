@@ -13,8 +13,6 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
-import pytest
-
 from shared.messages import new_job_id
 from tests import api
 from tests.cluster import MODEL, Cluster
@@ -86,7 +84,6 @@ def follow(
             opened.set()
 
 
-@pytest.mark.broker
 def test_a_job_streams_queued_started_succeeded_then_closes(cluster: Cluster) -> None:
     # No replica until the stream is open: the job is surely still queued when it opens.
     _, url = cluster.start_gateway()
@@ -120,7 +117,6 @@ def test_a_job_streams_queued_started_succeeded_then_closes(cluster: Cluster) ->
     assert stream.arrived[0] < replica_started < stream.arrived[1]
 
 
-@pytest.mark.broker
 def test_a_finished_job_gives_one_event_and_a_reconnect_gets_204(service: Service) -> None:
     job = api.submit(service.base_url, "efficientnet_lite0", "cat.jpg")
     api.wait_final(service.base_url, job["job_id"])
@@ -135,7 +131,6 @@ def test_a_finished_job_gives_one_event_and_a_reconnect_gets_204(service: Servic
     assert follow(service.base_url, job["job_id"], {"Last-Event-ID": "started"}).status == 200
 
 
-@pytest.mark.broker
 def test_a_cancelled_job_streams_cancelled(cluster: Cluster) -> None:
     # A gateway and no replica: the job stays queued until it is cancelled, whatever the timing.
     _, url = cluster.start_gateway()
@@ -153,7 +148,6 @@ def test_a_cancelled_job_streams_cancelled(cluster: Cluster) -> None:
     assert [j["status"] for j in result[0].jobs] == ["queued", "cancelled"]
 
 
-@pytest.mark.broker
 def test_unknown_and_gone_jobs_are_problems(service: Service) -> None:
     stream = follow(service.base_url, new_job_id())
     assert stream.status == 404

@@ -25,7 +25,7 @@ from shared.topology import DEAD_LETTER_EXCHANGE, EVENTS_EXCHANGE, HEARTBEAT_ROU
 from tests import api
 from tests.cluster import MODEL, Cluster
 
-pytestmark = [pytest.mark.broker, pytest.mark.timeout(300)]
+pytestmark = pytest.mark.timeout(300)
 
 IMAGES = ["cat.jpg", "coffee.jpg", "camera.jpg"]
 # The rounds together publish more bad entries than the log consumer's prefetch (2,000

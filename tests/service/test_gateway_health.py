@@ -22,7 +22,6 @@ def _wait_for(url: str, path: str, status: int, timeout: float) -> api.Reply:
         time.sleep(0.1)
 
 
-@pytest.mark.broker
 @pytest.mark.timeout(300)
 def test_a_broker_outage_makes_the_gateway_unready_and_never_restarts_it(
     cluster: Cluster, figure: Callable[[str], None]

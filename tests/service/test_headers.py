@@ -25,7 +25,6 @@ def assert_security_headers(headers: dict[str, str]) -> None:
     assert headers.get("content-security-policy") == CONTENT_SECURITY_POLICY
 
 
-@pytest.mark.broker
 @pytest.mark.parametrize(
     ("method", "path", "status"),
     [
@@ -50,7 +49,6 @@ def test_every_response_carries_the_security_headers(
     assert_security_headers(reply.headers)
 
 
-@pytest.mark.broker
 def test_an_event_stream_carries_them_too(service: Service) -> None:
     """The stream's headers go out inside its handler, before any middleware could add them."""
     job = api.submit(service.base_url, "efficientnet_lite0", "cat.jpg", reuse=True)
@@ -62,14 +60,12 @@ def test_an_event_stream_carries_them_too(service: Service) -> None:
     assert_security_headers(headers)
 
 
-@pytest.mark.broker
 def test_a_missing_page_asset_is_a_problem(service: Service) -> None:
     reply = api.get(service.base_url, "/static/nothing.js")
     assert reply.content_type == "application/problem+json"
     assert reply.json()["code"] == "not_found"
 
 
-@pytest.mark.broker
 @pytest.mark.parametrize(
     ("method", "path", "allow"),
     [

@@ -23,7 +23,7 @@ import pytest
 from compose.broker import free_port
 from tests import api
 
-pytestmark = [pytest.mark.broker, pytest.mark.timeout(400)]
+pytestmark = pytest.mark.timeout(400)
 
 MODEL = "efficientnet_lite0"
 

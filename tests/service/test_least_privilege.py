@@ -39,7 +39,7 @@ from tests.cluster import MODEL, Cluster
 
 COFFEE = (api.REPO / "images" / "coffee.jpg").read_bytes()
 
-pytestmark = [pytest.mark.broker, pytest.mark.timeout(300)]
+pytestmark = pytest.mark.timeout(300)
 
 PASSWORDS = {GATEWAY_USER: "gw-secret", CLASSIFIER_USER: "cl-secret", PRODUCER_USER: "pr-secret"}
 

@@ -37,7 +37,6 @@ COFFEE = REPO / "images" / "coffee.jpg"
 EVENTS_ROUTE = "/classifications/{job_id}/events"
 
 
-@pytest.mark.broker
 def test_sync_client_submits_waits_streams_and_cancels(service: Service) -> None:
     client = imgq.Client(service.base_url)
     assert MODEL in [m.name for m in client.models()]
@@ -72,7 +71,6 @@ def test_sync_client_submits_waits_streams_and_cancels(service: Service) -> None
     client.close()
 
 
-@pytest.mark.broker
 def test_async_client_does_the_same(service: Service) -> None:
     async def scenario() -> None:
         async with imgq.AsyncClient(service.base_url) as client:
@@ -100,7 +98,6 @@ def test_async_client_does_the_same(service: Service) -> None:
     asyncio.run(scenario())
 
 
-@pytest.mark.broker
 def test_the_same_run_id_returns_the_same_jobs(service: Service) -> None:
     photo = small_jpegs(1, seed=31)[0]
     with imgq.Client(service.base_url) as client:
@@ -116,7 +113,6 @@ def test_the_same_run_id_returns_the_same_jobs(service: Service) -> None:
         assert [j.job_id for j in again.jobs] == [j.job_id for j in batch.jobs]
 
 
-@pytest.mark.broker
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_an_answer_lost_to_a_dropped_connection_is_asked_again_and_is_the_same_job(
     service: Service, kind: str, caplog: pytest.LogCaptureFixture
@@ -140,7 +136,6 @@ def test_an_answer_lost_to_a_dropped_connection_is_asked_again_and_is_the_same_j
     assert any("trying again" in r.getMessage() for r in caplog.records)
 
 
-@pytest.mark.broker
 def test_429_is_retried_after_retry_after(
     service: Service, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -249,7 +244,6 @@ class Background(threading.Thread):
         return self.result
 
 
-@pytest.mark.broker
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_events_resume_when_the_stream_ends_before_the_job_is_final(lab: Lab, kind: str) -> None:
     photo = small_jpegs(1, seed=51 if kind == "sync" else 52)[0]
@@ -283,7 +277,6 @@ def test_events_resume_when_the_stream_ends_before_the_job_is_final(lab: Lab, ki
     assert len(statuses) == len(set(statuses)), statuses  # each status once, however resumed
 
 
-@pytest.mark.broker
 def test_long_polls_and_streams_ride_out_a_gateway_restart(
     lab: Lab, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -309,7 +302,6 @@ def test_long_polls_and_streams_ride_out_a_gateway_restart(
     assert any("resuming" in m for m in messages), messages
 
 
-@pytest.mark.broker
 def test_503_is_retried_until_the_gateway_can_take_the_job(
     lab: Lab, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -337,7 +329,6 @@ def test_503_is_retried_until_the_gateway_can_take_the_job(
     assert imgq.Client(lab.url).wait(job.job_id, timeout=120).status == "succeeded"
 
 
-@pytest.mark.broker
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_a_long_poll_is_not_cut_short_by_the_timeouts(lab: Lab, kind: str) -> None:
     short = Timeouts(connect=5, read=1.0, total=2.0)
@@ -382,7 +373,6 @@ def _check_many(results: list[Classification], images: list[Any], where: dict[st
     assert by_index[images.index("cat.jpg")].job.image == "cat.jpg"  # type: ignore[union-attr]
 
 
-@pytest.mark.broker
 def test_classify_many_sync(service: Service, tmp_path: Path) -> None:
     images, where = _many_images(tmp_path, seed=81)
     batches: list[imgq.Batch] = []
@@ -397,7 +387,6 @@ def test_classify_many_sync(service: Service, tmp_path: Path) -> None:
     assert all(len(b.jobs) <= 4 for b in batches)
 
 
-@pytest.mark.broker
 def test_classify_many_async(service: Service, tmp_path: Path) -> None:
     images, where = _many_images(tmp_path, seed=82)
 
@@ -408,7 +397,6 @@ def test_classify_many_async(service: Service, tmp_path: Path) -> None:
     _check_many(asyncio.run(scenario()), images, where)
 
 
-@pytest.mark.broker
 def test_classify_many_stops_on_a_refusal_that_concerns_every_image(service: Service) -> None:
     with imgq.Client(service.base_url) as client, pytest.raises(ApiError) as refused:
         list(client.classify_many(["cat.jpg", "coffee.jpg"], "resnet9000"))

@@ -39,7 +39,6 @@ def _wait_for(path: Path, found: Any, what: str) -> list[dict[str, Any]]:
         time.sleep(0.2)
 
 
-@pytest.mark.broker
 def test_both_services_write_json_lines_and_job_lines_carry_job_id_and_model(
     cluster: Cluster,
 ) -> None:
@@ -83,7 +82,6 @@ def test_both_services_write_json_lines_and_job_lines_carry_job_id_and_model(
     assert {"method", "path", "status", "size", "duration", "client"} <= set(access[0])
 
 
-@pytest.mark.broker
 def test_the_access_log_can_be_turned_off(cluster: Cluster) -> None:
     gateway, url = cluster.start_gateway(IMGQ_LOG_FORMAT="json", IMGQ_ACCESS_LOG="false")
     job = api.submit(url, MODEL, "coffee.jpg")

@@ -12,7 +12,7 @@ from shared.topology import REQUESTS_QUEUE, model_queue
 from tests import api
 from tests.cluster import Cluster
 
-pytestmark = [pytest.mark.broker, pytest.mark.timeout(300)]
+pytestmark = pytest.mark.timeout(300)
 
 Figure = Callable[[str], None]
 LITE0, LITE1 = "efficientnet_lite0", "efficientnet_lite1"

@@ -70,7 +70,6 @@ def offered(base_url: str) -> dict[str, dict[str, object]]:
     return {m["name"]: m for m in api.get(base_url, "/info").json()["models"]}
 
 
-@pytest.mark.broker
 def test_a_model_with_weights_is_offered_and_one_without_is_not(
     cluster: Cluster, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

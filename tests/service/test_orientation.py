@@ -13,14 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import pytest
 from PIL import Image
 
 from tests import api, multipart
 from tests.conftest import Service
 from tests.odd_images import encode, shown, tagged
-
-pytestmark = pytest.mark.broker
 
 MODEL = "efficientnet_lite0"
 # Turned a quarter anticlockwise, upside down, a quarter clockwise: how phones store portraits.

@@ -59,7 +59,6 @@ def _gateway(cluster: Cluster) -> tuple[ManagedProcess, str]:
     return cluster.start_gateway(IMGQ_GATEWAY_PROCESSES="2")
 
 
-@pytest.mark.broker
 @pytest.mark.timeout(300)
 def test_two_processes_share_the_port_a_dead_one_comes_back_and_sigterm_stops_both(
     cluster: Cluster, figure: Figure
@@ -131,7 +130,6 @@ def test_two_processes_share_the_port_a_dead_one_comes_back_and_sigterm_stops_bo
     )
 
 
-@pytest.mark.broker
 @pytest.mark.timeout(300)
 def test_a_hung_process_fails_liveness_and_none_outlives_the_supervisor(
     cluster: Cluster,

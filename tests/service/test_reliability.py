@@ -42,7 +42,7 @@ from tests.cluster import (
     read_log,
 )
 
-pytestmark = [pytest.mark.broker, pytest.mark.timeout(420)]
+pytestmark = pytest.mark.timeout(420)
 
 Figure = Callable[[str], None]
 Incoming = aio_pika.abc.AbstractIncomingMessage

@@ -18,8 +18,6 @@ from tests import api, multipart
 from tests.conftest import Service
 from tests.openapi_contract import assert_response_matches
 
-pytestmark = pytest.mark.broker
-
 GOOD = {"model": "efficientnet_lite0", "image": "cat.jpg"}
 ALLOWED = ["application/json", "application/x-www-form-urlencoded", "multipart/form-data"]
 

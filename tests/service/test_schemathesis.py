@@ -127,7 +127,6 @@ def _assert_no_disagreement(output: str, returncode: int) -> None:
     assert re.search(r"✅ Stateful", summary), summary
 
 
-@pytest.mark.broker
 @pytest.mark.timeout(300)
 def test_the_document_tells_the_truth_about_an_open_gateway(
     service: Service, tmp_path: Path
@@ -138,7 +137,6 @@ def test_the_document_tells_the_truth_about_an_open_gateway(
     print(f"schemathesis on the open gateway: {time.monotonic() - t0:.1f} s")
 
 
-@pytest.mark.broker
 @pytest.mark.timeout(300)
 def test_the_document_tells_the_truth_about_a_gateway_with_tokens(
     guarded: str, tmp_path: Path

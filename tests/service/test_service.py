@@ -12,8 +12,6 @@ from tests.cluster import Cluster
 from tests.conftest import Service
 from tests.openapi_contract import assert_response_matches
 
-pytestmark = pytest.mark.broker
-
 CATS = {"Egyptian cat", "tiger cat", "tabby"}
 # What each clear gallery photo must come out as (top-1), whichever model classifies it.
 EXPECTED_TOP1 = {"cat.jpg": CATS, "coffee.jpg": {"espresso"}, "camera.jpg": {"tripod"}}

@@ -64,7 +64,6 @@ def _metrics(url: str) -> Exposition:
         return parse(response.read().decode())
 
 
-@pytest.mark.broker
 def test_status_shows_replicas_queue_and_recent_jobs_without_ids(service: Service) -> None:
     job = api.submit(service.base_url, "efficientnet_lite0", "camera.jpg")
     uploaded = multipart.accepted(
@@ -114,7 +113,6 @@ def test_status_shows_replicas_queue_and_recent_jobs_without_ids(service: Servic
         assert secret not in reply.body
 
 
-@pytest.mark.broker
 def test_gateway_metrics_count_jobs_reuse_and_rejections(service: Service) -> None:
     before = _metrics(service.base_url)
     for name, kind in GATEWAY_METRICS.items():
@@ -164,7 +162,6 @@ def test_gateway_metrics_count_jobs_reuse_and_rejections(service: Service) -> No
     assert queues <= set(after.series("imgq_queue_depth"))
 
 
-@pytest.mark.broker
 def test_long_polls_waiting_and_queue_depth_gauges(cluster: Cluster) -> None:
     # No replica: the job stays queued and the poll stays held until the job is cancelled.
     _, url = cluster.start_gateway()
@@ -196,7 +193,6 @@ async def _depths(url: str, names: list[str]) -> dict[str, int | None]:
         return depths
 
 
-@pytest.mark.broker
 def test_queue_depths_survive_a_missing_queue(cluster: Cluster) -> None:
     # A per-model queue may not exist (yet): it is unknown, and the queues after it still answer.
     _, url = cluster.start_gateway()
@@ -228,7 +224,6 @@ async def _publish_garbage(url: str) -> None:
         await exchange.publish(aio_pika.Message(b"not a request"), REQUEST_ROUTING_KEY)
 
 
-@pytest.mark.broker
 def test_replica_serves_its_own_metrics(cluster: Cluster) -> None:
     _, url = cluster.start_gateway()
     job = api.submit(url, MODEL, "coffee.jpg")

@@ -23,7 +23,7 @@ from compose.supervise import Supervisor
 from tests import api
 from tests.cluster import MODEL, Cluster
 
-pytestmark = [pytest.mark.broker, pytest.mark.timeout(420)]
+pytestmark = pytest.mark.timeout(420)
 
 Figure = Callable[[str], None]
 

@@ -45,7 +45,6 @@ PROTECTED = [
 ]
 
 
-@pytest.mark.broker
 @pytest.mark.parametrize(("method", "template", "path"), PROTECTED, ids=[p[2] for p in PROTECTED])
 def test_the_api_needs_a_right_token(guarded: str, method: str, template: str, path: str) -> None:
     _unauthorized(api.request(guarded, method, path), template, method.lower())
@@ -56,7 +55,6 @@ def test_the_api_needs_a_right_token(guarded: str, method: str, template: str, p
     assert reply.status in (200, 404), (reply.status, reply.body[:300])
 
 
-@pytest.mark.broker
 def test_a_whole_job_with_a_token(guarded: str) -> None:
     body = json.dumps(GOOD).encode()
     headers = {"Content-Type": "application/json", "Cache-Control": "no-cache"}
@@ -85,7 +83,6 @@ def test_a_whole_job_with_a_token(guarded: str) -> None:
     assert api.request(guarded, "GET", "/info", headers=_bearer("t1")).json()["models"]
 
 
-@pytest.mark.broker
 @pytest.mark.parametrize(
     "path", ["/", "/static/app.js", "/images/cat.jpg", "/healthz", "/readyz", "/openapi.json"]
 )
@@ -93,7 +90,6 @@ def test_the_page_and_probes_stay_open(guarded: str, path: str) -> None:
     assert api.get(guarded, path).status == 200
 
 
-@pytest.mark.broker
 @pytest.mark.parametrize(
     "path",
     [
@@ -117,7 +113,6 @@ def test_no_spelling_of_a_path_gets_around_the_token(guarded: str, path: str) ->
     assert b'"replicas"' not in body
 
 
-@pytest.mark.broker
 def test_a_gateway_without_tokens_stays_open(service: Service) -> None:
     assert api.get(service.base_url, "/info").status == 200
     assert api.get(service.base_url, "/status").status == 200

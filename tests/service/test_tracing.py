@@ -47,7 +47,6 @@ def _tree(spans: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-@pytest.mark.broker
 def test_one_trace_follows_a_job_through_the_broker_and_back(
     cluster: Cluster, tmp_path: Path
 ) -> None:

@@ -29,7 +29,7 @@ from shared.topology import REPLIES_EXCHANGE, REQUESTS_EXCHANGE
 from tests import api
 from tests.cluster import MODEL, Cluster, read_log
 
-pytestmark = [pytest.mark.broker, pytest.mark.timeout(300)]
+pytestmark = pytest.mark.timeout(300)
 
 PASSWORDS = {GATEWAY_USER: "gw-secret", CLASSIFIER_USER: "cl-secret", PRODUCER_USER: "pr-secret"}
 TOKENS = "alice-token,bob-token"

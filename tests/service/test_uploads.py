@@ -38,7 +38,6 @@ def _still_works(base_url: str) -> None:
     assert api.wait_final(base_url, job["job_id"])["result"][0]["label"] == "espresso"
 
 
-@pytest.mark.broker
 @pytest.mark.parametrize(
     ("filename", "make", "claimed"),
     [
@@ -66,7 +65,6 @@ def test_uploads_are_classified(
     assert done["image"] == f"upload:{filename}"
 
 
-@pytest.mark.broker
 def test_uploads_share_reuse_and_idempotency_with_gallery_jobs(service: Service) -> None:
     png = encode("PNG", Image.open(io.BytesIO(COFFEE)).convert("RGB").rotate(1))
     first = multipart.accepted(multipart.upload(service.base_url, MODEL, "a.png", png))
@@ -91,7 +89,6 @@ def test_uploads_share_reuse_and_idempotency_with_gallery_jobs(service: Service)
     _problem(other, 422, "idempotency_key_reused")
 
 
-@pytest.mark.broker
 def test_gallery_jobs_still_go_through_multipart_forms(service: Service) -> None:
     reply = multipart.post_form(
         service.base_url,
@@ -110,7 +107,6 @@ def test_gallery_jobs_still_go_through_multipart_forms(service: Service) -> None
     assert multipart.accepted(reply)["image"] == "coffee.jpg"
 
 
-@pytest.mark.broker
 def test_browser_upload_is_redirected(service: Service) -> None:
     body, content_type = multipart.encode(
         {"model": MODEL}, {"file": ("c.jpg", COFFEE, "image/jpeg")}
@@ -127,7 +123,6 @@ def test_browser_upload_is_redirected(service: Service) -> None:
     assert reply.json()["image"] == "upload:c.jpg"
 
 
-@pytest.mark.broker
 def test_filenames_are_sanitised(service: Service) -> None:
     name = "../../etc/evil\u202egpj.jpg"
     reply = multipart.upload(service.base_url, MODEL, name, COFFEE, reuse=True)
@@ -143,7 +138,6 @@ def test_filenames_are_sanitised(service: Service) -> None:
     _problem(reply, 400, "malformed_request")
 
 
-@pytest.mark.broker
 def test_too_many_bytes_is_413_with_the_limit(service: Service) -> None:
     # Just over the limit: the body fits the request cap, so the file part itself is refused.
     just_over = COFFEE + b"\0" * (MAX_UPLOAD_BYTES + 1 - len(COFFEE))
@@ -166,7 +160,6 @@ def test_too_many_bytes_is_413_with_the_limit(service: Service) -> None:
     _still_works(service.base_url)
 
 
-@pytest.mark.broker
 @pytest.mark.parametrize(
     ("filename", "make"),
     [
@@ -184,7 +177,6 @@ def test_other_formats_are_415(service: Service, filename: str, make: Callable[[
     _still_works(service.base_url)
 
 
-@pytest.mark.broker
 def test_decompression_bomb_is_413_image_too_large(service: Service) -> None:
     bomb = huge_png()
     assert len(bomb) < 100_000
@@ -196,7 +188,6 @@ def test_decompression_bomb_is_413_image_too_large(service: Service) -> None:
     _still_works(service.base_url)
 
 
-@pytest.mark.broker
 def test_a_picture_too_large_to_decode_is_413_with_the_limit(service: Service) -> None:
     reply = multipart.upload(service.base_url, MODEL, "deep.png", deep_png())
     body = _problem(reply, 413, "image_too_large")
@@ -205,7 +196,6 @@ def test_a_picture_too_large_to_decode_is_413_with_the_limit(service: Service) -
     _still_works(service.base_url)
 
 
-@pytest.mark.broker
 @pytest.mark.parametrize(
     ("filename", "make"),
     [
@@ -225,7 +215,6 @@ def test_truncated_images_are_422(
     _still_works(service.base_url)
 
 
-@pytest.mark.broker
 def test_a_jpeg_with_too_many_scans_is_422_before_it_is_decoded(service: Service) -> None:
     reply = multipart.upload(service.base_url, MODEL, "bomb.jpg", scan_bomb(500))
     body = _problem(reply, 422, "image_unreadable")
@@ -234,7 +223,6 @@ def test_a_jpeg_with_too_many_scans_is_422_before_it_is_decoded(service: Service
     _still_works(service.base_url)
 
 
-@pytest.mark.broker
 @pytest.mark.parametrize(
     ("fields", "files", "fragment"),
     [
@@ -257,7 +245,6 @@ def test_bad_forms_are_400(
     assert fragment in _problem(reply, 400, "malformed_request")["detail"]
 
 
-@pytest.mark.broker
 def test_unknown_model_with_an_upload_is_422(service: Service) -> None:
     reply = multipart.upload(service.base_url, "resnet9000", "c.jpg", COFFEE)
     body = _problem(reply, 422, "unknown_model")

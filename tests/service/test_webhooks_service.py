@@ -41,7 +41,7 @@ from tests.cluster import MODEL, Cluster
 from tests.openapi_contract import assert_response_matches
 from tests.prometheus import parse
 
-pytestmark = [pytest.mark.broker, pytest.mark.timeout(300)]
+pytestmark = pytest.mark.timeout(300)
 
 TOKEN = "alice-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
