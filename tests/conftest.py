@@ -16,8 +16,9 @@ from compose.stack import Stack, wait_http_ok, wait_replicas_online
 from tests.cluster import Cluster
 
 # Every client of the suite is 127.0.0.1, so the per-client shares (gateway/clients.py,
-# gateway/shares.py) would throttle the load tests; tests/test_client_limits.py and
-# tests/test_shares.py turn them on for their own gateways.
+# gateway/shares.py) would throttle the load tests; the tests of the limits
+# (tests/service/test_client_limits.py, tests/unit/test_intake.py) turn them on for their own
+# gateways.
 os.environ.setdefault("IMGQ_CLIENT_RATE", "0")
 os.environ.setdefault("IMGQ_CLIENT_JOBS", "0")
 os.environ.setdefault("IMGQ_CLIENT_WAITS", "100000")

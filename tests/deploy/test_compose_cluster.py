@@ -1,9 +1,9 @@
 """Static checks of compose/compose.cluster.yaml, the three-node RabbitMQ variant.
 
-As tests/test_deploy_files.py does for compose.yaml, and with its helpers: no Docker engine runs
-here, so the file is parsed and checked against the repository (the modules its commands run,
-the images' health checks, the users compose/setup_broker.py creates) and against
-compose/rabbitmq-cluster.conf, which clusters the nodes.
+As tests/deploy/test_deploy_files.py does for compose.yaml, and with its helpers: no Docker
+engine runs here, so the file is parsed and checked against the repository (the modules its
+commands run, the images' health checks, the users compose/setup_broker.py creates) and
+against compose/rabbitmq-cluster.conf, which clusters the nodes.
 """
 
 from __future__ import annotations

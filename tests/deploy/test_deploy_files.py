@@ -940,7 +940,7 @@ def test_gateway_image_never_installs_torch() -> None:
 
 
 def test_classifier_image_installs_the_classifier_extra() -> None:
-    # Through its lock file, which tests/test_lockfiles.py holds to the classifier extra.
+    # Through its lock file, which tests/deploy/test_lockfiles.py holds to the classifier extra.
     runs = [args for kw, args in final_stage("Dockerfile.classifier") if kw == "RUN"]
     assert any(
         re.search(r"pip install\b[^;&|]*-r\s+requirements/classifier\.lock\b", run) for run in runs

@@ -687,7 +687,7 @@ def test_only_liveness_restarts_and_it_tolerates_a_slow_moment(deployment: str) 
 @pytest.mark.parametrize("deployment", [GATEWAY, CLASSIFIER])
 def test_containers_run_the_images_own_command(deployment: str) -> None:
     # No command/args: the image's CMD (python -m gateway / classifier_service) runs, which
-    # tests/test_deploy_files.py checks against the repository.
+    # tests/deploy/test_deploy_files.py checks against the repository.
     container = main_container(render("base"), deployment)
     assert "command" not in container
     assert "args" not in container

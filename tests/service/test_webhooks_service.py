@@ -14,7 +14,7 @@ allow an internal network; nothing else of theirs is reachable).
   before it exits, and there is no second.
 
 The retry delays are short here (``IMGQ_WEBHOOK_RETRY_DELAYS``); the schedule's arithmetic is
-tested without a broker in tests/test_webhooks.py.
+tested without a broker in tests/unit/test_webhooks.py.
 """
 
 from __future__ import annotations

@@ -101,7 +101,7 @@ def test_asyncapi_payloads_match_the_messages_field_for_field() -> None:
     headers = dict(wire.request_message(request).message.headers or {})
     assert schema_errors("ClassifyRequestHeaders", headers) == []
     # Every header a request can carry, but the trace context: a sender adds that only while
-    # tracing (tests/test_tracing.py checks those headers on real messages).
+    # tracing (tests/service/test_tracing.py checks those headers on real messages).
     assert schema_properties("ClassifyRequestHeaders") - {
         "traceparent",
         "tracestate",

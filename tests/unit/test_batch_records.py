@@ -1,7 +1,7 @@
 """A batch any gateway can answer for in full: when a member is an earlier job (its idempotency
 key replayed) the accepting gateway logs the batch's record; a member answered from an earlier
 result is a job of its own that names the batch.  Unit tests of gateway/submissions.py with a
-fake publisher (no broker, no sleeps); tests/test_batches.py checks it across gateways."""
+fake publisher (no broker, no sleeps); tests/service/test_batches.py checks it across gateways."""
 
 from __future__ import annotations
 

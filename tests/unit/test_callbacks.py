@@ -1,7 +1,7 @@
 """gateway/callbacks.py: which callback URLs a client may name and which addresses they may
 reach; and the intake taking a ``callback_url`` on every body of both routes, in-process
-(tests/test_intake.py's stand-in broker).  No network: hosts are IP literals or resolved by a
-stand-in resolver.  On the real service: tests/test_webhooks_service.py."""
+(tests/unit/test_intake.py's stand-in broker).  No network: hosts are IP literals or resolved by a
+stand-in resolver.  On the real service: tests/service/test_webhooks_service.py."""
 
 from __future__ import annotations
 

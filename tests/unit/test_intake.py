@@ -3,7 +3,7 @@
 What a client is charged before its body is read, what its bodies may hold, how long they may
 take, and that a single job and a batch come in by the same path.  No broker: publishing is
 recorded, and a job ends when the test applies its final event to the store.  The guarantees
-that need the real service (memory under a flood of uploads) are in tests/test_bodies.py.
+that need the real service (memory under a flood of uploads) are in tests/service/test_bodies.py.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 middleware, and the replica's metrics listener.
 
 Pure unit tests: no broker.  The services' metrics are checked end to end in
-tests/test_status_metrics.py.
+tests/service/test_status_metrics.py.
 """
 
 from __future__ import annotations

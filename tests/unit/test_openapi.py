@@ -643,7 +643,7 @@ def test_events_status_and_metrics_media_types() -> None:
         assert_response_matches("/status", "get", 200, "application/json", leaky)
 
 
-# --- what Schemathesis (tests/test_schemathesis.py) relies on --------------------------------
+# --- what Schemathesis (tests/service/test_schemathesis.py) relies on ------------------------
 
 
 def test_links_lead_from_a_new_job_to_the_operations_on_it() -> None:

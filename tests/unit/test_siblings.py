@@ -1,6 +1,6 @@
 """One /metrics for several gateway processes: every process' series, labelled with it, each
 family once, and the broker's queue depths once (the probes across processes are exercised
-on real processes in tests/test_processes.py)."""
+on real processes in tests/service/test_processes.py)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 POSTed, the retry schedule, which gateway sends a batch's callback, and how the consumer
 settles each message.  The event log is read by the real follower from fake deliveries
 (tests/fake_log.py); attempts go to a stand-in poster.  On the real service:
-tests/test_webhooks_service.py."""
+tests/service/test_webhooks_service.py."""
 
 from __future__ import annotations
 
