@@ -503,7 +503,7 @@ def test_a_batch_past_the_time_limit_fails_and_the_next_runs_on_a_fresh_thread(
     tmp_path: Path,
 ) -> None:
     inference = Inference()
-    inference.hold = threading.Event()
+    stuck_on = inference.hold = threading.Event()
 
     async def scenario() -> None:
         async with _replica(tmp_path, inference, IMGQ_JOB_TIME_LIMIT="0.2") as (
@@ -526,9 +526,9 @@ def test_a_batch_past_the_time_limit_fails_and_the_next_runs_on_a_fresh_thread(
     try:
         _run(scenario)
     finally:
-        hold = threading.Event()
-        hold.set()
-        inference.hold = hold
+        # Free the abandoned thread: it is not a daemon, and the interpreter would wait out its
+        # hold (30 s) at exit, after the last test.
+        stuck_on.set()
 
 
 def test_sigterm_drains_the_job_in_hand_then_stops(tmp_path: Path) -> None:
