@@ -1,4 +1,5 @@
-"""Session fixtures: a private RabbitMQ node and the service around it, as real processes."""
+"""Session fixtures: a private RabbitMQ node and the service around it, as real processes; and
+each test marked with its layer, the folder it sits in."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from compose.stack import Stack, wait_http_ok, wait_replicas_online
 from tests.cluster import Cluster
 
 # Every client of the suite is 127.0.0.1, so the per-client shares (gateway/clients.py,
-# gateway/shares.py) would throttle the load tests; tests/test_client_limits.py and
-# tests/test_shares.py turn them on for their own gateways.
+# gateway/shares.py) would throttle the load tests; the tests of the limits
+# (tests/service/test_client_limits.py, tests/unit/test_intake.py) turn them on for their own
+# gateways.
 os.environ.setdefault("IMGQ_CLIENT_RATE", "0")
 os.environ.setdefault("IMGQ_CLIENT_JOBS", "0")
 os.environ.setdefault("IMGQ_CLIENT_WAITS", "100000")
@@ -24,6 +26,21 @@ os.environ.setdefault("IMGQ_CLIENT_WAITS", "100000")
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_DIR = REPO.parent / "shared" / "imagenet-sample"
 REPLICAS = 2
+
+# -- the layers ------------------------------------------------------------------------------
+
+TESTS = REPO / "tests"
+# The layers, each a folder of tests/ and a marker of the same name (pyproject.toml says what
+# each needs), so that `-m unit` runs one alone, or `-m "not browser"` leaves one out.
+LAYERS = ("unit", "service", "browser", "deploy")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        folder = item.path.relative_to(TESTS).parts[0] if item.path.is_relative_to(TESTS) else ""
+        if folder in LAYERS:
+            item.add_marker(folder)
 
 
 @dataclass
@@ -135,7 +152,7 @@ def cluster(log_dir: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
 # running in this thread, and the tests that call asyncio.run() would then fail.
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    from tests.browser import launch_browser, require_chromium
+    from tests.chromium import launch_browser, require_chromium
 
     require_chromium()
     with launch_browser() as launched:
@@ -145,7 +162,7 @@ def browser() -> Iterator[Any]:
 @pytest.fixture
 def page(browser: Any, service: Service) -> Iterator[Any]:
     """A page on the session's gateway, in a fresh browser context (empty localStorage)."""
-    from tests.browser import new_page
+    from tests.chromium import new_page
 
     with new_page(browser, service.base_url) as opened:
         yield opened

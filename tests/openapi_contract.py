@@ -24,6 +24,9 @@ from jsonschema.exceptions import best_match
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SPEC_PATH = REPO_ROOT / "gateway" / "openapi.json"
+# What Schemathesis is told beside the document: at the repository's root, where a run by hand
+# finds it too.
+SCHEMATHESIS_CONFIG = REPO_ROOT / "schemathesis.toml"
 
 _HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
 
