@@ -188,7 +188,7 @@ def test_unknown_and_gone_jobs_are_problems(service: Service) -> None:
 
 
 def _queued() -> JobEvent:
-    request = ClassifyRequest(new_job_id(), "efficientnet_lite0", "cat.jpg", b"", time.time())
+    request = ClassifyRequest(new_job_id(), "efficientnet_lite0", "cat.jpg", time.time(), image=b"")
     return JobEvent.for_request(request, JobStatus.QUEUED)
 
 
