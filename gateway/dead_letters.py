@@ -22,7 +22,7 @@ from gateway.metrics import GatewayMetrics
 from shared import wire
 from shared.errors import BrokerUnavailable, MessageError
 from shared.logs import job_fields
-from shared.messages import JobEvent, JobFailure, is_job_id
+from shared.messages import JobEvent, JobFailure, RequestInfo, is_job_id
 from shared.states import JobStatus
 from shared.topology import DELIVERY_LIMIT
 
@@ -50,7 +50,7 @@ def failed_event(
     broker users (IMGQ_CLASSIFIER_USERS), whose word on who sent a request it republished
     is believed."""
     try:
-        info: wire.RequestInfo | None = wire.request_info(message)
+        info: RequestInfo | None = wire.request_info(message)
     except MessageError:
         info = None
     job_id = info.job_id if info else message.message_id
@@ -58,17 +58,15 @@ def failed_event(
         return None
     assert job_id is not None
     explanation = _explanation(message)
-    return JobEvent(
-        job_id,
+    # Named as the request names it, when it can be read (its owner, batch, idempotency key
+    # and callback too: a job's callback tells of its end here as well, gateway/webhooks.py).
+    job = (
+        JobEvent.for_request(info, JobStatus.FAILED)
+        if info is not None
+        else JobEvent(job_id, JobStatus.FAILED, "unknown", "unknown")
+    )
+    return job.advance(
         JobStatus.FAILED,
-        info.model if info else "unknown",
-        info.image_name if info else "unknown",
-        queued_at=info.queued_at if info else None,
-        idempotency_key=info.idempotency_key if info else None,
-        owner=info.owner if info else None,
-        batch=info.batch if info else None,
-        # So that a job's callback tells of its end here too (gateway/webhooks.py).
-        callback=info.callback if info else None,
         # Whoever published the request, as RabbitMQ checked it: the log believes the fields
         # above only from a gateway's request (gateway/log_follower.py).
         requested_by=wire.dead_letter_requested_by(message, replicas),

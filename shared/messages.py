@@ -20,7 +20,7 @@ import math
 import re
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import orjson
@@ -142,17 +142,14 @@ def _job_id(data: dict[str, Any]) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class ClassifyRequest:
-    """Classify ``image`` (encoded bytes: JPEG, PNG, ...) with ``model``.
-
-    The image travels inside the message, so replicas need no shared filesystem
-    and a program can submit straight to the broker.  ``shared.wire`` puts it on the wire.
-    """
+class RequestInfo:
+    """What a request says about its job: everything but the image.  It is all a reader of a
+    dead-lettered request needs, and all it reads (the image may be anything a producer sent).
+    ``shared.wire`` reads it from a message's properties and headers."""
 
     job_id: str
     model: str
     image_name: str
-    image: bytes
     queued_at: float
     # Travels with the job, so every event a replica publishes carries it and any gateway
     # can honour the key from the log alone, whatever order the events arrive in.
@@ -168,18 +165,35 @@ class ClassifyRequest:
     # the job, so a gateway believes the owner, batch and idempotency key above only when a
     # gateway sent the request (gateway/senders.py).
     requested_by: str | None = None
-    # Hashed once: a submission needs it for idempotency, reuse and its events, and an
-    # upload can be 10 MiB.  Pass it when known (gallery images are hashed at start-up).
-    image_sha256: str = field(default="", repr=False, compare=False)
     # The URL the gateways POST the job to once it is final (for a job of a batch: the batch,
     # once all its jobs are), as the client named it (gateway/callbacks.py checked it).
     # Carried into every event of the job; like the owner, batch and idempotency key, a
     # gateway believes it only from a gateway's request (gateway/webhooks.py).
     callback: str | None = None
 
+
+@dataclass(frozen=True, slots=True)
+class ClassifyRequest(RequestInfo):
+    """Classify ``image`` (encoded bytes: JPEG, PNG, ...) with ``model``: a ``RequestInfo``
+    and the image.
+
+    The image travels inside the message, so replicas need no shared filesystem
+    and a program can submit straight to the broker.  ``shared.wire`` puts it on the wire.
+    """
+
+    image: bytes = field(kw_only=True, repr=False)
+    # Hashed once: a submission needs it for idempotency, reuse and its events, and an
+    # upload can be 10 MiB.  Pass it when known (gallery images are hashed at start-up).
+    image_sha256: str = field(default="", repr=False, compare=False, kw_only=True)
+
     def __post_init__(self) -> None:
         if not self.image_sha256:
             object.__setattr__(self, "image_sha256", hashlib.sha256(self.image).hexdigest())
+
+    @classmethod
+    def of(cls, info: RequestInfo, image: bytes) -> ClassifyRequest:
+        """The request ``info`` describes, with its image."""
+        return cls(**{f.name: getattr(info, f.name) for f in fields(RequestInfo)}, image=image)
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,14 +267,16 @@ class JobEvent:
     callback: str | None = None
 
     @classmethod
-    def for_request(cls, request: ClassifyRequest, status: JobStatus) -> JobEvent:
+    def for_request(cls, request: RequestInfo, status: JobStatus) -> JobEvent:
+        """The job's event with what its request says: everything but the image, whose hash
+        only a request with its image (``ClassifyRequest``) has."""
         return cls(
             job_id=request.job_id,
             status=status,
             model=request.model,
             image=request.image_name,
             queued_at=request.queued_at,
-            image_sha256=request.image_sha256,
+            image_sha256=request.image_sha256 if isinstance(request, ClassifyRequest) else None,
             idempotency_key=request.idempotency_key,
             owner=request.owner,
             batch=request.batch,

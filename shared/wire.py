@@ -44,6 +44,7 @@ from shared.messages import (
     JobEvent,
     JobForgotten,
     ReplicaHeartbeat,
+    RequestInfo,
     WebhookDelivery,
     checked_job_id,
     checked_name,
@@ -142,21 +143,6 @@ def request_message(
     return Outgoing(message, REQUEST_ROUTING_KEY)
 
 
-@dataclass(frozen=True, slots=True)
-class RequestInfo:
-    """What a request says about its job, read without touching the image (dead letters)."""
-
-    job_id: str
-    model: str
-    image_name: str
-    queued_at: float
-    idempotency_key: str | None
-    owner: str | None = None
-    batch: BatchRef | None = None
-    requested_by: str | None = None
-    callback: str | None = None
-
-
 def _header_str(headers: HeadersType, key: str) -> str | None:
     value = headers.get(key)
     if isinstance(value, bytes):  # pamqp hands back bytes for a long string it cannot decode
@@ -241,18 +227,7 @@ def parse_request(message: AbstractIncomingMessage) -> ClassifyRequest:
     info = request_info(message)
     if not message.body:
         raise MessageError("the message body must be the image bytes; it is empty")
-    return ClassifyRequest(
-        job_id=info.job_id,
-        model=info.model,
-        image_name=info.image_name,
-        image=message.body,
-        queued_at=info.queued_at,
-        idempotency_key=info.idempotency_key,
-        owner=info.owner,
-        batch=info.batch,
-        requested_by=info.requested_by,
-        callback=info.callback,
-    )
+    return ClassifyRequest.of(info, message.body)
 
 
 # -- dead letters ----------------------------------------------------------------------------

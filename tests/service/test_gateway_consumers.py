@@ -78,7 +78,9 @@ def _hostile_notices() -> list[aio_pika.Message]:
         {"v": True, "queued_at_us": 2**62},
     ]
     for extra in headers:
-        out = wire.request_message(ClassifyRequest(new_job_id(), MODEL, "x.jpg", b"x", time.time()))
+        out = wire.request_message(
+            ClassifyRequest(new_job_id(), MODEL, "x.jpg", time.time(), image=b"x")
+        )
         out.message.headers = {**(out.message.headers or {}), **extra}  # type: ignore[dict-item]
         notices.append(out.message)
     notices.append(aio_pika.Message(b"junk", message_id="not a job id"))
@@ -106,7 +108,7 @@ async def _publish_hostile(broker_url: str) -> tuple[int, int, int]:
 
 async def _dead_letter(broker_url: str) -> str:
     """An ordinary dead letter, as a work queue writes it: its job must show failed."""
-    request = ClassifyRequest(new_job_id(), MODEL, "never.jpg", b"\xff\xd8", time.time())
+    request = ClassifyRequest(new_job_id(), MODEL, "never.jpg", time.time(), image=b"\xff\xd8")
     out = wire.request_message(request)
     out.message.headers = {**(out.message.headers or {}), "x-first-death-reason": "rejected"}
     connection = await aio_pika.connect(broker_url)

@@ -170,7 +170,9 @@ def test_services_work_as_least_privilege_users(managed_node: tuple[BrokerNode, 
             connection = await aio_pika.connect(_url(node, CLASSIFIER_USER))
             async with connection:
                 channel = await connection.channel(publisher_confirms=True)
-                request = ClassifyRequest(new_job_id(), MODEL, "coffee.jpg", COFFEE, time.time())
+                request = ClassifyRequest(
+                    new_job_id(), MODEL, "coffee.jpg", time.time(), image=COFFEE
+                )
                 out = wire.request_message(request, content_type="image/jpeg")
                 await channel.default_exchange.publish(out.message, queue)
 
@@ -279,7 +281,8 @@ def test_services_work_as_least_privilege_users(managed_node: tuple[BrokerNode, 
             channel = await connection.channel(publisher_confirms=True)
             exchange = await channel.get_exchange(EVENTS_EXCHANGE)
             forged = JobEvent.for_request(
-                ClassifyRequest(new_job_id(), MODEL, "x.jpg", b"x", time.time()), JobStatus.QUEUED
+                ClassifyRequest(new_job_id(), MODEL, "x.jpg", time.time(), image=b"x"),
+                JobStatus.QUEUED,
             )
             out = wire.event_message(forged, user_id=GATEWAY_USER)
             await exchange.publish(out.message, out.routing_key)

@@ -277,7 +277,9 @@ def test_bad_messages_between_jobs_are_dead_lettered_and_jobs_flow(
 def _bad_messages() -> list[tuple[aio_pika.Message, str]]:
     """Requests a broken or hostile producer could publish, each with what its reason says.
     Each body is distinct, to find its dead letter again."""
-    good = wire.request_message(ClassifyRequest(new_job_id(), MODEL, "x.jpg", b"x", time.time()))
+    good = wire.request_message(
+        ClassifyRequest(new_job_id(), MODEL, "x.jpg", time.time(), image=b"x")
+    )
     headers = dict(good.message.headers or {})
 
     def v2(tag: str, **changes: Any) -> aio_pika.Message:

@@ -132,17 +132,17 @@ def test_a_producer_cannot_claim_another_clients_jobs_batch_or_keys(
     own = new_job_id()
     claims = [
         # A job of its own, claiming alice as owner, a place in her batch and a key she will use.
-        (ClassifyRequest(own, MODEL, "rocket.jpg", ROCKET, time.time(), owner=ALICE_OWNER,
-                         batch=ref, idempotency_key="later"), ROCKET, PRODUCER_USER),
+        (ClassifyRequest(own, MODEL, "rocket.jpg", time.time(), owner=ALICE_OWNER,
+                         batch=ref, idempotency_key="later", image=ROCKET), ROCKET, PRODUCER_USER),
         # One that reuses a key alice already used.
-        (ClassifyRequest(new_job_id(), MODEL, "rocket.jpg", ROCKET, time.time(),
-                         owner=ALICE_OWNER, idempotency_key="order#1"), ROCKET, PRODUCER_USER),
+        (ClassifyRequest(new_job_id(), MODEL, "rocket.jpg", time.time(), owner=ALICE_OWNER,
+                         idempotency_key="order#1", image=ROCKET), ROCKET, PRODUCER_USER),
         # Alice's first job's ID, another image, and no user_id at all.
-        (ClassifyRequest(first, MODEL, "rocket.jpg", ROCKET, time.time(), owner=ALICE_OWNER,
-                         batch=BatchRef(batch_id, 0, 2)), ROCKET, None),
+        (ClassifyRequest(first, MODEL, "rocket.jpg", time.time(), owner=ALICE_OWNER,
+                         batch=BatchRef(batch_id, 0, 2), image=ROCKET), ROCKET, None),
         # Alice's second job's ID and no image: dead-lettered, and a gateway reports it failed.
-        (ClassifyRequest(second, MODEL, "nothing.jpg", b"x", time.time(), owner=ALICE_OWNER,
-                         batch=ref), b"", PRODUCER_USER),
+        (ClassifyRequest(second, MODEL, "nothing.jpg", time.time(), owner=ALICE_OWNER,
+                         batch=ref, image=b"x"), b"", PRODUCER_USER),
     ]  # fmt: skip
     assert asyncio.run(_produce(_url(node, PRODUCER_USER), claims)) == 3
     # What the claims caused is in the log, as the producer's; behind it, a job of alice's:

@@ -91,12 +91,12 @@ def test_asyncapi_payloads_match_the_messages_field_for_field() -> None:
         new_job_id(),
         MODEL,
         "coffee.jpg",
-        COFFEE,
         time.time(),
         idempotency_key="k-1",
         owner="o",
         batch=BatchRef(new_job_id(), 3, 50),
         callback="https://example.com/imgq",
+        image=COFFEE,
     )
     headers = dict(wire.request_message(request).message.headers or {})
     assert schema_errors("ClassifyRequestHeaders", headers) == []
@@ -140,7 +140,7 @@ def test_asyncapi_payloads_match_the_messages_field_for_field() -> None:
 
 
 def test_asyncapi_schemas_refuse_what_the_parsers_refuse() -> None:
-    request = ClassifyRequest(new_job_id(), MODEL, "c.jpg", b"\xff\xd8", 1.0)
+    request = ClassifyRequest(new_job_id(), MODEL, "c.jpg", 1.0, image=b"\xff\xd8")
     good = dict(wire.request_message(request).message.headers or {})
     for change in (
         {"v": 1},

@@ -21,11 +21,13 @@ from shared.states import JobStatus
 
 
 def _request() -> ClassifyRequest:
-    return ClassifyRequest(new_job_id(), "efficientnet_lite0", "cat.jpg", b"\xff\xd8\x00", 1.5)
+    return ClassifyRequest(
+        new_job_id(), "efficientnet_lite0", "cat.jpg", 1.5, image=b"\xff\xd8\x00"
+    )
 
 
 def test_a_known_digest_is_not_recomputed() -> None:
-    request = ClassifyRequest(new_job_id(), "m", "a.jpg", b"bytes", 1.0, image_sha256="cafe")
+    request = ClassifyRequest(new_job_id(), "m", "a.jpg", 1.0, image_sha256="cafe", image=b"bytes")
     assert request.image_sha256 == "cafe"
 
 

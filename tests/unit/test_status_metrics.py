@@ -17,7 +17,7 @@ from tests.prometheus import parse
 
 
 def _event(model: str = "efficientnet_lite0") -> JobEvent:
-    request = ClassifyRequest(new_job_id(), model, "cat.jpg", b"x", time.time())
+    request = ClassifyRequest(new_job_id(), model, "cat.jpg", time.time(), image=b"x")
     return JobEvent.for_request(request, JobStatus.QUEUED)
 
 

@@ -14,7 +14,7 @@ from shared.states import JobStatus
 
 
 def _queued() -> JobEvent:
-    request = ClassifyRequest(new_job_id(), "efficientnet_lite0", "cat.jpg", b"", time.time())
+    request = ClassifyRequest(new_job_id(), "efficientnet_lite0", "cat.jpg", time.time(), image=b"")
     return JobEvent.for_request(request, JobStatus.QUEUED)
 
 

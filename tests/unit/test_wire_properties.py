@@ -31,6 +31,7 @@ from shared.messages import (
     JobEvent,
     JobForgotten,
     ReplicaHeartbeat,
+    RequestInfo,
     new_job_id,
 )
 from shared.states import JobStatus
@@ -160,7 +161,7 @@ def mutated_json(draw: st.DrawFn, good: dict[str, Any]) -> bytes:
 
 
 def _event() -> dict[str, Any]:
-    request = ClassifyRequest(new_job_id(), "m", "cat.jpg", b"x", 1.0)
+    request = ClassifyRequest(new_job_id(), "m", "cat.jpg", 1.0, image=b"x")
     event = JobEvent.for_request(request, JobStatus.QUEUED).advance(JobStatus.SUCCEEDED)
     data: dict[str, Any] = orjson.loads(event.to_json())
     data["result"] = [{"label": "tabby", "class_index": 281, "score": 0.5}]
@@ -225,7 +226,7 @@ def _parses_or_message_error(incoming: Incoming) -> None:
             parsed = parse(_message(incoming))
         except MessageError:
             continue
-        assert isinstance(parsed, ClassifyRequest | wire.RequestInfo)
+        assert isinstance(parsed, ClassifyRequest | RequestInfo)
         if isinstance(parsed, ClassifyRequest):
             # What a replica sends about an accepted request can always be built.
             started = JobEvent.for_request(parsed, JobStatus.STARTED)

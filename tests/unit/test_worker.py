@@ -93,7 +93,9 @@ def _settings(tmp_path: Path, **env: str) -> ClassifierSettings:
 
 
 def _job(image: bytes = b"image", **changes: Any) -> ClassifyRequest:
-    return ClassifyRequest(new_job_id(), changes.pop("model", MODEL), "cat.jpg", image, time.time())
+    return ClassifyRequest(
+        new_job_id(), changes.pop("model", MODEL), "cat.jpg", time.time(), image=image
+    )
 
 
 @asynccontextmanager
