@@ -2,7 +2,7 @@
 
 On this project's 2-core machines (EfficientNet-Lite0, one thread, the whole classify_batch
 path) ONNX Runtime runs 2-3x the frozen TorchScript's speed, with logits within 2e-5 of eager
-torch and the same top-1 on every photo of the ImageNet sample (tests/test_onnx_runtime.py
+torch and the same top-1 on every photo of the ImageNet sample (tests/service/test_onnx_runtime.py
 checks every catalogue model; docs/benchmarks.md has the speed).  OpenVINO in fp32 is no
 faster; in bf16 it is, where the CPU has bfloat16 instructions (``openvino_runtime.py``).
 Without torch in the process, a replica holding all three models stays near 260 MB.

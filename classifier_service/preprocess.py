@@ -3,7 +3,7 @@
 numpy and Pillow only: the serving process never imports torch (a replica under ONNX Runtime
 holds three models in a fraction of torch's memory).  The numbers are exactly those of the
 reference pipeline in torch (float32 throughout, the same two operations in the same order);
-``tests/test_preprocess.py`` checks them against it bit for bit.
+``tests/unit/test_preprocess.py`` checks them against it bit for bit.
 
 The pixels are the picture as a viewer shows it: turned upright by its EXIF orientation, an
 MPO's first frame, 16-bit greyscale scaled to 8 bits, CMYK through its embedded ICC profile.
