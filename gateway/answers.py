@@ -24,15 +24,8 @@ def job_answer(job: JobEvent, position: int | None) -> dict[str, Any]:
         "model": job.model,
         "model_version": job.model_version,
         "image": job.image,
-        "result": None
-        if job.result is None
-        else [
-            {"label": label.label, "class_index": label.class_index, "score": label.score}
-            for label in job.result
-        ],
-        "error": None
-        if job.error is None
-        else {"code": job.error.code, "message": job.error.message},
+        "result": None if job.result is None else [label.to_dict() for label in job.result],
+        "error": None if job.error is None else job.error.to_dict(),
         "queued_at": job.queued_at,
         "started_at": job.started_at,
         "finished_at": job.finished_at,

@@ -202,6 +202,10 @@ class Label:
     class_index: int
     score: float
 
+    def to_dict(self) -> dict[str, Any]:
+        """As JSON has it, on the broker and in the HTTP API alike."""
+        return {"label": self.label, "class_index": self.class_index, "score": self.score}
+
 
 @dataclass(frozen=True, slots=True)
 class BatchRef:
@@ -233,6 +237,10 @@ class BatchRef:
 class JobFailure:
     code: str
     message: str
+
+    def to_dict(self) -> dict[str, str]:
+        """As JSON has it, on the broker and in the HTTP API alike."""
+        return {"code": self.code, "message": self.message}
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,15 +306,8 @@ class JobEvent:
             "model": self.model,
             "model_version": self.model_version,
             "image": self.image,
-            "result": None
-            if self.result is None
-            else [
-                {"label": x.label, "class_index": x.class_index, "score": x.score}
-                for x in self.result
-            ],
-            "error": None
-            if self.error is None
-            else {"code": self.error.code, "message": self.error.message},
+            "result": None if self.result is None else [x.to_dict() for x in self.result],
+            "error": None if self.error is None else self.error.to_dict(),
             "queued_at": self.queued_at,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
