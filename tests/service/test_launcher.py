@@ -163,8 +163,15 @@ def test_killed_replica_and_gateway_are_restarted_and_no_job_is_lost(
     replicas = [pid for pid, cmd in _children(proc.pid) if _runs(cmd, "classifier_service")]
     assert len(replicas) == 2, replicas
     assert replica not in replicas
-    status = api.get(url, "/status").json()
-    assert max(r.get("restarts", 0) for r in status["replicas"]) >= 1
+    # The restarted replica says so in its heartbeats, which the restarted gateway hears
+    # within a heartbeat interval of its start: /status shows it once one has come.
+    deadline = time.monotonic() + 30
+    while True:
+        status = api.get(url, "/status").json()
+        if max((r.get("restarts", 0) for r in status["replicas"]), default=0) >= 1:
+            break
+        assert time.monotonic() < deadline, status["replicas"]
+        time.sleep(0.2)
     figure(
         f"launcher: replica and gateway SIGKILLed under load, both restarted; {len(accepted)} "
         f"accepted, all succeeded, submissions accepted again {back:.1f} s after the gateway "

@@ -142,8 +142,18 @@ def test_a_stalled_replica_is_reported_and_restarted(cluster: Cluster, figure: F
         assert code == 1
         assert "stalled" in why, why
         assert _healthcheck(replica, "--ready")[0] == 1
-        seen = api.get(url, "/status").json()["replicas"]
-        assert [r["stalled"] for r in seen if r["replica"] == replica.name] == [True], seen
+        # /status hears it from the replica's heartbeat, which may land just after.
+        _until(
+            lambda: (
+                [
+                    r["stalled"]
+                    for r in api.get(url, "/status").json()["replicas"]
+                    if r["replica"] == replica.name
+                ]
+                == [True]
+            ),
+            "/status showing the replica stalled",
+        )
         _until(lambda: supervisor.restarts.get(replica.name, 0) >= 1, "restarted", 120)
         restarted = time.monotonic() - submitted
         assert supervisor.unhealthy[replica.name] >= 1
