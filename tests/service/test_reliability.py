@@ -381,7 +381,9 @@ def test_broker_restart_under_load(cluster: Cluster, figure: Figure) -> None:
 
     def load() -> None:
         i = 0
-        while not stop.is_set():
+        # Ten more while the broker comes and goes: enough to show submissions ride it out,
+        # few enough that the 5 s jobs drain within a minute afterwards.
+        while not stop.is_set() and i < 10:
             t0 = time.monotonic()
             try:
                 reply = api.post_json(
@@ -444,11 +446,15 @@ def _wait_until(condition: Callable[[], bool], what: str, timeout: float = 120) 
 def test_five_broker_restarts_in_a_row_fail_no_job(cluster: Cluster, figure: Figure) -> None:
     """Each restart takes back the jobs the replicas hold, and the work queue counts one more
     delivery against each; returned jobs go back to the head of the queue, so the same ones are
-    taken again.  Restarting the broker whenever both replicas hold jobs (2 s inferences),
-    five times, with submissions going on, used to push healthy jobs past the old delivery
-    limit of 3.  Only a replica's crash counts now."""
+    taken again.  Restarting the broker whenever both replicas hold jobs, five times, with
+    submissions going on, used to push healthy jobs past the old delivery limit of 3.  Only a
+    replica's crash counts now.
+
+    A job takes 5 s, longer than a restart and the wait for both replicas to be busy again, so
+    a job in hand never finishes between two restarts: the jobs at the head of the queue are
+    started again after every one, on a fast machine as on a slow one."""
     for _ in range(2):
-        cluster.start_replica(IMGQ_DEBUG_DELAY="2")
+        cluster.start_replica(IMGQ_DEBUG_DELAY="5", IMGQ_BATCH_SIZE="1")
     _, url = cluster.start_gateway()
     cluster.wait_replicas(2)
     stop = threading.Event()
@@ -456,7 +462,9 @@ def test_five_broker_restarts_in_a_row_fail_no_job(cluster: Cluster, figure: Fig
 
     def load() -> None:
         i = 0
-        while not stop.is_set():
+        # Ten more while the broker comes and goes: enough to show submissions ride it out,
+        # few enough that the 5 s jobs drain within a minute afterwards.
+        while not stop.is_set() and i < 10:
             try:
                 reply = api.post_json(
                     url,
