@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -40,6 +39,7 @@ from tests.deploy.test_deploy_files import (
     rabbitmq_settings,
     walk_strings,
 )
+from tests.docker_cli import docker_compose
 from tests.service_settings import unknown_variables
 
 CLUSTER_FILE = REPO / "compose" / "compose.cluster.yaml"
@@ -310,14 +310,7 @@ def test_every_imgq_variable_is_one_a_service_reads() -> None:
 
 
 def test_docker_compose_accepts_the_file() -> None:
-    docker = shutil.which("docker")
-    if docker is None:
-        pytest.skip("docker is not on PATH")
-    probe = subprocess.run(
-        [docker, "compose", "version"], capture_output=True, text=True, timeout=60, check=False
-    )
-    if probe.returncode != 0:
-        pytest.skip("the docker CLI has no compose plugin")
+    docker = docker_compose()
     result = subprocess.run(
         [docker, "compose", "-f", str(CLUSTER_FILE), "config", "-q"],
         cwd=REPO,

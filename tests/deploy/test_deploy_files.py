@@ -12,7 +12,6 @@ import fnmatch
 import json
 import re
 import shlex
-import shutil
 import subprocess
 import tomllib
 from collections.abc import Mapping
@@ -35,6 +34,7 @@ from shared.errors import NotReady, PayloadTooLarge
 from shared.messages import JobEvent, new_job_id
 from shared.states import JobStatus
 from tests.conftest import REPO
+from tests.docker_cli import docker_compose
 
 COMPOSE_FILE = REPO / "compose" / "compose.yaml"
 NGINX_CONF = REPO / "compose" / "nginx.conf"
@@ -1055,14 +1055,7 @@ def test_dockerignore_keeps_the_context_small() -> None:
 
 
 def test_docker_compose_accepts_the_file() -> None:
-    docker = shutil.which("docker")
-    if docker is None:
-        pytest.skip("docker is not on PATH")
-    probe = subprocess.run(
-        [docker, "compose", "version"], capture_output=True, text=True, timeout=60, check=False
-    )
-    if probe.returncode != 0:
-        pytest.skip("the docker CLI has no compose plugin")
+    docker = docker_compose()
     result = subprocess.run(
         [docker, "compose", "-f", str(COMPOSE_FILE), "config", "-q"],
         cwd=REPO,
