@@ -123,7 +123,7 @@ class Admission:
         )
         try:
             publisher = self._connected()
-            await publisher.confirmed(publisher.event(event, message, request))
+            await publisher.confirmed(publisher.event(event, message))
         except Exception as exc:
             log.warning("job %s: failed event not published: %r", request.job_id, exc)
 

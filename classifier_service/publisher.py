@@ -17,7 +17,7 @@ from typing import Protocol
 from aio_pika.abc import AbstractIncomingMessage, AbstractMessage
 
 from shared import wire
-from shared.messages import ClassifyRequest, CrashReport, EventBatch, JobEvent, ReplicaHeartbeat
+from shared.messages import CrashReport, EventBatch, JobEvent, ReplicaHeartbeat
 
 log = logging.getLogger(__name__)
 
@@ -82,18 +82,15 @@ class Publisher:
         self,
         event: JobEvent,
         message: AbstractIncomingMessage | None = None,
-        request: ClassifyRequest | None = None,
     ) -> list[Confirm]:
         """Send ``event`` alone to the events exchange and, for a final event whose producer
         asked, to its ``reply_to`` queue.  Returns the confirms to wait for."""
         sends = [self._send(self._events, wire.event_message(event, user_id=self._user))]
-        if message is not None and request is not None:
-            sends += self.reply(event, message, request)
+        if message is not None:
+            sends += self.reply(event, message)
         return sends
 
-    def reply(
-        self, final: JobEvent, message: AbstractIncomingMessage, request: ClassifyRequest
-    ) -> list[Confirm]:
+    def reply(self, final: JobEvent, message: AbstractIncomingMessage) -> list[Confirm]:
         """Send the final event to its producer's ``reply_to`` queue, if it asked for one."""
         if not message.reply_to:
             return []

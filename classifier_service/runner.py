@@ -210,7 +210,7 @@ class BatchRunner:
         if finished is not None:
             # Replies first: a producer waits on its reply, nobody on the log's order.
             for final, job in zip(finished.finals, finished.running.jobs, strict=True):
-                alone += publisher.reply(final, job.message, job.request)
+                alone += publisher.reply(final, job.message)
         events: list[JobEvent] = []
         traces: list[dict[str, str]] = []
         if finished is not None:
